@@ -1,0 +1,86 @@
+"""The ``ponderbench`` command line, grouped by what users do."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+
+def _data_synth(args: argparse.Namespace) -> int:
+    from tasks.synth.suite import synthesize
+
+    root = Path(args.root or f"data/{args.suite}")
+    start = time.perf_counter()
+    synthesize(root, args.suite, seed=args.seed)
+    print(f"wrote the '{args.suite}' suite to {root} in {time.perf_counter() - start:.1f} s")
+    return _print_check(root, None, None)
+
+
+def _data_check(args: argparse.Namespace) -> int:
+    return _print_check(Path(args.root), args.datasets, args.max_scenes)
+
+
+def _print_check(root: Path, datasets: list[str] | None, max_scenes: int | None) -> int:
+    from tasks.check import check_root
+
+    reports = check_root(root, datasets, max_scenes)
+    table = pd.DataFrame([{
+        "dataset": r.dataset, "status": "ok" if r.ok else "PROBLEMS",
+        **{f"{s} scenes": r.splits.get(s, 0) for s in ("train", "val")}, "points": r.points, "path": str(r.path),
+    } for r in reports])
+    print(table.to_string(index=False))
+    for r in reports:
+        for problem in r.problems:
+            print(f"  [{r.dataset}] {problem}")
+    return 0 if all(r.ok for r in reports) else 1
+
+
+def _list(args: argparse.Namespace) -> int:
+    if args.what == "datasets":
+        from tasks.check import CHECKS
+
+        print("\n".join(CHECKS))
+    elif args.what == "suites":
+        from tasks.synth.suite import SUITES
+
+        print(pd.DataFrame([{"suite": k, **v.__dict__} for k, v in SUITES.items()]).to_string(index=False))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ponderbench", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="generate and validate datasets").add_subparsers(dest="action", required=True)
+    synth = data.add_parser("synth", help="write the embedded mini datasets in their real on-disk formats")
+    synth.add_argument("--root", help="output folder (default: data/<suite>)")
+    synth.add_argument("--suite", default="mini", choices=("mini", "tiny"), help="size preset (default: mini)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(func=_data_synth)
+    check = data.add_parser("check", help="validate a data root (real or generated) per benchmark")
+    check.add_argument("root", help="folder holding scannet/, s3dis/, semantickitti/, nuscenes/")
+    check.add_argument("--datasets", nargs="*", help="only these datasets")
+    check.add_argument("--max-scenes", type=int, help="read at most this many scenes per split")
+    check.set_defaults(func=_data_check)
+
+    lister = sub.add_parser("list", help="list what the suite knows")
+    lister.add_argument("what", choices=("datasets", "suites"))
+    lister.set_defaults(func=_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per on-disk format; each reads the real layout and writes it (for the generator)."""

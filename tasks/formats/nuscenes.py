@@ -1,0 +1,198 @@
+"""nuScenes through nuscenes-devkit: LIDAR_TOP keyframes, lidarseg labels, the 6 cameras and 3D boxes.
+
+Labels are read as the 32 general lidarseg classes and mapped to the 16 challenge classes with the
+devkit's own ``LidarsegClassMapper`` (its 0 'ignore' becomes -1, the rest shift to 0..15).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import pickle
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+from tasks.classes import NUSCENES_GENERAL32
+from tasks.errors import DataFormatError
+from tasks.formats.base import SceneDataset
+from tasks.io import check_length, load_binary, load_image
+from tasks.structures import Scene
+
+CAMERAS = ("CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_FRONT_LEFT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_BACK_RIGHT")
+SPLITS = {  # our split name -> devkit split name, per version
+    "v1.0-trainval": {"train": "train", "val": "val"},
+    "v1.0-mini": {"train": "mini_train", "val": "mini_val"},
+    "v1.0-test": {"test": "test"},
+}
+
+
+def general_to_challenge_lut() -> np.ndarray:
+    """uint8 general class (0..31) -> challenge class 0..15, or -1 for ignored classes (devkit mapping)."""
+    from nuscenes.eval.lidarseg.utils import LidarsegClassMapper
+
+    # The mapper only reads the category name->index table, which is fixed by the lidarseg release.
+    table = SimpleNamespace(lidarseg_name2idx_mapping={n: i for i, n in enumerate(NUSCENES_GENERAL32)})
+    mapping = LidarsegClassMapper(table).fine_idx_2_coarse_idx_mapping  # type: ignore[arg-type]
+    lut = np.array([mapping[i] for i in range(len(NUSCENES_GENERAL32))], dtype=np.int64)
+    return lut - 1
+
+
+def read_lidarseg_labels(path: Path, n_points: int, lut: np.ndarray) -> np.ndarray:
+    raw = check_length(path, load_binary(path, np.uint8), n_points)
+    if raw.max(initial=0) >= len(lut):
+        raise DataFormatError(path, f"label {int(raw.max())} outside the {len(lut)} lidarseg classes")
+    return lut[raw]
+
+
+def read_lidar_points(path: Path) -> np.ndarray:
+    """A ``.pcd.bin`` sweep: float32 x5 (x, y, z, intensity, ring index) in the LiDAR frame."""
+    return load_binary(path, np.float32, 5)
+
+
+@dataclass
+class SensorSample:
+    """One multi-sensor sample in the LiDAR frame: points, the 6 cameras and the 3D boxes."""
+
+    token: str
+    points: np.ndarray  # (N, 5)
+    cameras: list[str]
+    images: list[np.ndarray]  # RGB uint8, full resolution
+    intrinsics: np.ndarray  # (V, 3, 3)
+    lidar_to_cam: np.ndarray  # (V, 4, 4)
+    box_centers: np.ndarray  # (M, 3) LiDAR frame
+    box_sizes: np.ndarray  # (M, 3) width, length, height
+    box_yaws: np.ndarray  # (M,)
+    box_labels: list[str]
+
+    def project(self, view: int) -> tuple[np.ndarray, np.ndarray]:
+        """Pixel coordinates (N, 2) of all points in one camera and a mask of those in front of it and inside."""
+        xyz1 = np.c_[self.points[:, :3], np.ones(len(self.points))]
+        cam = (xyz1 @ self.lidar_to_cam[view].T)[:, :3]
+        z = cam[:, 2]
+        uv = (cam @ self.intrinsics[view].T)[:, :2] / np.maximum(z, 1e-6)[:, None]
+        h, w = self.images[view].shape[:2]
+        inside = (z > 0.1) & (uv[:, 0] >= 0) & (uv[:, 0] < w) & (uv[:, 1] >= 0) & (uv[:, 1] < h)
+        return uv, inside
+
+
+class NuScenesLidarSegDataset(SceneDataset):
+    """LIDAR_TOP keyframes of a split with lidarseg labels; scene names are sample tokens."""
+
+    def __init__(self, root: str | Path, split: str = "train", version: str = "v1.0-trainval"):
+        if version not in SPLITS or split not in SPLITS[version]:
+            raise ValueError(f"version/split must be one of {SPLITS}, got {version}/{split}")
+        self.version = version
+        self.lut = general_to_challenge_lut()
+        super().__init__(root, split)
+
+    @cached_property
+    def nusc(self):  # noqa: ANN201 - the devkit class
+        from nuscenes.nuscenes import NuScenes
+
+        if not (self.root / self.version).is_dir():
+            raise DataFormatError(self.root / self.version, "nuScenes table folder does not exist")
+        with contextlib.redirect_stdout(io.StringIO()):
+            return NuScenes(version=self.version, dataroot=str(self.root), verbose=False)
+
+    def _scene_names(self) -> list[str]:
+        from nuscenes.utils.splits import create_splits_scenes
+
+        wanted = set(create_splits_scenes()[SPLITS[self.version][self.split]])
+        tokens = []
+        for scene in self.nusc.scene:
+            if scene["name"] not in wanted:
+                continue
+            token = scene["first_sample_token"]
+            while token:
+                tokens.append(token)
+                token = self.nusc.get("sample", token)["next"]
+        return tokens
+
+    def load(self, name: str) -> Scene:
+        sd_token = self.nusc.get("sample", name)["data"]["LIDAR_TOP"]
+        sd = self.nusc.get("sample_data", sd_token)
+        points = read_lidar_points(self.root / sd["filename"])
+        segment = None
+        if hasattr(self.nusc, "lidarseg"):
+            label_file = self.root / self.nusc.get("lidarseg", sd_token)["filename"]
+            segment = read_lidarseg_labels(label_file, len(points), self.lut)
+        return Scene(name=name, coord=points[:, :3].copy(), strength=points[:, 3:4].copy(), segment=segment)
+
+    def sensors(self, name: str) -> SensorSample:
+        """The sample's LiDAR sweep, 6 camera images with calibration, and boxes, all in the LiDAR frame."""
+        from nuscenes.utils.geometry_utils import transform_matrix
+        from pyquaternion import Quaternion
+
+        sample = self.nusc.get("sample", name)
+
+        def sensor_to_global(sd_token: str) -> np.ndarray:
+            sd = self.nusc.get("sample_data", sd_token)
+            cs = self.nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
+            pose = self.nusc.get("ego_pose", sd["ego_pose_token"])
+            return (transform_matrix(pose["translation"], Quaternion(pose["rotation"]))
+                    @ transform_matrix(cs["translation"], Quaternion(cs["rotation"])))
+
+        lidar_sd = sample["data"]["LIDAR_TOP"]
+        lidar_to_global = sensor_to_global(lidar_sd)
+        images, intrinsics, lidar_to_cam = [], [], []
+        for cam in CAMERAS:
+            sd_token = sample["data"][cam]
+            sd = self.nusc.get("sample_data", sd_token)
+            images.append(load_image(self.root / sd["filename"]))
+            intrinsics.append(np.array(self.nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
+                                       ["camera_intrinsic"]))
+            lidar_to_cam.append(np.linalg.inv(sensor_to_global(sd_token)) @ lidar_to_global)
+        path, boxes, _ = self.nusc.get_sample_data(lidar_sd)
+        return SensorSample(
+            token=name, points=read_lidar_points(Path(path)), cameras=list(CAMERAS), images=images,
+            intrinsics=np.stack(intrinsics), lidar_to_cam=np.stack(lidar_to_cam),
+            box_centers=np.array([b.center for b in boxes]).reshape(-1, 3),
+            box_sizes=np.array([b.wlh for b in boxes]).reshape(-1, 3),
+            box_yaws=np.array([b.orientation.yaw_pitch_roll[0] for b in boxes]),
+            box_labels=[b.name for b in boxes],
+        )
+
+
+def read_lidarseg_frames(folder: str | Path) -> list[Scene]:
+    """Loose lidarseg frames: ``frameNN/points.bin`` (float32 x5) + ``frameNN/lidarseg.bin`` (uint8 general)."""
+    folder = Path(folder)
+    frames = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    if not frames:
+        raise DataFormatError(folder, "no frame folders with points.bin + lidarseg.bin")
+    lut = general_to_challenge_lut()
+    scenes = []
+    for frame in frames:
+        points = read_lidar_points(frame / "points.bin")
+        segment = read_lidarseg_labels(frame / "lidarseg.bin", len(points), lut)
+        scenes.append(Scene(name=frame.name, coord=points[:, :3].copy(), strength=points[:, 3:4].copy(),
+                            segment=segment))
+    return scenes
+
+
+def read_mmdet3d_info(pkl: str | Path, index: int = 0) -> SensorSample:
+    """One sample of an mmdetection3d v2 nuScenes info file (``data_list`` of plain dicts), images beside it."""
+    pkl = Path(pkl)
+    try:
+        with pkl.open("rb") as f:
+            table = pickle.load(f)
+        info = table["data_list"][index]
+        label_names = {v: k for k, v in table["metainfo"]["categories"].items()}
+    except (OSError, pickle.UnpicklingError, KeyError, IndexError, EOFError) as exc:
+        raise DataFormatError(pkl, f"not an mmdet3d info file with data_list[{index}] ({exc})") from exc
+    folder = pkl.parent
+    cams = [c for c in CAMERAS if c in info["images"]]
+    boxes = np.array([inst["bbox_3d"] for inst in info["instances"]], dtype=np.float64).reshape(-1, 7)
+    return SensorSample(
+        token=info["token"], points=read_lidar_points(folder / Path(info["lidar_points"]["lidar_path"]).name),
+        cameras=cams, images=[load_image(folder / Path(info["images"][c]["img_path"]).name) for c in cams],
+        intrinsics=np.array([info["images"][c]["cam2img"] for c in cams], dtype=np.float64)[:, :3, :3],
+        lidar_to_cam=np.array([info["images"][c]["lidar2cam"] for c in cams], dtype=np.float64),
+        # mmdet3d v2 LiDAR boxes: (x, y, z_bottom, l, w, h, yaw); we report centres and (w, l, h).
+        box_centers=boxes[:, :3] + np.c_[np.zeros((len(boxes), 2)), boxes[:, 5:6] / 2],
+        box_sizes=boxes[:, [4, 3, 5]], box_yaws=boxes[:, 6],
+        box_labels=[label_names[inst["bbox_label_3d"]] for inst in info["instances"]],
+    )

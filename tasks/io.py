@@ -1,0 +1,128 @@
+"""Checked readers and atomic writers shared by every format module.
+
+Every reader validates what it reads (existence, dtype, shape, finiteness, label range) and raises
+:class:`DataFormatError` naming the file, so that a corrupt scene never becomes a silent wrong result.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from tasks.errors import DataFormatError
+
+
+def require_file(path: Path) -> Path:
+    if not path.is_file():
+        raise DataFormatError(path, "file is missing")
+    return path
+
+
+def load_npy(path: Path, kinds: str, columns: int | None = None) -> np.ndarray:
+    """Load a ``.npy`` array and check its dtype kind (any of ``kinds``: 'f' float, 'i'/'u' integer) and width.
+
+    ``columns=None`` expects a 1-D array; an int expects ``(N, columns)``.
+    """
+    require_file(path)
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except Exception as exc:  # numpy raises several types for truncated/corrupt files
+        raise DataFormatError(path, f"cannot be read as .npy ({exc})") from exc
+    if arr.dtype.kind not in kinds:
+        raise DataFormatError(path, f"dtype {arr.dtype} is not one of the kinds '{kinds}'")
+    expected = "(N,)" if columns is None else f"(N, {columns})"
+    if columns is None and arr.ndim != 1 or columns is not None and (arr.ndim != 2 or arr.shape[1] != columns):
+        raise DataFormatError(path, f"shape {arr.shape} is not {expected}")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise DataFormatError(path, f"{int((~np.isfinite(arr)).sum())} non-finite values (NaN/inf)")
+    return arr
+
+
+def load_binary(path: Path, dtype: np.dtype | type, columns: int = 1) -> np.ndarray:
+    """Read a flat binary file of ``dtype`` records with ``columns`` values each (KITTI/nuScenes style)."""
+    require_file(path)
+    itemsize = np.dtype(dtype).itemsize * columns
+    size = path.stat().st_size
+    if size % itemsize:
+        raise DataFormatError(path, f"size {size} B is not a multiple of {itemsize} B ({columns} x {np.dtype(dtype)}); truncated?")
+    arr = np.fromfile(path, dtype=dtype)
+    arr = arr.reshape(-1, columns) if columns > 1 else arr
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise DataFormatError(path, f"{int((~np.isfinite(arr)).sum())} non-finite values (NaN/inf)")
+    return arr
+
+
+def load_matrix(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """Read a whitespace-separated text matrix (poses, intrinsics) of an exact shape."""
+    require_file(path)
+    try:
+        mat = np.loadtxt(path, dtype=np.float64, ndmin=2)
+    except ValueError as exc:
+        raise DataFormatError(path, f"not a numeric text matrix ({exc})") from exc
+    if mat.shape != shape:
+        raise DataFormatError(path, f"matrix shape {mat.shape} is not {shape}")
+    return mat
+
+
+def load_image(path: Path, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
+    """Read an image with OpenCV; colour images come back RGB uint8, 16-bit PNGs unchanged."""
+    require_file(path)
+    img = cv2.imread(str(path), flags)
+    if img is None:
+        raise DataFormatError(path, "cannot be decoded as an image (corrupt or truncated)")
+    if img.ndim == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return img
+
+
+def check_length(path: Path, arr: np.ndarray, n: int) -> np.ndarray:
+    if len(arr) != n:
+        raise DataFormatError(path, f"has {len(arr)} entries but the scene has {n} points")
+    return arr
+
+
+def check_labels(path: Path, labels: np.ndarray, num_classes: int, ignore_index: int = -1) -> np.ndarray:
+    bad = (labels != ignore_index) & ((labels < 0) | (labels >= num_classes))
+    if bad.any():
+        raise DataFormatError(
+            path, f"{int(bad.sum())} labels outside [0, {num_classes}) and not the ignore index {ignore_index} "
+            f"(e.g. {int(labels[bad][0])})"
+        )
+    return labels
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temporary file in the same folder and rename, so a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_image(path: Path, image: np.ndarray) -> None:
+    """Write an RGB uint8 image or a single-channel (uint16) image; the extension picks the codec."""
+    arr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
+
+    def _write(tmp: Path) -> None:  # the temporary name keeps the extension, so OpenCV picks the codec
+        if not cv2.imwrite(str(tmp), arr):
+            raise OSError(f"{path}: OpenCV could not encode the image")
+
+    atomic_write(path, _write)
+
+
+def save_npy(path: Path, arr: np.ndarray) -> None:
+    atomic_write(path, lambda tmp: np.save(tmp, arr))
+
+
+def save_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text))

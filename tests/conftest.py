@@ -1,0 +1,34 @@
+"""Shared fixtures: a generated tiny suite, and the real samples in ../shared/data (skipped when absent)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The 'tiny' suite, generated once per test session (read-only by convention; copy before corrupting)."""
+    from tasks.synth.suite import synthesize
+
+    return synthesize(tmp_path_factory.mktemp("tiny"), "tiny", seed=0, progress=False)
+
+
+@pytest.fixture
+def tiny_copy(tiny_root: Path, tmp_path: Path) -> Path:
+    """A private copy of the tiny suite that a test may corrupt."""
+    dst = tmp_path / "data"
+    shutil.copytree(tiny_root, dst)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data samples not found at {SHARED_DATA} (only present in the development checkout)")
+    return SHARED_DATA
