@@ -49,7 +49,8 @@ def load_binary(path: Path, dtype: np.dtype | type, columns: int = 1) -> np.ndar
     itemsize = np.dtype(dtype).itemsize * columns
     size = path.stat().st_size
     if size % itemsize:
-        raise DataFormatError(path, f"size {size} B is not a multiple of {itemsize} B ({columns} x {np.dtype(dtype)}); truncated?")
+        raise DataFormatError(
+            path, f"size {size} B is not a multiple of {itemsize} B ({columns} x {np.dtype(dtype)}); truncated?")
     arr = np.fromfile(path, dtype=dtype)
     arr = arr.reshape(-1, columns) if columns > 1 else arr
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():

@@ -194,5 +194,6 @@ def read_mmdet3d_info(pkl: str | Path, index: int = 0) -> SensorSample:
         # mmdet3d v2 LiDAR boxes: (x, y, z_bottom, l, w, h, yaw); we report centres and (w, l, h).
         box_centers=boxes[:, :3] + np.c_[np.zeros((len(boxes), 2)), boxes[:, 5:6] / 2],
         box_sizes=boxes[:, [4, 3, 5]], box_yaws=boxes[:, 6],
-        box_labels=[label_names[inst["bbox_label_3d"]] for inst in info["instances"]],
+        # label -1 marks objects outside the 10 detection classes
+        box_labels=[label_names.get(inst["bbox_label_3d"], "ignore") for inst in info["instances"]],
     )

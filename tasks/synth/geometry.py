@@ -148,8 +148,9 @@ def shade(boxes: Boxes, points: np.ndarray, normals: np.ndarray, owner: np.ndarr
     return np.clip(np.round(rgb * 255), 0, 255).astype(np.uint8)
 
 
-def look_at(eye: np.ndarray, target: np.ndarray, up: np.ndarray = np.array([0.0, 0.0, 1.0])) -> np.ndarray:
-    """Camera-to-world (OpenCV axes: x right, y down, z forward) for a camera at ``eye`` facing ``target``."""
+def look_at(eye: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Camera-to-world (OpenCV axes: x right, y down, z forward) for a camera at ``eye`` facing ``target``, z up."""
+    up = np.array([0.0, 0.0, 1.0])
     z = target - eye
     z = z / np.linalg.norm(z)
     x = np.cross(z, up)

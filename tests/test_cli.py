@@ -1,0 +1,45 @@
+"""The ``ponderbench`` command line: help everywhere, synth + check end to end, a failing check."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.cli import main
+
+HELP = [[], ["data"], ["data", "synth"], ["data", "check"], ["list"]]
+
+
+@pytest.mark.parametrize("words", HELP, ids=lambda w: " ".join(w) or "top")
+def test_help_everywhere(words: list[str], capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([*words, "--help"])
+    assert info.value.code == 0
+    assert "usage: ponderbench" in capsys.readouterr().out
+
+
+def test_console_script_is_installed() -> None:
+    out = subprocess.run([sys.executable, "-m", "bench.cli", "list", "datasets"], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.split() == ["scannet", "scannet200", "s3dis", "semantickitti", "nuscenes"]
+
+
+def test_synth_then_check(tmp_path: Path, capsys) -> None:
+    assert main(["data", "synth", "--suite", "tiny", "--root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "wrote the 'tiny' suite" in out and "PROBLEMS" not in out
+    assert main(["data", "check", str(tmp_path)]) == 0
+
+
+def test_check_names_what_is_broken(tiny_copy: Path, capsys) -> None:
+    bad = tiny_copy / "s3dis" / "Area_5" / "office_1" / "segment.npy"
+    np.save(bad, np.load(bad)[:3])
+    (tiny_copy / "semantickitti").rename(tiny_copy / "kitti-elsewhere")
+    assert main(["data", "check", str(tiny_copy)]) == 1
+    out = capsys.readouterr().out
+    assert f"{bad}: has 3 entries" in out
+    assert f"{tiny_copy / 'semantickitti'}: folder is missing" in out

@@ -1,0 +1,120 @@
+"""Loaders on the real samples in ../shared/data (skipped cleanly when the folder is absent)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tasks.classes import NUSCENES16
+from tasks.formats.nuscenes import read_lidarseg_frames, read_mmdet3d_info
+from tasks.formats.rgbd_folder import RGBDFolder
+from tasks.formats.rgbd_frames import backproject, fuse_views
+from tasks.formats.scannet import read_mmdet3d_posed_images, read_scannet_points_bin
+from tasks.formats.semantickitti import SemanticKITTIDataset
+
+
+def test_7scenes_frames_and_intrinsics(shared_data: Path) -> None:
+    folder = RGBDFolder(shared_data / "7scenes-rgbd")
+    assert len(folder) == 100
+    np.testing.assert_allclose(folder.intrinsics, [[585, 0, 320], [0, 585, 240], [0, 0, 1]])
+    views = folder.views([0, 50])
+    assert views.image.shape == (2, 480, 640, 3) and views.depth.dtype == np.float32
+    valid = views.depth[views.depth > 0]
+    assert 0.3 < np.median(valid) < 4.0, "indoor depth in metres"
+    rot = views.cam_to_world[:, :3, :3]
+    np.testing.assert_allclose(rot @ rot.transpose(0, 2, 1), np.broadcast_to(np.eye(3), rot.shape), atol=1e-3)
+
+
+def test_7scenes_fusion_is_consistent(shared_data: Path) -> None:
+    """A frame's back-projection lands on the cloud fused from *other* frames of the same scene."""
+    folder = RGBDFolder(shared_data / "7scenes-rgbd")
+    views = folder.views(list(range(0, 20)))
+    others = fuse_views(views.select([i for i in range(20) if i != 10]), "others", voxel_size=0.01, stride=4)
+    held_out, _ = backproject(views, 10, stride=16)
+    dist = torch.cdist(torch.from_numpy(held_out), torch.from_numpy(others.coord)).min(1).values
+    assert float(dist.median()) < 0.03, f"median distance {float(dist.median()):.3f} m"
+    # whereas a wrong pose (another frame's) does not line up
+    wrong = views.select([10])
+    wrong.cam_to_world[0] = views.cam_to_world[19]
+    misplaced, _ = backproject(wrong, 0, stride=16)
+    dist_wrong = torch.cdist(torch.from_numpy(misplaced), torch.from_numpy(others.coord)).min(1).values
+    assert float(dist_wrong.median()) > 2 * float(dist.median())
+
+
+def test_7scenes_fused_scene_has_colour(shared_data: Path) -> None:
+    scene = RGBDFolder(shared_data / "7scenes-rgbd", every=25).scene(voxel_size=0.02, stride=4)
+    assert len(scene) > 10_000
+    assert scene.color.min() >= 0 and scene.color.max() <= 255 and scene.color.std() > 10
+    assert len(scene.views) == 4
+
+
+def test_nuscenes_lidarseg_frames(shared_data: Path) -> None:
+    scenes = read_lidarseg_frames(shared_data / "nuscenes-lidarseg-samples")
+    assert len(scenes) == 30
+    counts = [len(s) for s in scenes]
+    assert 30_000 < np.mean(counts) < 40_000
+    labels = np.concatenate([s.segment for s in scenes])
+    assert labels.min() >= -1 and labels.max() < len(NUSCENES16)
+    present = {NUSCENES16[i] for i in np.unique(labels[labels >= 0])}
+    assert {"driveable_surface", "manmade", "vegetation", "car"} <= present
+    # driveable surface lies below the sensor, vegetation/manmade mostly above it
+    coord = np.concatenate([s.coord for s in scenes])
+    road = labels == NUSCENES16.index("driveable_surface")
+    assert np.median(coord[road, 2]) < -1.0
+    intensity = np.concatenate([s.strength for s in scenes])
+    assert intensity.min() >= 0 and intensity.max() <= 255
+
+
+def test_nuscenes_multisensor_lidar_projects_into_real_cameras(shared_data: Path) -> None:
+    sample = read_mmdet3d_info(next((shared_data / "nuscenes-multisensor-sample").glob("*.pkl")))
+    assert len(sample.cameras) == 6 and all(img.shape == (900, 1600, 3) for img in sample.images)
+    seen = np.zeros(len(sample.points), dtype=int)
+    for v, cam in enumerate(sample.cameras):
+        uv, inside = sample.project(v)
+        assert inside.sum() > 1000, cam
+        seen += inside
+    assert (seen > 0).mean() > 0.3
+    # front camera sees points ahead of the car (+x in the LiDAR frame of nuScenes is to the right,
+    # +y is forward), the back camera those behind
+    front = sample.cameras.index("CAM_FRONT")
+    back = sample.cameras.index("CAM_BACK")
+    assert np.median(sample.points[sample.project(front)[1], 1]) > 0
+    assert np.median(sample.points[sample.project(back)[1], 1]) < 0
+    assert len(sample.box_labels) == len(sample.box_centers) > 10
+    assert "car" in sample.box_labels
+
+
+def test_scannet_scan_sample(shared_data: Path) -> None:
+    scene = read_scannet_points_bin(shared_data / "scannet-scan-sample" / "scene0000_00.bin")
+    assert len(scene) == 40_684
+    extent = scene.coord.max(0) - scene.coord.min(0)
+    assert (extent[:2] > 3).all() and 1.5 < extent[2] < 4, "a room"
+    assert scene.color.max() <= 255 and scene.color.min() >= 0
+
+
+def test_scannet_posed_images_see_the_scan(shared_data: Path) -> None:
+    images, k, c2w = read_mmdet3d_posed_images(shared_data / "scannet-posed-images-sample" / "scannet_infos.pkl")
+    scene = read_scannet_points_bin(shared_data / "scannet-scan-sample" / "scene0000_00.bin")
+    assert len(images) == 3 == len(c2w)
+    for img, pose in zip(images, c2w, strict=True):
+        w2c = np.linalg.inv(pose)
+        cam = scene.coord @ w2c[:3, :3].T + w2c[:3, 3]
+        uv = cam @ k.T
+        uv = uv[:, :2] / np.maximum(cam[:, 2:], 1e-6)
+        inside = (cam[:, 2] > 0.1) & (uv[:, 0] >= 0) & (uv[:, 0] < img.shape[1]) & (uv[:, 1] >= 0) & (
+            uv[:, 1] < img.shape[0])
+        assert inside.sum() > 1000
+
+
+def test_semantickitti_sample(shared_data: Path) -> None:
+    dataset = SemanticKITTIDataset(shared_data / "semantickitti-format-sample", "train")
+    assert dataset.names == ["00/000000"]
+    scene = dataset[0]
+    assert len(scene) == 50
+    raw = np.fromfile(shared_data / "semantickitti-format-sample/sequences/00/labels/000000.label",
+                      dtype=np.uint32) & 0xFFFF
+    expected = {0: -1, 50: 12, 52: -1, 70: 14, 71: 15, 80: 17}  # learning map, shifted to 0..18
+    for r, s in zip(raw, scene.segment, strict=True):
+        assert expected[int(r)] == s
