@@ -46,6 +46,16 @@ def _list(args: argparse.Namespace) -> int:
         from tasks.check import CHECKS
 
         print("\n".join(CHECKS))
+    elif args.what == "backbones":
+        from dataclasses import asdict
+
+        from backbones.registry import get_backbone_config, list_backbones
+
+        rows = [asdict(get_backbone_config(n)) for n in list_backbones(args.pattern)]
+        table = pd.DataFrame(rows, columns=["name", "modality", "in_channels", "out_channels", "params",
+                                            "voxel_size", "description"])
+        table["params"] = table["params"].map(lambda p: f"{p / 1e6:.2f}M")
+        print(table.to_string(index=False))
     elif args.what == "suites":
         from tasks.synth.suite import SUITES
 
@@ -71,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_data_check)
 
     lister = sub.add_parser("list", help="list what the suite knows")
-    lister.add_argument("what", choices=("datasets", "suites"))
+    lister.add_argument("what", choices=("backbones", "datasets", "suites"))
+    lister.add_argument("pattern", nargs="?", default="*", help="wildcard filter for backbones, e.g. 'spunet*'")
     lister.set_defaults(func=_list)
     return parser
 

@@ -11,6 +11,18 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+def _import_example_backbone() -> None:
+    """Register the README's example backbone, so the registry-parametrised tests cover it too."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("custom_backbone", REPO / "examples" / "custom_backbone.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+
+_import_example_backbone()
+
+
 @pytest.fixture(scope="session")
 def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The 'tiny' suite, generated once per test session (read-only by convention; copy before corrupting)."""

@@ -28,6 +28,16 @@ def test_console_script_is_installed() -> None:
     assert out.split() == ["scannet", "scannet200", "s3dis", "semantickitti", "nuscenes"]
 
 
+def test_list_backbones(capsys) -> None:
+    assert main(["list", "backbones"]) == 0
+    out = capsys.readouterr().out
+    for name in ("spunet-v1m1", "spunet-mini", "timm:resnet18"):
+        assert name in out
+    assert "39.16M" in out and "96" in out
+    assert main(["list", "backbones", "timm:*"]) == 0
+    assert "spunet" not in capsys.readouterr().out
+
+
 def test_synth_then_check(tmp_path: Path, capsys) -> None:
     assert main(["data", "synth", "--suite", "tiny", "--root", str(tmp_path)]) == 0
     out = capsys.readouterr().out

@@ -75,7 +75,7 @@ class SensorSample:
         z = cam[:, 2]
         uv = (cam @ self.intrinsics[view].T)[:, :2] / np.maximum(z, 1e-6)[:, None]
         h, w = self.images[view].shape[:2]
-        inside = (z > 0.1) & (uv[:, 0] >= 0) & (uv[:, 0] < w) & (uv[:, 1] >= 0) & (uv[:, 1] < h)
+        inside = (z > 0.1) & (uv[:, 0] >= 0) & (uv[:, 0] <= w - 1) & (uv[:, 1] >= 0) & (uv[:, 1] <= h - 1)
         return uv, inside
 
 

@@ -1,0 +1,120 @@
+"""One registry for 3D and 2D backbones, timm-style: a decorator, ``create_backbone`` and ``list_backbones``.
+
+Third-party packages register backbones through the ``ponderbench.backbones`` entry-point group: each
+entry point names a module whose import runs ``@register_backbone`` decorators. ``"timm:<model>"`` names
+any timm image model without registering it first.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from functools import cache
+from importlib.metadata import entry_points
+from typing import Literal
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+ENTRY_POINT_GROUP = "ponderbench.backbones"
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """What a user needs to know to pick a backbone; ``create_backbone`` overrides fill the rest."""
+
+    name: str
+    modality: Literal["3d", "2d"]
+    in_channels: int
+    out_channels: int
+    description: str
+    voxel_size: float | None = None  # metres, 3D only
+    params: int | None = None  # filled in by get_backbone_config
+
+
+@dataclass(frozen=True)
+class _Entry:
+    config: BackboneConfig
+    factory: Callable[..., nn.Module]
+
+
+_REGISTRY: dict[str, _Entry] = {}
+_plugins_loaded = False
+
+
+def register_backbone(name: str, *, modality: Literal["3d", "2d"], in_channels: int, out_channels: int,
+                      description: str, voxel_size: float | None = None
+                      ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register a factory (a class or function taking keyword overrides) under ``name``."""
+    if modality == "3d" and voxel_size is None:
+        raise ValueError(f"3D backbone {name!r} needs a voxel_size")
+
+    def decorator(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _REGISTRY:
+            raise ValueError(f"backbone {name!r} is already registered (by {_REGISTRY[name].factory!r})")
+        _REGISTRY[name] = _Entry(BackboneConfig(name, modality, in_channels, out_channels, description, voxel_size),
+                                 factory)
+        return factory
+
+    return decorator
+
+
+def _load_plugins() -> None:
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    import backbones.spunet  # noqa: F401  (built-in registrations)
+    import backbones.timm2d  # noqa: F401
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            ep.load()
+        except Exception:  # a broken plugin must not hide the built-in backbones
+            log.exception("could not load backbone plugin %s", ep.value)
+
+
+def list_backbones(pattern: str = "*", modality: str | None = None) -> list[str]:
+    """Registered names matching a shell-style wildcard, sorted."""
+    _load_plugins()
+    return sorted(n for n, e in _REGISTRY.items()
+                  if fnmatch.fnmatchcase(n, pattern) and (modality is None or e.config.modality == modality))
+
+
+def _entry(name: str) -> _Entry:
+    _load_plugins()
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if name.startswith("timm:"):
+        from backbones.timm2d import timm_entry
+
+        return timm_entry(name.removeprefix("timm:"))
+    close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.4)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise KeyError(f"unknown backbone {name!r}{hint} (see `ponderbench list backbones`)")
+
+
+@cache
+def get_backbone_config(name: str) -> BackboneConfig:
+    """The variant's config with its parameter count (counted on the meta device: no memory, no compute)."""
+    entry = _entry(name)
+    with torch.device("meta"):
+        params = count_parameters(entry.factory())
+    return replace(entry.config, params=params)
+
+
+def create_backbone(name: str, **overrides: object) -> nn.Module:
+    """Build a backbone; ``overrides`` go to its factory (e.g. ``in_channels=4``)."""
+    entry = _entry(name)
+    model = entry.factory(**overrides)
+    known = {k: v for k, v in overrides.items() if k in ("in_channels", "out_channels", "voxel_size")}
+    model.config = replace(entry.config, params=count_parameters(model), **known)  # type: ignore[assignment]
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,125 @@
+"""SpUNet-v1m1 (Pointcept / PonderV2's 3D backbone) on spconv, plus smaller variants for CPU work.
+
+A sparse residual U-Net: a 5^3 submanifold stem, four encoder stages (strided 2^3 sparse conv down +
+residual blocks of submanifold 3^3 convs with BatchNorm), four decoder stages (inverse conv up, skip
+concatenation, residual blocks), returning per-point features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+
+import torch
+from torch import nn
+
+from backbones.registry import register_backbone
+from backbones.sparse import conv_algo, spconv
+from backbones.structures import PointBatch
+
+BatchNorm = partial(nn.BatchNorm1d, eps=1e-3, momentum=0.01)
+
+
+class BasicBlock(spconv.SparseModule):
+    """Two submanifold 3^3 convs with BN, and a 1^3 projection on the residual when widths differ."""
+
+    def __init__(self, in_channels: int, channels: int, indice_key: str, algo) -> None:  # noqa: ANN001
+        super().__init__()
+        self.proj = (nn.Identity() if in_channels == channels else spconv.SparseSequential(
+            spconv.SubMConv3d(in_channels, channels, 1, bias=False, algo=algo), BatchNorm(channels)))
+        self.conv1 = spconv.SubMConv3d(in_channels, channels, 3, padding=1, bias=False, indice_key=indice_key,
+                                       algo=algo)
+        self.bn1 = BatchNorm(channels)
+        self.conv2 = spconv.SubMConv3d(channels, channels, 3, padding=1, bias=False, indice_key=indice_key,
+                                       algo=algo)
+        self.bn2 = BatchNorm(channels)
+
+    def forward(self, x: spconv.SparseConvTensor) -> spconv.SparseConvTensor:
+        residual = x.features if isinstance(self.proj, nn.Identity) else self.proj(x).features
+        out = self.conv1(x)
+        out = out.replace_feature(torch.relu(self.bn1(out.features)))
+        out = self.conv2(out)
+        return out.replace_feature(torch.relu(self.bn2(out.features) + residual))
+
+
+def _stage(in_channels: int, channels: int, blocks: int, key: str, algo) -> spconv.SparseSequential:  # noqa: ANN001
+    return spconv.SparseSequential(*[BasicBlock(in_channels if i == 0 else channels, channels, key, algo)
+                                     for i in range(blocks)])
+
+
+class SpUNet(nn.Module):
+    """Sparse U-Net over a :class:`PointBatch`; returns (N, channels[-1]) features, one row per input point.
+
+    Points sharing a voxel are averaged into it and each receives its voxel's output, so the output does
+    not depend on the order (or duplication) of the input points.
+    """
+
+    def __init__(self, in_channels: int = 6, base_channels: int = 32,
+                 channels: Sequence[int] = (32, 64, 128, 256, 256, 128, 96, 96),
+                 layers: Sequence[int] = (2, 3, 4, 6, 2, 2, 2, 2), algo: str = "auto") -> None:
+        super().__init__()
+        if len(channels) != len(layers) or len(layers) % 2:
+            raise ValueError("channels and layers must have the same even length (encoder + decoder stages)")
+        self.in_channels, self.out_channels = in_channels, channels[-1]
+        a = conv_algo(algo)
+        n = len(layers) // 2
+        self.stem = spconv.SparseSequential(
+            spconv.SubMConv3d(in_channels, base_channels, 5, padding=1, bias=False, indice_key="stem", algo=a),
+            BatchNorm(base_channels), nn.ReLU())
+        self.down, self.enc, self.up, self.dec = nn.ModuleList(), nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+        enc_in = base_channels
+        skip_channels = [base_channels, *channels[: n - 1]]
+        for s in range(n):
+            self.down.append(spconv.SparseSequential(
+                spconv.SparseConv3d(enc_in, channels[s], 2, stride=2, bias=False, indice_key=f"spconv{s + 1}", algo=a),
+                BatchNorm(channels[s]), nn.ReLU()))
+            self.enc.append(_stage(channels[s], channels[s], layers[s], f"subm{s + 1}", a))
+            enc_in = channels[s]
+        # decoder stage s upsamples to the resolution of encoder stage s-1 (s = 0: the stem)
+        for s in range(n):
+            below = channels[len(channels) - s - 2]  # for s = n-1 this is the deepest encoder's width
+            width = channels[len(channels) - s - 1]
+            self.up.append(spconv.SparseSequential(
+                spconv.SparseInverseConv3d(below, width, 2, bias=False, indice_key=f"spconv{s + 1}", algo=a),
+                BatchNorm(width), nn.ReLU()))
+            self.dec.append(_stage(width + skip_channels[s], width, layers[len(channels) - s - 1], f"subm{s}", a))
+
+    def forward(self, batch: PointBatch) -> torch.Tensor:
+        keys = torch.cat([batch.batch_index[:, None].to(torch.int32), batch.grid_coord.to(torch.int32)], dim=1)
+        voxels, inverse = torch.unique(keys, dim=0, return_inverse=True)
+        counts = torch.bincount(inverse, minlength=len(voxels)).to(batch.feat.dtype)
+        feat = batch.feat.new_zeros(len(voxels), batch.feat.shape[1]).index_add(0, inverse, batch.feat)
+        feat = feat / counts[:, None]
+        shape = (voxels[:, 1:].max(0).values + 96).tolist()
+        x = spconv.SparseConvTensor(feat, voxels.contiguous(), shape, batch.batch_size)
+        x = self.stem(x)
+        skips = [x]
+        for down, enc in zip(self.down, self.enc, strict=True):
+            x = enc(down(x))
+            skips.append(x)
+        x = skips.pop()
+        for s in reversed(range(len(self.up))):
+            x = self.up[s](x)
+            x = x.replace_feature(torch.cat([x.features, skips.pop().features], dim=1))
+            x = self.dec[s](x)
+        return x.features[inverse]
+
+
+@register_backbone("spunet-v1m1", modality="3d", in_channels=6, out_channels=96, voxel_size=0.02,
+                   description="PonderV2's SpUNet-v1m1 (Pointcept): 4-stage sparse residual U-Net, 96-d output")
+def spunet_v1m1(**overrides: object) -> SpUNet:
+    return SpUNet(**overrides)  # type: ignore[arg-type]
+
+
+@register_backbone("spunet-mini", modality="3d", in_channels=6, out_channels=32, voxel_size=0.02,
+                   description="SpUNet with 1/4 of the widths and one block per stage, for CPU runs")
+def spunet_mini(**overrides: object) -> SpUNet:
+    return SpUNet(**{"base_channels": 16, "channels": (16, 32, 64, 64, 64, 32, 32, 32), "layers": (1,) * 8,
+                     **overrides})  # type: ignore[arg-type]
+
+
+@register_backbone("spunet-micro", modality="3d", in_channels=6, out_channels=16, voxel_size=0.02,
+                   description="a two-stage SpUNet for unit tests and smoke runs")
+def spunet_micro(**overrides: object) -> SpUNet:
+    defaults = {"base_channels": 8, "channels": (16, 32, 16, 16), "layers": (1, 1, 1, 1)}
+    return SpUNet(**{**defaults, **overrides})  # type: ignore[arg-type]
