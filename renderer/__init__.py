@@ -1,0 +1,1 @@
+"""What turns a feature volume into images: rays, samplers, fields, compositing (reference + Triton), losses."""
