@@ -6,8 +6,8 @@ The visibility count is returned too, so callers can tell unseen voxels (count 0
 
 Conventions: pixel (u, v) has its centre at integer coordinates (OpenCV); a feature map of stride s covers
 the image exactly (H = s * h), and cam-to-world poses use OpenCV camera axes (x right, y down, z forward).
-The volume is laid out (B, C, Z, Y, X) like ``torch.nn.functional.grid_sample``'s 3D input, with cell
-centres at ``lo + (i + 0.5) * (hi - lo) / n`` per axis.
+The volume is laid out channels-last (B, Z, Y, X, C), the renderer's volume layout, with cell centres at
+``lo + (i + 0.5) * (hi - lo) / n`` per axis (``renderer.volume.GridSpec`` uses the same centres).
 """
 
 from __future__ import annotations
@@ -57,10 +57,10 @@ def voxel_centers(lo: tuple[float, float, float], hi: tuple[float, float, float]
 def lift_to_volume(features: torch.Tensor, stride: int, intrinsics: torch.Tensor, cam_to_world: torch.Tensor,
                    image_size: tuple[int, int], lo: tuple[float, float, float], hi: tuple[float, float, float],
                    shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Feature volume (B, C, Z, Y, X) over the box [lo, hi] with (X, Y, Z) = ``shape`` cells, and counts."""
+    """Feature volume (B, Z, Y, X, C) over the box [lo, hi] with (X, Y, Z) = ``shape`` cells, and counts."""
     centers = voxel_centers(lo, hi, shape, features.device).to(features.dtype)
     b = features.shape[0]
     pts = centers.reshape(1, -1, 3).expand(b, -1, -1)
     mean, count = sample_views_at_points(pts, features, stride, intrinsics, cam_to_world, image_size)
     nx, ny, nz = shape
-    return (mean.transpose(1, 2).reshape(b, -1, nz, ny, nx), count.reshape(b, nz, ny, nx))
+    return mean.reshape(b, nz, ny, nx, -1), count.reshape(b, nz, ny, nx)

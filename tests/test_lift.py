@@ -47,13 +47,13 @@ def test_one_view_sees_the_volume_the_other_faces_away() -> None:
     poses = torch.stack([_pose((0, 0, 0)), _pose((0, 0, 0), facing_back=True)])[None]
     lo, hi, shape = (-0.5, -0.4, 1.5), (0.5, 0.4, 2.5), (8, 6, 4)
     volume, count = lift_to_volume(feats, STRIDE, K.expand(1, 2, 3, 3), poses, (H, W), lo, hi, shape)
-    assert volume.shape == (1, 3, 4, 6, 8) and count.shape == (1, 4, 6, 8)
+    assert volume.shape == (1, 4, 6, 8, 3) and count.shape == (1, 4, 6, 8)
     assert (count == 1).all()
     centers = voxel_centers(lo, hi, shape).to(torch.float64).reshape(-1, 3)
     expected = _project(centers, poses[0, 0])
-    got = volume[0, :2].reshape(2, -1).T
+    got = volume[0, ..., :2].reshape(-1, 2)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-9)  # bilinear is exact on a linear function
-    torch.testing.assert_close(volume[0, 2], torch.ones(4, 6, 8, dtype=torch.float64))
+    torch.testing.assert_close(volume[0, ..., 2], torch.ones(4, 6, 8, dtype=torch.float64))
 
 
 def test_two_views_are_averaged_and_unseen_voxels_are_empty() -> None:
@@ -93,3 +93,14 @@ def test_real_nuscenes_cameras_give_features_to_the_lidar_points_they_see(shared
         seen_by.sum(0), 1), 0.0)
     np.testing.assert_allclose(mean[0, :, 0].numpy(), expected, atol=1e-9)
     assert (count[0] > 0).float().mean() > 0.3 and (count[0] == 0).any()
+
+
+def test_lifted_volume_is_read_by_the_renderer_grid_at_the_same_points() -> None:
+    from renderer.volume import GridSpec, sample_volume
+
+    spec = GridSpec((-0.5, -0.4, 1.5), (0.5, 0.4, 2.5), (8, 6, 4))
+    feats = _pixel_position_features()[None, None]
+    volume, _ = lift_to_volume(feats, STRIDE, K[None, None], _pose((0, 0, 0))[None, None], (H, W), spec.lo,
+                               spec.hi, spec.shape)
+    centres = voxel_centers(spec.lo, spec.hi, spec.shape).double().reshape(1, -1, 3)[:, ::7]
+    torch.testing.assert_close(sample_volume(volume, centres, spec)[0, :, :2], _project(centres[0], _pose((0, 0, 0))))
