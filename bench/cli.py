@@ -17,9 +17,28 @@ def _data_synth(args: argparse.Namespace) -> int:
 
     root = Path(args.root or f"data/{args.suite}")
     start = time.perf_counter()
-    synthesize(root, args.suite, seed=args.seed)
+    try:
+        synthesize(root, args.suite, seed=args.seed, **_parse_sizes(args.size))
+    except ValueError as exc:  # a bad size override: say so without a traceback
+        raise SystemExit(f"ponderbench data synth: {exc}") from exc
     print(f"wrote the '{args.suite}' suite to {root} in {time.perf_counter() - start:.1f} s")
     return _print_check(root, None, None)
+
+
+def _parse_sizes(items: list[str]) -> dict[str, object]:
+    """``key=value`` size overrides, values as Python literals (``scannet_scenes=(4,2,1)``)."""
+    import ast
+
+    sizes = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--size expects KEY=VALUE, got {item!r}")
+        try:
+            sizes[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError) as exc:
+            raise SystemExit(f"--size {item!r}: value is not a literal ({exc})") from exc
+    return sizes
 
 
 def _data_check(args: argparse.Namespace) -> int:
@@ -73,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--root", help="output folder (default: data/<suite>)")
     synth.add_argument("--suite", default="mini", choices=("mini", "tiny"), help="size preset (default: mini)")
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--size", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a size of the suite, e.g. --size 'scannet_scenes=(4,2,1)' "
+                            "--size lidar_azimuths=512 (fields: `ponderbench list suites`)")
     synth.set_defaults(func=_data_synth)
     check = data.add_parser("check", help="validate a data root (real or generated) per benchmark")
     check.add_argument("root", help="folder holding scannet/, s3dis/, semantickitti/, nuscenes/")

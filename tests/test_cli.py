@@ -45,6 +45,15 @@ def test_synth_then_check(tmp_path: Path, capsys) -> None:
     assert main(["data", "check", str(tmp_path)]) == 0
 
 
+def test_synth_size_overrides(tmp_path: Path) -> None:
+    assert main(["data", "synth", "--suite", "tiny", "--root", str(tmp_path), "--size", "scannet_scenes=(1, 1, 0)",
+                 "--size", "kitti_scans={0: 1, 8: 1}"]) == 0
+    assert len(list((tmp_path / "scannet" / "train").iterdir())) == 1
+    assert not (tmp_path / "scannet" / "test").exists()
+    with pytest.raises(SystemExit, match="unknown suite size fields"):
+        main(["data", "synth", "--suite", "tiny", "--root", str(tmp_path / "x"), "--size", "rooms=3"])
+
+
 def test_check_names_what_is_broken(tiny_copy: Path, capsys) -> None:
     bad = tiny_copy / "s3dis" / "Area_5" / "office_1" / "segment.npy"
     np.save(bad, np.load(bad)[:3])
