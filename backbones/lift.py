@@ -7,13 +7,15 @@ The visibility count is returned too, so callers can tell unseen voxels (count 0
 Conventions: pixel (u, v) has its centre at integer coordinates (OpenCV); a feature map of stride s covers
 the image exactly (H = s * h), and cam-to-world poses use OpenCV camera axes (x right, y down, z forward).
 The volume is laid out channels-last (B, Z, Y, X, C), the renderer's volume layout, with cell centres at
-``lo + (i + 0.5) * (hi - lo) / n`` per axis (``renderer.volume.GridSpec`` uses the same centres).
+``lo + (i + 0.5) * (hi - lo) / n`` per axis: those of :class:`backbones.structures.GridSpec`, the renderer's grid.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from backbones.structures import GridSpec
 
 
 def sample_views_at_points(points: torch.Tensor, features: torch.Tensor, stride: int, intrinsics: torch.Tensor,
@@ -48,10 +50,7 @@ def sample_views_at_points(points: torch.Tensor, features: torch.Tensor, stride:
 def voxel_centers(lo: tuple[float, float, float], hi: tuple[float, float, float], shape: tuple[int, int, int],
                   device: torch.device | str = "cpu") -> torch.Tensor:
     """Cell centres (Z, Y, X, 3) as (x, y, z) points of a box split into ``shape`` = (X, Y, Z) cells."""
-    axes = [torch.linspace(a + (b - a) / (2 * n), b - (b - a) / (2 * n), n, device=device)
-            for a, b, n in zip(lo, hi, shape, strict=True)]
-    zz, yy, xx = torch.meshgrid(axes[2], axes[1], axes[0], indexing="ij")
-    return torch.stack([xx, yy, zz], dim=-1)
+    return GridSpec(lo, hi, shape).centers(device)
 
 
 def lift_to_volume(features: torch.Tensor, stride: int, intrinsics: torch.Tensor, cam_to_world: torch.Tensor,

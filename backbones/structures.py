@@ -1,4 +1,5 @@
-"""The one input contract of every 3D backbone: a collated batch of voxelised point clouds."""
+"""Contracts shared across packages: the collated point batch every 3D backbone consumes, and the
+dense grid (box + cell centres) that lifting and the renderer both use."""
 
 from __future__ import annotations
 
@@ -56,3 +57,29 @@ class PointBatch:
         feat = torch.from_numpy(np.concatenate([c[2] for c in clouds]).astype(np.float32))
         offset = torch.from_numpy(np.cumsum([len(c[0]) for c in clouds]).astype(np.int64))
         return cls(coord, grid, feat, offset)
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """An axis-aligned box [lo, hi] split into ``shape`` = (X, Y, Z) cells; cell i is centred at
+    ``lo + (i + 0.5) * (hi - lo) / n``."""
+
+    lo: tuple[float, float, float]
+    hi: tuple[float, float, float]
+    shape: tuple[int, int, int]
+
+    def world_to_index(self, points: torch.Tensor) -> torch.Tensor:
+        """Continuous index coordinates (x, y, z): cell centre i maps to i."""
+        lo, hi = points.new_tensor(self.lo), points.new_tensor(self.hi)
+        return (points - lo) / (hi - lo) * points.new_tensor(self.shape) - 0.5
+
+    def index_to_world(self, index: torch.Tensor) -> torch.Tensor:
+        lo, hi = index.new_tensor(self.lo), index.new_tensor(self.hi)
+        return (index + 0.5) / index.new_tensor(self.shape) * (hi - lo) + lo
+
+    def centers(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """World (x, y, z) of every cell centre, laid out (Z, Y, X, 3) like the channels-last volume."""
+        nx, ny, nz = self.shape
+        zz, yy, xx = torch.meshgrid(torch.arange(nz, device=device), torch.arange(ny, device=device),
+                                    torch.arange(nx, device=device), indexing="ij")
+        return self.index_to_world(torch.stack([xx, yy, zz], dim=-1).float())

@@ -1,35 +1,18 @@
 """The dense feature volume: one world <-> grid mapping shared by the scatter and the sampler.
 
 PonderV2's reference scatters points over [-0.5, 0.5] but samples with ``p / 1.1 + 0.5``, so a feature
-is read back about 10% away from where it was written. Here both sides use :class:`GridSpec`.
+is read back about 10% away from where it was written. Here both sides use :class:`GridSpec` (defined in
+``backbones.structures`` so that 2D-to-3D lifting builds its volume on the same cell centres).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
+from backbones.structures import GridSpec
 from renderer.trilinear import trilinear_reference
 
-
-@dataclass(frozen=True)
-class GridSpec:
-    """An axis-aligned box [lo, hi] split into ``shape`` = (X, Y, Z) cells; cell i is centred at
-    ``lo + (i + 0.5) * (hi - lo) / n`` (the same centres as ``backbones.lift.voxel_centers``)."""
-
-    lo: tuple[float, float, float]
-    hi: tuple[float, float, float]
-    shape: tuple[int, int, int]
-
-    def world_to_index(self, points: torch.Tensor) -> torch.Tensor:
-        """Continuous index coordinates (x, y, z): cell centre i maps to i."""
-        lo, hi = points.new_tensor(self.lo), points.new_tensor(self.hi)
-        return (points - lo) / (hi - lo) * points.new_tensor(self.shape) - 0.5
-
-    def index_to_world(self, index: torch.Tensor) -> torch.Tensor:
-        lo, hi = index.new_tensor(self.lo), index.new_tensor(self.hi)
-        return (index + 0.5) / index.new_tensor(self.shape) * (hi - lo) + lo
+__all__ = ["GridSpec", "INDOOR_GRID", "OUTDOOR_GRID", "sample_volume", "scatter_mean"]
 
 
 INDOOR_GRID = GridSpec((-0.5, -0.5, -0.5), (0.5, 0.5, 0.5), (128, 128, 32))  # unit-cube-normalised scene
