@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from backbones.structures import GridSpec
-from renderer.trilinear import trilinear_reference
+from renderer.trilinear import trilinear
 
 __all__ = ["GridSpec", "INDOOR_GRID", "OUTDOOR_GRID", "sample_volume", "scatter_mean"]
 
@@ -36,6 +36,6 @@ def scatter_mean(points: torch.Tensor, feats: torch.Tensor, batch_index: torch.T
     return (sums / counts[:, None]).reshape(batch_size, nz, ny, nx, feats.shape[1])
 
 
-def sample_volume(volume: torch.Tensor, points: torch.Tensor, spec: GridSpec) -> torch.Tensor:
-    """Features of a (B, Z, Y, X, C) volume at world points (B, P, 3)."""
-    return trilinear_reference(volume, spec.world_to_index(points))
+def sample_volume(volume: torch.Tensor, points: torch.Tensor, spec: GridSpec, backend: str = "auto") -> torch.Tensor:
+    """Features of a (B, Z, Y, X, C) volume at world points (B, P, 3), differentiable twice."""
+    return trilinear(volume, spec.world_to_index(points), backend)

@@ -50,3 +50,10 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data samples not found at {SHARED_DATA} (only present in the development checkout)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def interpreter() -> None:
+    """Triton runs on the CPU only through its interpreter, which this file enables when there is no GPU."""
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("no GPU and TRITON_INTERPRET is not 1")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
@@ -46,13 +44,6 @@ def test_backend_resolution(monkeypatch) -> None:
         resolve_backend("triton", cpu)
     with pytest.raises(ValueError, match="backend must be"):
         resolve_backend("cuda", cpu)
-
-
-@pytest.fixture
-def interpreter() -> None:
-    """Triton runs on the CPU only through its interpreter, which conftest enables when there is no GPU."""
-    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("no GPU and TRITON_INTERPRET is not 1")
 
 
 @pytest.mark.parametrize(("rays", "samples", "channels"), [(100, 37, 5), (64, 132, 3), (7, 1, 1)])
