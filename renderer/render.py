@@ -1,0 +1,55 @@
+"""Rendering rays through a surface field: sample, evaluate SDF and its gradient, NeuS alpha, composite.
+
+:func:`render_rays` is the functional core; the pre-training model wraps it. The SDF gradient is taken
+with ``create_graph`` when training so that the eikonal loss (and the colour decoder, which reads the
+gradient) can be back-propagated through it: this is what needs trilinear sampling's double backward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from renderer.fields import SurfaceField, neus_alpha
+from renderer.rays import RayBundle
+from renderer.samplers import NeuSSampler, RaySamples
+from renderer.volrend import composite
+
+
+@dataclass(frozen=True)
+class RenderOutput:
+    """Per-ray renders and the per-sample quantities the losses need."""
+
+    rgb: torch.Tensor  # (R, 3)
+    depth: torch.Tensor  # (R,) expected distance along the ray
+    normal: torch.Tensor  # (R, 3) composited unit SDF gradients
+    opacity: torch.Tensor  # (R,)
+    semantic: torch.Tensor | None  # (R, D)
+    samples: RaySamples
+    sdf: torch.Tensor  # (R, S)
+    gradients: torch.Tensor  # (R, S, 3)
+
+
+def render_rays(field: SurfaceField, rays: RayBundle, sampler: NeuSSampler = NeuSSampler(),  # noqa: B008
+                perturb: bool = False, generator: torch.Generator | None = None, create_graph: bool | None = None,
+                backend: str = "auto") -> RenderOutput:
+    """Render ``rays``; ``create_graph`` (default: whether autograd is on) keeps the gradient differentiable."""
+    create_graph = torch.is_grad_enabled() if create_graph is None else create_graph
+    samples = sampler(rays, lambda pts: field.sdf(pts, rays.batch_index)[0], perturb, generator)
+    with torch.enable_grad():  # the SDF gradient is part of the render even for inference
+        points = samples.points(rays)
+        if not points.requires_grad:
+            points = points.detach().requires_grad_(True)
+        sdf, geometry = field.sdf(points, rays.batch_index)
+        (gradients,) = torch.autograd.grad(sdf, points, torch.ones_like(sdf), create_graph=create_graph)
+    rgb, semantic = field.color(points, rays.batch_index, gradients, geometry, rays.directions)
+    alpha = neus_alpha(sdf, gradients, rays.directions, samples.deltas, field.inv_s())
+    parts = [rgb, samples.t[..., None], F.normalize(gradients, dim=-1)]
+    if semantic is not None:
+        parts.append(semantic)
+    out, opacity = composite(alpha, torch.cat(parts, -1), backend)
+    return RenderOutput(rgb=out[:, :3], depth=out[:, 3], normal=out[:, 4:7], opacity=opacity,
+                        semantic=out[:, 7:] if semantic is not None else None, samples=samples, sdf=sdf,
+                        gradients=gradients)
