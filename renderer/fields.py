@@ -14,12 +14,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from backbones.structures import GridSpec
-from renderer.trilinear import trilinear
+from renderer.trilinear import trilinear, trilinear_points_grad
 
 
 class SurfaceField(Protocol):
-    def sdf(self, points: torch.Tensor, batch_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def sdf(self, points: torch.Tensor, batch_index: torch.Tensor, geometry: bool = True
+            ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(R, S, 3) world points of rays in scenes ``batch_index`` (R,) -> SDF (R, S) and geometry features."""
+
+    def sdf_and_gradient(self, points: torch.Tensor, batch_index: torch.Tensor, create_graph: bool
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """SDF, geometry features and dSDF/dx (R, S, 3), differentiable again when ``create_graph``."""
 
     def color(self, points: torch.Tensor, batch_index: torch.Tensor, gradients: torch.Tensor,
               geometry: torch.Tensor, directions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -29,13 +34,54 @@ class SurfaceField(Protocol):
         """NeuS sharpness: a scalar tensor."""
 
 
-def mlp(dims: list[int], activation: nn.Module) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
-        layers.append(nn.Linear(a, b))
-        if i < len(dims) - 2:
-            layers.append(activation)
-    return nn.Sequential(*layers)
+def gradient_by_autograd(field: SurfaceField, points: torch.Tensor, batch_index: torch.Tensor, create_graph: bool
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``sdf_and_gradient`` for any field, by differentiating its ``sdf`` with autograd."""
+    with torch.enable_grad():  # the SDF gradient is part of the render, even for inference
+        points = points.detach().requires_grad_(True)
+        sdf, geometry = field.sdf(points, batch_index)
+        (gradients,) = torch.autograd.grad(sdf, points, torch.ones_like(sdf), create_graph=create_graph)
+    return sdf, geometry, gradients
+
+
+class SplitInputMLP(nn.Module):
+    """An MLP whose first layer is one linear map per input, summed (as PonderV2's decoders feed theirs).
+
+    Inputs broadcast against each other, so a per-ray input (the view direction, (R, 1, 3)) is mapped once
+    per ray, and no (rays x samples x all-inputs) concatenation, nor its sliced gradient, is materialised.
+    ``out_dim`` 0 leaves the last hidden activation as the output.
+    """
+
+    def __init__(self, in_dims: list[int], hidden: int, layers: int, out_dim: int, activation: nn.Module) -> None:
+        super().__init__()
+        self.inputs = nn.ModuleList(nn.Linear(d, hidden, bias=i == 0) for i, d in enumerate(in_dims))
+        self.hidden = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(layers - 1))
+        self.activation = activation
+        self.out = nn.Linear(hidden, out_dim) if out_dim else None
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        h = self.inputs[0](inputs[0])
+        for layer, x in zip(self.inputs[1:], inputs[1:], strict=True):
+            h = h + layer(x)
+        h = self.activation(h)
+        for layer in self.hidden:
+            h = self.activation(layer(h))
+        return h if self.out is None else self.out(h)
+
+
+class SDFDecoder(nn.Module):
+    """Volume features and position -> hidden (Softplus) -> SDF and geometry features, as two heads."""
+
+    def __init__(self, in_dim: int, hidden: int, layers: int, geometry_features: int, beta: float) -> None:
+        super().__init__()
+        self.trunk = SplitInputMLP([in_dim, 3], hidden, layers, 0, nn.Softplus(beta=beta))
+        self.sdf_head = nn.Linear(hidden, 1)
+        self.geometry_head = nn.Linear(hidden, geometry_features)
+
+    def forward(self, feats: torch.Tensor, xyz: torch.Tensor, geometry: bool = True
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        h = self.trunk(feats, xyz)
+        return self.sdf_head(h).squeeze(-1), self.geometry_head(h) if geometry else None
 
 
 class NeuSVariance(nn.Module):
@@ -66,7 +112,7 @@ class FieldConfig:
     sdf_channels: int = 64
     color_channels: int = 64
     hidden: int = 128
-    layers: int = 2
+    layers: int = 1  # PonderV2 indoor: one hidden block
     geometry_features: int = 64
     softplus_beta: float = 100.0
     semantic_dim: int = 0  # 0: no semantic decoder
@@ -74,64 +120,90 @@ class FieldConfig:
 
 
 class VolumeField(nn.Module):
-    """Decoders over a dense feature volume whose channels are split into an SDF half and a colour half.
+    """Decoders over two dense feature volumes on one grid: an SDF volume and a colour volume.
 
-    Call :meth:`bind` with the volume of the current batch before rendering.
+    Call :meth:`bind` with the volumes of the current batch before rendering. The SDF gradient is
+    assembled from the decoder's autograd gradient and :func:`trilinear_points_grad`, so that no volume
+    gradient is built and discarded on the way (see :meth:`sdf_and_gradient`).
     """
 
     def __init__(self, config: FieldConfig = FieldConfig()) -> None:  # noqa: B008
         super().__init__()
         self.config = config
-        act = nn.Softplus(beta=config.softplus_beta)
-        hidden = [config.hidden] * config.layers
-        self.sdf_decoder = mlp([config.sdf_channels + 3, *hidden, 1 + config.geometry_features], act)
-        color_in = 3 + config.color_channels + config.geometry_features
-        self.color_decoder = mlp([color_in + 3, *hidden, 3], nn.ReLU())
-        semantic = mlp([color_in, *hidden, config.semantic_dim], nn.ReLU()) if config.semantic_dim else None
+        c = config
+        self.sdf_decoder = SDFDecoder(c.sdf_channels, c.hidden, c.layers, c.geometry_features, c.softplus_beta)
+        shared = [3, c.color_channels, c.geometry_features]  # SDF gradient, colour features, geometry features
+        self.color_decoder = SplitInputMLP([*shared, 3], c.hidden, c.layers, 3, nn.ReLU())  # + view direction
+        semantic = SplitInputMLP(shared, c.hidden, c.layers, c.semantic_dim, nn.ReLU()) if c.semantic_dim else None
         self.semantic_decoder = semantic
         self.variance = NeuSVariance(config.variance_init)
         self._halves: tuple[torch.Tensor, torch.Tensor] | None = None
         self._spec: GridSpec | None = None
         self.backend = "auto"
 
-    def bind(self, volume: torch.Tensor, spec: GridSpec) -> VolumeField:
-        """Use ``volume`` (B, Z, Y, X, sdf_channels + color_channels) laid out on ``spec`` until the next bind."""
-        expected = self.config.sdf_channels + self.config.color_channels
-        if volume.ndim != 5 or volume.shape[-1] != expected:
-            raise ValueError(f"expected a (B, Z, Y, X, {expected}) volume, got {tuple(volume.shape)}")
-        if tuple(volume.shape[1:4]) != tuple(reversed(spec.shape)):
-            raise ValueError(f"volume cells {tuple(volume.shape[1:4])} do not match grid {spec.shape} (X, Y, Z)")
-        split = self.config.sdf_channels  # contiguous halves: every sampling call reads whole rows
-        self._halves, self._spec = (volume[..., :split].contiguous(), volume[..., split:].contiguous()), spec
+    def bind(self, sdf_volume: torch.Tensor, color_volume: torch.Tensor, spec: GridSpec) -> VolumeField:
+        """Use (B, Z, Y, X, C) volumes laid out on ``spec`` (channels-last, contiguous) until the next bind."""
+        for name, volume, channels in (("SDF", sdf_volume, self.config.sdf_channels),
+                                       ("colour", color_volume, self.config.color_channels)):
+            if volume.ndim != 5 or volume.shape[-1] != channels:
+                raise ValueError(f"expected a (B, Z, Y, X, {channels}) {name} volume, got {tuple(volume.shape)}")
+            if tuple(volume.shape[1:4]) != tuple(reversed(spec.shape)):
+                raise ValueError(f"{name} volume cells {tuple(volume.shape[1:4])} do not match grid {spec.shape}"
+                                 " (X, Y, Z)")
+        self._halves, self._spec = (sdf_volume.contiguous(), color_volume.contiguous()), spec
         return self
 
-    def _sample(self, points: torch.Tensor, batch_index: torch.Tensor, half: int) -> torch.Tensor:
-        """Features of the SDF (0) or colour (1) half at (R, S, 3) points, each ray reading its own scene."""
+    def _per_scene(self, half: int, points: torch.Tensor, batch_index: torch.Tensor, op, extra=None  # noqa: ANN001
+                   ) -> torch.Tensor:
+        """Apply ``op(volume, index points[, extra])`` to the SDF (0) or colour (1) volume, scene by scene."""
         if self._halves is None:
-            raise RuntimeError("VolumeField.bind(volume, spec) must be called before rendering")
-        volume = self._halves[half]
-        index = self._spec.world_to_index(points)
-        out = points.new_empty(*points.shape[:2], volume.shape[-1])
-        for b in batch_index.unique().tolist():
+            raise RuntimeError("VolumeField.bind(sdf_volume, color_volume, spec) must be called before rendering")
+        volume, index = self._halves[half], self._spec.world_to_index(points)
+        args = (index,) if extra is None else (index, extra)
+        scenes = batch_index.unique().tolist()
+        if len(scenes) == 1:
+            b = scenes[0]
+            return op(volume[b:b + 1], *(a.reshape(1, -1, a.shape[-1]) for a in args)).reshape(*points.shape[:2], -1)
+        parts = []
+        for b in scenes:
             rays = batch_index == b
-            if rays.all():
-                return trilinear(volume[b:b + 1], index.reshape(1, -1, 3), self.backend).reshape(out.shape)
-            out[rays] = trilinear(volume[b:b + 1], index[rays].reshape(1, -1, 3), self.backend).reshape(
-                int(rays.sum()), points.shape[1], -1)
+            res = op(volume[b:b + 1], *(a[rays].reshape(1, -1, a.shape[-1]) for a in args))
+            parts.append((rays, res.reshape(int(rays.sum()), points.shape[1], -1)))
+        out = parts[0][1].new_empty(*points.shape[:2], parts[0][1].shape[-1])
+        for rays, res in parts:
+            out[rays] = res
         return out
 
-    def sdf(self, points: torch.Tensor, batch_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feats = self._sample(points, batch_index, 0)
-        h = self.sdf_decoder(torch.cat([feats, points], -1))
-        return h[..., 0], h[..., 1:]
+    def _sample(self, points: torch.Tensor, batch_index: torch.Tensor, half: int) -> torch.Tensor:
+        return self._per_scene(half, points, batch_index, lambda v, p: trilinear(v, p, self.backend))
+
+    def sdf(self, points: torch.Tensor, batch_index: torch.Tensor, geometry: bool = True
+            ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """SDF and (unless ``geometry`` is False, as when only sampling) the geometry features."""
+        return self.sdf_decoder(self._sample(points, batch_index, 0), points, geometry)
+
+    def sdf_and_gradient(self, points: torch.Tensor, batch_index: torch.Tensor, create_graph: bool
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """dSDF/dx = dSDF/dfeatures . dfeatures/dx (trilinear_points_grad) + the decoder's direct dSDF/dx."""
+        points = points.detach()
+        with torch.enable_grad():
+            feats = self._sample(points, batch_index, 0)
+            if not feats.requires_grad:  # a volume without gradient (inference): still differentiate the decoder
+                feats = feats.detach().requires_grad_(True)
+            xyz = points.requires_grad_(True)
+            sdf, geometry = self.sdf_decoder(feats, xyz)
+            d_feats, d_xyz = torch.autograd.grad(sdf, (feats, xyz), torch.ones_like(sdf), create_graph=create_graph)
+            d_index = self._per_scene(0, points.detach(), batch_index,
+                                      lambda v, p, g: trilinear_points_grad(v, p, g, self.backend), d_feats)
+            lo, hi = points.new_tensor(self._spec.lo), points.new_tensor(self._spec.hi)
+            gradients = d_index * (points.new_tensor(self._spec.shape) / (hi - lo)) + d_xyz
+        return sdf, geometry, gradients
 
     def color(self, points: torch.Tensor, batch_index: torch.Tensor, gradients: torch.Tensor,
               geometry: torch.Tensor, directions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         feats = self._sample(points, batch_index, 1)
-        shared = torch.cat([gradients, feats, geometry], -1)
-        view = directions[:, None, :].expand(*points.shape[:2], 3)
-        rgb = torch.sigmoid(self.color_decoder(torch.cat([shared, view], -1)))
-        semantic = None if self.semantic_decoder is None else self.semantic_decoder(shared)
+        rgb = torch.sigmoid(self.color_decoder(gradients, feats, geometry, directions[:, None, :]))
+        semantic = None if self.semantic_decoder is None else self.semantic_decoder(gradients, feats, geometry)
         return rgb, semantic
 
     def inv_s(self) -> torch.Tensor:

@@ -37,13 +37,9 @@ def render_rays(field: SurfaceField, rays: RayBundle, sampler: NeuSSampler = Neu
                 backend: str = "auto") -> RenderOutput:
     """Render ``rays``; ``create_graph`` (default: whether autograd is on) keeps the gradient differentiable."""
     create_graph = torch.is_grad_enabled() if create_graph is None else create_graph
-    samples = sampler(rays, lambda pts: field.sdf(pts, rays.batch_index)[0], perturb, generator)
-    with torch.enable_grad():  # the SDF gradient is part of the render even for inference
-        points = samples.points(rays)
-        if not points.requires_grad:
-            points = points.detach().requires_grad_(True)
-        sdf, geometry = field.sdf(points, rays.batch_index)
-        (gradients,) = torch.autograd.grad(sdf, points, torch.ones_like(sdf), create_graph=create_graph)
+    samples = sampler(rays, lambda pts: field.sdf(pts, rays.batch_index, geometry=False)[0], perturb, generator)
+    points = samples.points(rays)
+    sdf, geometry, gradients = field.sdf_and_gradient(points, rays.batch_index, create_graph)
     rgb, semantic = field.color(points, rays.batch_index, gradients, geometry, rays.directions)
     alpha = neus_alpha(sdf, gradients, rays.directions, samples.deltas, field.inv_s())
     parts = [rgb, samples.t[..., None], F.normalize(gradients, dim=-1)]

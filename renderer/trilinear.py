@@ -25,13 +25,13 @@ from torch.autograd.function import once_differentiable
 
 from renderer.backend import resolve_backend
 
-# corner k of a cell takes the upper neighbour along axis a when bit a of k is set (a = x, y, z)
-CORNER_BITS = torch.tensor([[(k >> a) & 1 for a in range(3)] for k in range(8)])
-
 
 @dataclass(frozen=True)
 class Corners:
-    """The 8 corners of every point: rows of the flattened (B*Z*Y*X, C) volume and the weight derivatives."""
+    """The 8 corners of every point: rows of the flattened (B*Z*Y*X, C) volume and the weight derivatives.
+
+    Corner k takes the upper neighbour along axis a (x, y, z) when bit a of k is set.
+    """
 
     rows: torch.Tensor  # (8, M) int64, corner-major so that one corner's rows are contiguous
     weight: torch.Tensor  # (8, M, 1)
@@ -40,30 +40,43 @@ class Corners:
     inside: torch.Tensor  # (M, 3) 1 where the clamp passes the gradient
 
 
+def _outer(z: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(2, M) factors per axis -> (8, M) products, corner k = 4 z + 2 y + x."""
+    return (z[:, None, None] * y[None, :, None] * x[None, None, :]).reshape(8, -1)
+
+
+_cache: list = []  # [(copy of the points, volume shape, Corners)]: a step samples the same points often
+
+
 def corners(points: torch.Tensor, shape: tuple[int, ...]) -> Corners:
     """Corner rows and weights of (B, P, 3) index-space points in a (B, Z, Y, X, C) volume."""
+    if _cache and _cache[0][1] == tuple(shape[:4]) and _cache[0][0].shape == points.shape and \
+            _cache[0][0].dtype == points.dtype and torch.equal(_cache[0][0], points.detach()):
+        return _cache[0][2]
     b, nz, ny, nx = shape[:4]
     sizes = points.new_tensor([nx, ny, nz])
     p = points.detach().reshape(-1, 3)
     inside = ((p > 0) & (p < sizes - 1)).to(points.dtype)
     p = torch.minimum(p.clamp(min=0), sizes - 1)
     base = torch.minimum(p.floor(), (sizes - 2).clamp(min=0))  # lower corner, so that frac <= 1
-    frac = p - base
-    bits = CORNER_BITS.to(points.device)[:, None, :]  # (8, 1, 3)
-    corner = torch.minimum(base.long() + bits, (sizes - 1).long())  # (8, M, 3)
+    frac = (p - base).T  # (3, M)
+    lo = base.long().T
+    hi = torch.minimum(lo + 1, (sizes - 1).long()[:, None])
+    (lx, ly, lz), (hx, hy, hz) = lo, hi
     batch = torch.arange(b, device=points.device).repeat_interleave(points.shape[1])
-    rows = ((batch * nz + corner[..., 2]) * ny + corner[..., 1]) * nx + corner[..., 0]
-    f = torch.where(bits.bool(), frac, 1 - frac)  # (8, M, 3) per-axis factors
-    s = (2 * bits - 1).to(points.dtype)  # d factor / d frac
-    fx, fy, fz = f.unbind(-1)
-    sx, sy, sz = s.unbind(-1)
-    return Corners(
-        rows=rows,
-        weight=(fx * fy * fz)[..., None],
-        d_weight=torch.stack([sx * fy * fz, fx * sy * fz, fx * fy * sz], -1),
-        d2_weight=torch.stack([sx * sy * fz, sx * fy * sz, fx * sy * sz], -1),
+    row_z = (batch * nz + torch.stack([lz, hz])) * ny * nx
+    rows = (row_z[:, None, None] + (torch.stack([ly, hy]) * nx)[None, :, None] + torch.stack([lx, hx])[None, None, :])
+    fx, fy, fz = (torch.stack([1 - f, f]) for f in frac)  # (2, M) factor of the lower and upper corner
+    sx = sy = sz = torch.tensor([-1.0, 1.0], dtype=points.dtype, device=points.device)[:, None].expand_as(fx)
+    result = Corners(
+        rows=rows.reshape(8, -1),
+        weight=_outer(fz, fy, fx)[..., None],
+        d_weight=torch.stack([_outer(fz, fy, sx), _outer(fz, sy, fx), _outer(sz, fy, fx)], -1),
+        d2_weight=torch.stack([_outer(fz, sy, sx), _outer(sz, fy, sx), _outer(sz, sy, fx)], -1),
         inside=inside,
     )
+    _cache[:] = [(points.detach().clone(), tuple(shape[:4]), result)]
+    return result
 
 
 def _mixed(d2: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -181,13 +194,27 @@ def trilinear_reference(volume: torch.Tensor, points: torch.Tensor) -> torch.Ten
     return TrilinearFunction.apply(volume, points, TORCH_IMPL)
 
 
-def trilinear(volume: torch.Tensor, points: torch.Tensor, backend: str = "auto") -> torch.Tensor:
-    """Trilinear sampling through the Triton kernels on CUDA, the reference elsewhere (see module doc)."""
+def _impl(volume: torch.Tensor, points: torch.Tensor, backend: str) -> TrilinearImpl:
     if volume.ndim != 5 or points.ndim != 3 or points.shape[-1] != 3 or points.shape[0] != volume.shape[0]:
         raise ValueError(f"expected volume (B, Z, Y, X, C) and points (B, P, 3), got {tuple(volume.shape)}, "
                          f"{tuple(points.shape)}")
     if resolve_backend(backend, volume) == "triton":
         from renderer.kernels.trilinear import TRITON_IMPL
 
-        return TrilinearFunction.apply(volume, points, TRITON_IMPL)
-    return trilinear_reference(volume, points)
+        return TRITON_IMPL
+    return TORCH_IMPL
+
+
+def trilinear(volume: torch.Tensor, points: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+    """Trilinear sampling through the Triton kernels on CUDA, the reference elsewhere (see module doc)."""
+    return TrilinearFunction.apply(volume, points, _impl(volume, points, backend))
+
+
+def trilinear_points_grad(volume: torch.Tensor, points: torch.Tensor, grad_out: torch.Tensor,
+                          backend: str = "auto") -> torch.Tensor:
+    """d<trilinear(volume, points), grad_out>/dpoints (B, P, 3), itself differentiable (the double backward).
+
+    This is what ``autograd.grad(sdf, points)`` computes through :func:`trilinear`, minus the volume
+    gradient that autograd would also build there and throw away: the renderer's SDF gradient uses it.
+    """
+    return TrilinearBackward.apply(volume, points, grad_out, _impl(volume, points, backend), False, True)[1]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from backbones.lift import voxel_centers
+from renderer.projection import UNet3D
 from renderer.volume import INDOOR_GRID, OUTDOOR_GRID, GridSpec, sample_volume, scatter_mean
 
 
@@ -47,3 +49,13 @@ def test_reference_grids() -> None:
     assert INDOOR_GRID.shape == (128, 128, 32)
     cell = [(h - lo) / n for lo, h, n in zip(OUTDOOR_GRID.lo, OUTDOOR_GRID.hi, OUTDOOR_GRID.shape, strict=True)]
     assert [round(c, 6) for c in cell] == [0.6, 0.6, 1.6]
+
+
+@pytest.mark.parametrize("cells", [(4, 16, 16), (5, 18, 18), (1, 6, 7)])
+def test_unet3d_keeps_the_grid_and_splits_into_contiguous_halves(cells: tuple[int, int, int]) -> None:
+    net = UNet3D(in_channels=6, out_channels=(4, 3), base_channels=4, levels=4)
+    sdf, color = net(torch.randn(2, *cells, 6))
+    assert sdf.shape == (2, *cells, 4) and color.shape == (2, *cells, 3)
+    assert sdf.is_contiguous() and color.is_contiguous()
+    (sdf.sum() + color.sum()).backward()
+    assert all(p.grad is not None for p in net.parameters())

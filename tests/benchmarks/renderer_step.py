@@ -1,0 +1,125 @@
+"""One renderer training step at the reference size, ours and a faithful eager PonderV2-style baseline.
+
+The baseline re-implements the eager data path of PonderV2's renderer (its render_utils, with the CUDA
+smooth sampler replaced by ``F.grid_sample`` as in ../shared/PERFORMANCE.md): the whole 128-channel
+volume is sampled channels-first with ``grid_sample`` at every sample, the SDF gradient comes from
+grid_sample's double backward, transmittance is a cumprod, and per-sample tensors are concatenated.
+It shares the decoders (same weights, same FLOPs) and the NeuS sampler with ours, so the difference is
+the data path. Run as a script (``python tests/benchmarks/renderer_step.py ours|eager``) it times steps
+in a fresh process and prints the peak RSS, which the benchmark records.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from renderer.fields import FieldConfig, VolumeField
+from renderer.losses import LossWeights, rendering_losses
+from renderer.rays import RayBundle, near_far_from_box
+from renderer.render import render_rays
+from renderer.samplers import NeuSSampler, RaySamples
+from renderer.volume import INDOOR_GRID
+
+RAYS = 1280
+CHANNELS = 128
+BOX = ((-0.55, -0.55, -0.55), (0.55, 0.55, 0.55))
+
+
+def make_inputs(variant: str, rays: int = RAYS, seed: int = 0) -> tuple[VolumeField, tuple[torch.Tensor, ...],
+                                                                         RayBundle]:
+    """Decoders, the 128-channel 32 x 128 x 128 volume as each variant holds it, rays inside the unit cube.
+
+    Ours: the U-Net's two channels-last halves (1, 32, 128, 128, 64); eager: one channels-first
+    (1, 128, 32, 128, 128) tensor, as PonderV2 keeps it. Same values.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    field = VolumeField(FieldConfig())
+    nx, ny, nz = INDOOR_GRID.shape
+    full = torch.randn(1, nz, ny, nx, CHANNELS, generator=gen) * 0.1
+    if variant == "eager":
+        volumes = (full.permute(0, 4, 1, 2, 3).contiguous().requires_grad_(True),)
+    else:
+        volumes = tuple(half.contiguous().requires_grad_(True) for half in full.split(CHANNELS // 2, -1))
+    origins = (torch.rand(rays, 3, generator=gen) - 0.5) * 0.6
+    directions = F.normalize(torch.randn(rays, 3, generator=gen), dim=-1)
+    near, far, _ = near_far_from_box(origins, directions, *BOX)
+    depth = near + (far - near) * (0.3 + 0.6 * torch.rand(rays, generator=gen))
+    bundle = RayBundle(origins, directions, near, far, torch.zeros(rays, dtype=torch.long),
+                       rgb=torch.rand(rays, 3, generator=gen), depth=depth)
+    return field, volumes, bundle
+
+
+def ours_step(field: VolumeField, volumes: tuple[torch.Tensor, ...], rays: RayBundle) -> float:
+    out = render_rays(field.bind(*volumes, INDOOR_GRID), rays, NeuSSampler(), perturb=True)
+    loss = rendering_losses(out, rays, LossWeights())["total"]
+    loss.backward()
+    return float(loss.detach())
+
+
+def eager_step(field: VolumeField, volumes: tuple[torch.Tensor, ...], rays: RayBundle) -> float:
+    """The eager path: channels-first volume, grid_sample everywhere, cumprod transmittance."""
+    (vol,) = volumes  # (1, C, Z, Y, X)
+    lo, hi = torch.tensor(INDOOR_GRID.lo), torch.tensor(INDOOR_GRID.hi)
+
+    def features(points: torch.Tensor) -> torch.Tensor:
+        grid = ((points - lo) / (hi - lo) * 2 - 1)[None, None]  # (1, 1, R, S, 3)
+        sampled = F.grid_sample(vol, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        return sampled[0, :, 0].permute(1, 2, 0)  # (R, S, C)
+
+    def sdf_and_geometry(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        feats = features(points)
+        sdf, geometry = field.sdf_decoder(feats[..., :64], points)
+        return sdf[..., None], geometry, feats
+
+    sampler = NeuSSampler()
+    samples: RaySamples = sampler(rays, lambda p: sdf_and_geometry(p)[0][..., 0], perturb=True)
+    points = samples.points(rays).requires_grad_(True)
+    sdf, geometry, feats = sdf_and_geometry(points)
+    gradients = torch.autograd.grad(sdf, points, torch.ones_like(sdf), create_graph=True)[0]
+    dirs = rays.directions[:, None, :].expand_as(points)
+    rgb = torch.sigmoid(field.color_decoder(gradients, feats[..., 64:], geometry, dirs))
+    # NeuS alpha with (R, S, 1) tensors, as PonderV2's SDFField.get_alpha
+    inv_s = field.variance()
+    true_cos = (dirs * gradients).sum(-1, keepdim=True)
+    iter_cos = -F.relu(-true_cos)
+    deltas = samples.deltas[..., None]
+    prev_cdf = torch.sigmoid((sdf - iter_cos * deltas * 0.5) * inv_s)
+    next_cdf = torch.sigmoid((sdf + iter_cos * deltas * 0.5) * inv_s)
+    alpha = ((prev_cdf - next_cdf + 1e-5) / (prev_cdf + 1e-5)).clip(0.0, 1.0)[..., 0]
+    transmittance = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1.0 - alpha + 1e-7], -1), -1)[:, :-1]
+    weights = alpha * transmittance
+    rgb_out = (weights[..., None] * rgb).sum(1)
+    depth_out = (weights * samples.t).sum(1)
+    loss = (10 * (rgb_out - rays.rgb).abs().mean() + (depth_out - rays.depth).abs().mean()
+            + 0.01 * (gradients.norm(dim=-1) - 1).square().mean())
+    loss.backward()
+    return float(loss.detach())
+
+
+STEPS = {"ours": ours_step, "eager": eager_step}
+
+
+def main(variant: str, repeats: int = 3) -> None:
+    torch.set_num_threads(2)
+    field, volumes, rays = make_inputs(variant)
+    times = []
+    for _ in range(repeats + 1):  # the first is a warm-up
+        for volume in volumes:
+            volume.grad = None
+        field.zero_grad(set_to_none=True)
+        start = time.perf_counter()
+        STEPS[variant](field, volumes, rays)
+        times.append(time.perf_counter() - start)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"variant": variant, "times_s": times[1:], "peak_rss_bytes": peak}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 3)
