@@ -13,13 +13,15 @@ gradients themselves. The reference is :func:`renderer.volrend.composite_referen
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 
 from renderer.volrend import ALPHA_MAX
 
-BLOCK_R = 64
+BLOCK_R = 64 if os.environ.get("TRITON_INTERPRET") == "1" else 16  # rays per program: fewer programs in the interpreter
 
 
 @triton.jit

@@ -47,9 +47,9 @@ def _points(points_ptr, pid, M, P, nx, ny, nz, BLOCK_P: tl.constexpr):
 @triton.jit
 def _corner(k: tl.constexpr, lx, hx, fx, ly, hy, fy, lz, hz, fz, batch, nx, ny, nz):
     """Row, weight, weight gradient (x, y, z) and mixed second derivatives (xy, xz, yz) of corner k."""
-    bx: tl.constexpr = k & 1
-    by: tl.constexpr = (k >> 1) & 1
-    bz: tl.constexpr = (k >> 2) & 1
+    bx = k & 1  # arithmetic on a constexpr folds at compile time
+    by = (k >> 1) & 1
+    bz = (k >> 2) & 1
     cx = lx + (hx - lx) * bx
     cy = ly + (hy - ly) * by
     cz = lz + (hz - lz) * bz
@@ -57,9 +57,9 @@ def _corner(k: tl.constexpr, lx, hx, fx, ly, hy, fy, lz, hz, fz, batch, nx, ny, 
     wx = fx * bx + (1.0 - fx) * (1 - bx)
     wy = fy * by + (1.0 - fy) * (1 - by)
     wz = fz * bz + (1.0 - fz) * (1 - bz)
-    sx: tl.constexpr = 2 * bx - 1
-    sy: tl.constexpr = 2 * by - 1
-    sz: tl.constexpr = 2 * bz - 1
+    sx = 2 * bx - 1
+    sy = 2 * by - 1
+    sz = 2 * bz - 1
     return (row, wx * wy * wz, sx * wy * wz, wx * sy * wz, wx * wy * sz,
             sx * sy * wz, sx * wy * sz, wx * sy * sz)
 

@@ -31,8 +31,8 @@ CHANNELS = 128
 BOX = ((-0.55, -0.55, -0.55), (0.55, 0.55, 0.55))
 
 
-def make_inputs(variant: str, rays: int = RAYS, seed: int = 0) -> tuple[VolumeField, tuple[torch.Tensor, ...],
-                                                                         RayBundle]:
+def make_inputs(variant: str, rays: int = RAYS, seed: int = 0, device: str = "cpu"
+                ) -> tuple[VolumeField, tuple[torch.Tensor, ...], RayBundle]:
     """Decoders, the 128-channel 32 x 128 x 128 volume as each variant holds it, rays inside the unit cube.
 
     Ours: the U-Net's two channels-last halves (1, 32, 128, 128, 64); eager: one channels-first
@@ -44,16 +44,16 @@ def make_inputs(variant: str, rays: int = RAYS, seed: int = 0) -> tuple[VolumeFi
     nx, ny, nz = INDOOR_GRID.shape
     full = torch.randn(1, nz, ny, nx, CHANNELS, generator=gen) * 0.1
     if variant == "eager":
-        volumes = (full.permute(0, 4, 1, 2, 3).contiguous().requires_grad_(True),)
+        volumes = (full.permute(0, 4, 1, 2, 3).contiguous().to(device).requires_grad_(True),)
     else:
-        volumes = tuple(half.contiguous().requires_grad_(True) for half in full.split(CHANNELS // 2, -1))
+        volumes = tuple(half.contiguous().to(device).requires_grad_(True) for half in full.split(CHANNELS // 2, -1))
     origins = (torch.rand(rays, 3, generator=gen) - 0.5) * 0.6
     directions = F.normalize(torch.randn(rays, 3, generator=gen), dim=-1)
     near, far, _ = near_far_from_box(origins, directions, *BOX)
     depth = near + (far - near) * (0.3 + 0.6 * torch.rand(rays, generator=gen))
     bundle = RayBundle(origins, directions, near, far, torch.zeros(rays, dtype=torch.long),
                        rgb=torch.rand(rays, 3, generator=gen), depth=depth)
-    return field, volumes, bundle
+    return field.to(device), volumes, bundle.to(device)
 
 
 def ours_step(field: VolumeField, volumes: tuple[torch.Tensor, ...], rays: RayBundle) -> float:
@@ -66,7 +66,7 @@ def ours_step(field: VolumeField, volumes: tuple[torch.Tensor, ...], rays: RayBu
 def eager_step(field: VolumeField, volumes: tuple[torch.Tensor, ...], rays: RayBundle) -> float:
     """The eager path: channels-first volume, grid_sample everywhere, cumprod transmittance."""
     (vol,) = volumes  # (1, C, Z, Y, X)
-    lo, hi = torch.tensor(INDOOR_GRID.lo), torch.tensor(INDOOR_GRID.hi)
+    lo, hi = vol.new_tensor(INDOOR_GRID.lo), vol.new_tensor(INDOOR_GRID.hi)
 
     def features(points: torch.Tensor) -> torch.Tensor:
         grid = ((points - lo) / (hi - lo) * 2 - 1)[None, None]  # (1, 1, R, S, 3)
