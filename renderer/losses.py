@@ -30,48 +30,68 @@ class LossWeights:
         return [f.name for f in fields(self) if f.name not in ("truncation", "temperature")]
 
 
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    mask = mask.to(values.dtype)
-    return (values * mask).sum() / mask.sum().clamp(min=1.0)
+@dataclass(frozen=True)
+class LossCounts:
+    """What each loss is averaged over. Taken from the whole ray batch, so that a batch rendered in chunks
+    (see :mod:`renderer.step`) gets exactly the loss, and the gradients, of one pass."""
+
+    rays: int  # rays with a valid depth target (or all rays when there is none)
+    band: int  # samples within the truncation band of their ray's depth
+    front: int  # samples in front of the band
+    samples: int  # all samples (eikonal)
+    labelled: int  # rays with a class label
+
+    @staticmethod
+    def of(rays: RayBundle, t: torch.Tensor, truncation: float) -> LossCounts:
+        """Counts for rays (R,) and their sample distances t (R, S)."""
+        valid = _valid(rays)
+        band, front = _band_and_front(t, rays.depth, truncation) if rays.depth is not None else (None, None)
+        return LossCounts(rays=int(valid.sum()),
+                          band=int((band & valid[:, None]).sum()) if band is not None else 0,
+                          front=int((front & valid[:, None]).sum()) if front is not None else 0,
+                          samples=t.numel(),
+                          labelled=int((rays.label >= 0).sum()) if rays.label is not None else 0)
 
 
-def sdf_losses(t: torch.Tensor, sdf: torch.Tensor, depth: torch.Tensor, truncation: float
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """L1 SDF band loss near the observed surface and free-space loss in front of it (samples (R, S))."""
+def _valid(rays: RayBundle) -> torch.Tensor:
+    return rays.depth > 0 if rays.depth is not None else torch.ones_like(rays.near, dtype=torch.bool)
+
+
+def _band_and_front(t: torch.Tensor, depth: torch.Tensor, truncation: float) -> tuple[torch.Tensor, torch.Tensor]:
     to_surface = depth[:, None] - t
-    band = to_surface.abs() <= truncation
-    front = to_surface > truncation
-    return (_masked_mean((sdf - to_surface).abs(), band),
-            _masked_mean((sdf - truncation).abs(), front))
+    return to_surface.abs() <= truncation, to_surface > truncation
 
 
-def eikonal_loss(gradients: torch.Tensor) -> torch.Tensor:
-    return (gradients.norm(dim=-1) - 1.0).square().mean()
-
-
-def semantic_infonce(embedding: torch.Tensor, labels: torch.Tensor, class_embeddings: torch.Tensor,
-                     temperature: float) -> torch.Tensor:
-    """Cross-entropy of cosine similarities to every class embedding (labels -1 are ignored)."""
-    if not (labels >= 0).any():
-        return embedding.sum() * 0.0
-    logits = F.normalize(embedding, dim=-1) @ F.normalize(class_embeddings, dim=-1).T / temperature
-    return F.cross_entropy(logits, labels, ignore_index=-1)
+def _mean(values: torch.Tensor, mask: torch.Tensor, count: int) -> torch.Tensor:
+    return (values * mask.to(values.dtype)).sum() / max(count, 1)
 
 
 def rendering_losses(render: RenderOutput, rays: RayBundle, weights: LossWeights = LossWeights(),  # noqa: B008
-                     class_embeddings: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """Weighted loss terms (only those the targets allow) and their sum under ``"total"``."""
+                     class_embeddings: torch.Tensor | None = None, counts: LossCounts | None = None
+                     ) -> dict[str, torch.Tensor]:
+    """Weighted loss terms (only those the targets allow) and their sum under ``"total"``.
+
+    RGB and depth: L1 over rays with valid depth. SDF band: L1 between the SDF and the distance to the
+    observed surface, for samples within ``truncation`` of it; free space: L1 to ``truncation`` for samples
+    in front of the band. Eikonal: (|grad SDF| - 1)^2 over all samples. Semantic: InfoNCE of the rendered
+    embedding against every class embedding (labels -1 ignored). ``counts`` defaults to this batch's.
+    """
+    counts = counts or LossCounts.of(rays, render.samples.t, weights.truncation)
     terms: dict[str, torch.Tensor] = {}
-    valid = rays.depth > 0 if rays.depth is not None else torch.ones_like(rays.near, dtype=torch.bool)
+    valid = _valid(rays)
     if rays.rgb is not None:
-        terms["rgb"] = _masked_mean((render.rgb - rays.rgb).abs().mean(-1), valid)
+        terms["rgb"] = _mean((render.rgb - rays.rgb).abs().mean(-1), valid, counts.rays)
     if rays.depth is not None:
-        terms["depth"] = _masked_mean((render.depth - rays.depth).abs(), valid)
-        band, free = sdf_losses(render.samples.t[valid], render.sdf[valid], rays.depth[valid], weights.truncation)
-        terms["sdf"], terms["free_space"] = band, free
-    terms["eikonal"] = eikonal_loss(render.gradients)
+        terms["depth"] = _mean((render.depth - rays.depth).abs(), valid, counts.rays)
+        band, front = _band_and_front(render.samples.t, rays.depth, weights.truncation)
+        to_surface = rays.depth[:, None] - render.samples.t
+        terms["sdf"] = _mean((render.sdf - to_surface).abs(), band & valid[:, None], counts.band)
+        terms["free_space"] = _mean((render.sdf - weights.truncation).abs(), front & valid[:, None], counts.front)
+    terms["eikonal"] = (render.gradients.norm(dim=-1) - 1.0).square().sum() / max(counts.samples, 1)
     if render.semantic is not None and rays.label is not None and class_embeddings is not None:
-        terms["semantic"] = semantic_infonce(render.semantic, rays.label, class_embeddings, weights.temperature)
+        logits = F.normalize(render.semantic, dim=-1) @ F.normalize(class_embeddings, dim=-1).T / weights.temperature
+        ce = F.cross_entropy(logits, rays.label.clamp(min=0), reduction="none")
+        terms["semantic"] = _mean(ce, rays.label >= 0, counts.labelled)
     weighted = {name: value * getattr(weights, name) for name, value in terms.items()}
     weighted["total"] = sum(weighted.values())
     return weighted

@@ -32,12 +32,22 @@ class RenderOutput:
     gradients: torch.Tensor  # (R, S, 3)
 
 
+def sample_along(field: SurfaceField, rays: RayBundle, sampler: NeuSSampler, perturb: bool = False,
+                 generator: torch.Generator | None = None) -> RaySamples:
+    """Where ``render_rays`` evaluates the field: the sampler driven by the field's SDF (no autograd)."""
+    return sampler(rays, lambda pts: field.sdf(pts, rays.batch_index, geometry=False)[0], perturb, generator)
+
+
 def render_rays(field: SurfaceField, rays: RayBundle, sampler: NeuSSampler = NeuSSampler(),  # noqa: B008
                 perturb: bool = False, generator: torch.Generator | None = None, create_graph: bool | None = None,
-                backend: str = "auto") -> RenderOutput:
-    """Render ``rays``; ``create_graph`` (default: whether autograd is on) keeps the gradient differentiable."""
+                backend: str = "auto", samples: RaySamples | None = None) -> RenderOutput:
+    """Render ``rays``; ``create_graph`` (default: whether autograd is on) keeps the gradient differentiable.
+
+    ``samples`` skips the sampler (they must come from :func:`sample_along` with the same field and rays).
+    """
     create_graph = torch.is_grad_enabled() if create_graph is None else create_graph
-    samples = sampler(rays, lambda pts: field.sdf(pts, rays.batch_index, geometry=False)[0], perturb, generator)
+    if samples is None:
+        samples = sample_along(field, rays, sampler, perturb, generator)
     points = samples.points(rays)
     sdf, geometry, gradients = field.sdf_and_gradient(points, rays.batch_index, create_graph)
     rgb, semantic = field.color(points, rays.batch_index, gradients, geometry, rays.directions)

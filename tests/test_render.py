@@ -15,6 +15,7 @@ from renderer.rays import RayBundle, near_far_from_box, pixel_rays, sample_rays
 from renderer.render import render_rays
 from renderer.samplers import NeuSSampler, sample_pdf
 from renderer.semantic import class_embeddings, deterministic_embeddings, load_embeddings
+from renderer.step import render_and_backward
 from renderer.volume import INDOOR_GRID
 
 UNIT_BOX = ((-0.55, -0.55, -0.55), (0.55, 0.55, 0.55))
@@ -280,3 +281,29 @@ def test_render_with_triton_kernels_matches_reference(interpreter, monkeypatch) 
                                                                          field.variance.variance))))
     for got, want in zip(*results, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_chunked_step_gives_the_gradients_of_one_pass() -> None:
+    torch.manual_seed(6)
+    field = VolumeField(FieldConfig(sdf_channels=4, color_channels=4, hidden=16, geometry_features=4)).double()
+    spec = type(INDOOR_GRID)(INDOOR_GRID.lo, INDOOR_GRID.hi, (6, 6, 4))
+    base = torch.randn(1, 4, 6, 6, 8, dtype=torch.float64, requires_grad=True)
+    gen = torch.Generator().manual_seed(0)
+    rays = rays_towards(torch.tensor([0.0, 0.0, -0.5]), torch.rand(30, 3, generator=gen) - 0.5)
+    depth = rays.near + 0.2 + 0.3 * torch.rand(30, generator=gen)
+    depth[::7] = 0.0  # a few rays without a depth target
+    rays = RayBundle(rays.origins.double(), rays.directions.double(), rays.near.double(), rays.far.double(),
+                     rays.batch_index, rgb=torch.rand(30, 3, generator=gen).double(), depth=depth.double())
+    results = []
+    for chunk in (None, 7):
+        base.grad = None
+        field.zero_grad()
+        volumes = (base[..., :4] * 2, base[..., 4:] + 1)  # non-leaf volumes: the gradient goes on through them
+        terms = render_and_backward(field, volumes, spec, rays, NeuSSampler(10, 5), chunk=chunk, perturb=False)
+        results.append((terms, base.grad.clone(), field.variance.variance.grad.clone()))
+    (terms_one, *grads_one), (terms_chunked, *grads_chunked) = results
+    assert terms_one.keys() == terms_chunked.keys()
+    for name in terms_one:
+        assert terms_chunked[name] == pytest.approx(terms_one[name], rel=1e-9, abs=1e-12), name
+    for one, chunked in zip(grads_one, grads_chunked, strict=True):
+        torch.testing.assert_close(chunked, one, rtol=1e-9, atol=1e-12)

@@ -5,8 +5,10 @@ smooth sampler replaced by ``F.grid_sample`` as in ../shared/PERFORMANCE.md): th
 volume is sampled channels-first with ``grid_sample`` at every sample, the SDF gradient comes from
 grid_sample's double backward, transmittance is a cumprod, and per-sample tensors are concatenated.
 It shares the decoders (same weights, same FLOPs) and the NeuS sampler with ours, so the difference is
-the data path. Run as a script (``python tests/benchmarks/renderer_step.py ours|eager``) it times steps
-in a fresh process and prints the peak RSS, which the benchmark records.
+the data path. Ours renders in chunks of 320 rays (:func:`renderer.step.render_and_backward`). Run as a
+script (``python tests/benchmarks/renderer_step.py ours|eager``) it times steps in a fresh process and
+prints the peak RSS and the RSS before the first step (torch itself and the inputs), which the benchmark
+records.
 """
 
 from __future__ import annotations
@@ -15,15 +17,16 @@ import json
 import resource
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from renderer.fields import FieldConfig, VolumeField
-from renderer.losses import LossWeights, rendering_losses
+from renderer.losses import LossWeights
 from renderer.rays import RayBundle, near_far_from_box
-from renderer.render import render_rays
 from renderer.samplers import NeuSSampler, RaySamples
+from renderer.step import render_and_backward
 from renderer.volume import INDOOR_GRID
 
 RAYS = 1280
@@ -56,11 +59,9 @@ def make_inputs(variant: str, rays: int = RAYS, seed: int = 0, device: str = "cp
     return field.to(device), volumes, bundle.to(device)
 
 
-def ours_step(field: VolumeField, volumes: tuple[torch.Tensor, ...], rays: RayBundle) -> float:
-    out = render_rays(field.bind(*volumes, INDOOR_GRID), rays, NeuSSampler(), perturb=True)
-    loss = rendering_losses(out, rays, LossWeights())["total"]
-    loss.backward()
-    return float(loss.detach())
+def ours_step(field: VolumeField, volumes: tuple[torch.Tensor, ...], rays: RayBundle, chunk: int | None = 320
+              ) -> float:
+    return render_and_backward(field, volumes, INDOOR_GRID, rays, NeuSSampler(), LossWeights(), chunk=chunk)["total"]
 
 
 def eager_step(field: VolumeField, volumes: tuple[torch.Tensor, ...], rays: RayBundle) -> float:
@@ -109,6 +110,7 @@ STEPS = {"ours": ours_step, "eager": eager_step}
 def main(variant: str, repeats: int = 3) -> None:
     torch.set_num_threads(2)
     field, volumes, rays = make_inputs(variant)
+    before = int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
     times = []
     for _ in range(repeats + 1):  # the first is a warm-up
         for volume in volumes:
@@ -118,7 +120,8 @@ def main(variant: str, repeats: int = 3) -> None:
         STEPS[variant](field, volumes, rays)
         times.append(time.perf_counter() - start)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"variant": variant, "times_s": times[1:], "peak_rss_bytes": peak}))
+    print(json.dumps({"variant": variant, "times_s": times[1:], "peak_rss_bytes": peak,
+                      "rss_before_step_bytes": before}))
 
 
 if __name__ == "__main__":

@@ -82,11 +82,12 @@ def test_trilinear_eikonal_169k_points(benchmark, device: str, backend: str) -> 
     benchmark.pedantic(step, rounds=5, warmup_rounds=1)
 
 
-def _peak_rss_in_fresh_process(variant: str) -> int:
+def _memory_in_fresh_process(variant: str) -> dict:
     script = Path(__file__).with_name("renderer_step.py")
     result = subprocess.run([sys.executable, str(script), variant, "1"], capture_output=True, text=True, check=True,
                             cwd=Path(__file__).parents[2], env={"PYTHONPATH": str(Path(__file__).parents[2])})
-    return json.loads(result.stdout.strip().splitlines()[-1])["peak_rss_bytes"]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    return {key: report[key] for key in ("peak_rss_bytes", "rss_before_step_bytes")}
 
 
 @pytest.mark.parametrize("variant", ["ours", "eager"])
@@ -102,4 +103,4 @@ def test_renderer_step_1280_rays(benchmark, variant: str) -> None:
         STEPS[variant](field, volumes, rays)
 
     benchmark.pedantic(step, rounds=3, warmup_rounds=1)
-    benchmark.extra_info["peak_rss_bytes"] = _peak_rss_in_fresh_process(variant)
+    benchmark.extra_info.update(_memory_in_fresh_process(variant))
