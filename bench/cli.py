@@ -82,6 +82,42 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from bench.pretrain import NonFiniteLoss, Pretrainer
+    from bench.recipes import PRESETS, get_recipe
+
+    preset = args.preset or args.mode
+    if preset not in PRESETS:
+        raise SystemExit(f"ponderbench pretrain: unknown preset {preset!r}; choose from {', '.join(sorted(PRESETS))}")
+    try:
+        recipe = get_recipe(preset, args.overrides)
+    except ValueError as exc:
+        raise SystemExit(f"ponderbench pretrain: {exc}") from exc
+    if args.mode and recipe.mode != args.mode:
+        raise SystemExit(f"ponderbench pretrain: preset {preset!r} is for mode {recipe.mode!r}, not {args.mode!r}")
+    run_dir = Path(args.out or f"results/runs/pretrain/{preset}-{recipe.backbone.replace(':', '_')}")
+    try:
+        result = Pretrainer(recipe, args.data, run_dir, args.device, resume=args.resume,
+                            progress=not args.no_progress).run()
+    except NonFiniteLoss as exc:
+        raise SystemExit(f"ponderbench pretrain: {exc}") from exc
+    if result.export is None:  # not rank 0
+        return 0
+    rows = [{"loss": k, "first": result.first_losses.get(k), "last": v} for k, v in result.last_losses.items()]
+    print(pd.DataFrame(rows).to_string(index=False))
+    if result.heldout_depth_error_before is not None:
+        print(f"held-out median depth error: {result.heldout_depth_error_before:.4f} m -> "
+              f"{result.heldout_depth_error_after:.4f} m")
+    print(f"{result.steps} steps; backbone exported to {result.export} (+ backbone.json); run folder {run_dir}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ponderbench", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
@@ -101,6 +137,22 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--datasets", nargs="*", help="only these datasets")
     check.add_argument("--max-scenes", type=int, help="read at most this many scenes per split")
     check.set_defaults(func=_data_check)
+
+    pre = sub.add_parser("pretrain", help="pre-train a backbone by neural rendering (PonderV2)",
+                         description="Pre-train a backbone by rendering. Modes: indoor (3D backbone, RGB-D views), "
+                                     "outdoor (3D backbone, LiDAR), image (2D backbone, multi-view images). "
+                                     "Multi-GPU / multi-node: launch with torchrun.")
+    pre.add_argument("--mode", choices=("indoor", "outdoor", "image"), help="the reference recipe of this mode")
+    pre.add_argument("--preset", help="a named recipe instead (e.g. indoor-mini, outdoor-mini, image-mini)")
+    pre.add_argument("--data", required=True, help="a ScanNet root, an RGB-D folder (7-Scenes style), a "
+                                                   "SemanticKITTI or nuScenes root, or a folder of lidarseg frames")
+    pre.add_argument("--out", help="run folder (default: results/runs/pretrain/<preset>-<backbone>)")
+    pre.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    pre.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    pre.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pre.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                     help="recipe overrides, e.g. epochs=10 lr=1e-3 losses.rgb=5 backbone=spunet-micro")
+    pre.set_defaults(func=_pretrain)
 
     lister = sub.add_parser("list", help="list what the suite knows")
     lister.add_argument("what", choices=("backbones", "datasets", "suites"))

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.profiler import record_function
 
 from renderer.fields import SurfaceField, neus_alpha
 from renderer.rays import RayBundle
@@ -47,15 +48,18 @@ def render_rays(field: SurfaceField, rays: RayBundle, sampler: NeuSSampler = Neu
     """
     create_graph = torch.is_grad_enabled() if create_graph is None else create_graph
     if samples is None:
-        samples = sample_along(field, rays, sampler, perturb, generator)
-    points = samples.points(rays)
-    sdf, geometry, gradients = field.sdf_and_gradient(points, rays.batch_index, create_graph)
-    rgb, semantic = field.color(points, rays.batch_index, gradients, geometry, rays.directions)
-    alpha = neus_alpha(sdf, gradients, rays.directions, samples.deltas, field.inv_s())
-    parts = [rgb, samples.t[..., None], F.normalize(gradients, dim=-1)]
-    if semantic is not None:
-        parts.append(semantic)
-    out, opacity = composite(alpha, torch.cat(parts, -1), backend)
+        with record_function("render/sampling"):
+            samples = sample_along(field, rays, sampler, perturb, generator)
+    with record_function("render/fields"):
+        points = samples.points(rays)
+        sdf, geometry, gradients = field.sdf_and_gradient(points, rays.batch_index, create_graph)
+        rgb, semantic = field.color(points, rays.batch_index, gradients, geometry, rays.directions)
+        alpha = neus_alpha(sdf, gradients, rays.directions, samples.deltas, field.inv_s())
+    with record_function("render/compositing"):
+        parts = [rgb, samples.t[..., None], F.normalize(gradients, dim=-1)]
+        if semantic is not None:
+            parts.append(semantic)
+        out, opacity = composite(alpha, torch.cat(parts, -1), backend)
     return RenderOutput(rgb=out[:, :3], depth=out[:, 3], normal=out[:, 4:7], opacity=opacity,
                         semantic=out[:, 7:] if semantic is not None else None, samples=samples, sdf=sdf,
                         gradients=gradients)

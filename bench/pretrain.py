@@ -1,0 +1,416 @@
+"""Ponder pre-training: a backbone learns by rendering, inside a volumetric neural renderer.
+
+:class:`PonderModel` is backbone -> feature volume (scatter-mean of point features, or 2D features lifted
+from the views) -> 3D U-Net -> SDF and colour volumes -> NeuS rendering of the sample's rays -> losses.
+:class:`Pretrainer` runs it: OneCycle AdamW/SGD, gradient clipping, AMP on CUDA, atomic checkpoints every
+epoch with exact resume, a stop with the step and loss terms on a non-finite loss, per-step losses in
+``losses.jsonl``, loss-curve and rendered-vs-real pictures, and under ``torchrun`` DistributedDataParallel
+(NCCL on CUDA, gloo on CPU) with a DistributedSampler. At the end the backbone is exported on its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import subprocess
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.profiler import record_function
+from torch.utils.data.distributed import DistributedSampler
+from tqdm import tqdm
+
+from backbones.registry import create_backbone, get_backbone_config
+from bench.plots import plot_losses, plot_render
+from bench.pretrain_data import (
+    PretrainSample,
+    Preview,
+    SceneSource,
+    UnusableScene,
+    build_sample,
+    heldout_samples,
+    open_source,
+    sample_rng,
+)
+from bench.recipes import PretrainRecipe
+from renderer.fields import FieldConfig, VolumeField
+from renderer.losses import rendering_losses
+from renderer.projection import UNet3D
+from renderer.rays import RayBundle, near_far_from_box
+from renderer.render import render_rays
+from renderer.samplers import NeuSSampler
+from renderer.semantic import class_embeddings
+from renderer.volume import scatter_mean
+from tasks.io import atomic_write
+
+log = logging.getLogger(__name__)
+
+OUTDOOR_VOXEL = 0.1  # metres; the indoor voxel is the backbone's own (0.02 m for SpUNet)
+
+
+class NonFiniteLoss(RuntimeError):
+    """A loss term became NaN or infinite: the run stops instead of training on garbage."""
+
+
+# ------------------------------------------------------------------------------------------------- model
+class PonderModel(nn.Module):
+    def __init__(self, recipe: PretrainRecipe, class_names: tuple[str, ...] = ()) -> None:
+        super().__init__()
+        self.recipe = recipe
+        config = get_backbone_config(recipe.backbone)
+        self.modality = config.modality
+        if config.modality == "3d":
+            overrides = {"in_channels": 4} if recipe.mode == "outdoor" else {}
+            self.backbone = create_backbone(recipe.backbone, **overrides)
+            feature_channels = self.backbone.config.out_channels
+        else:
+            self.backbone = create_backbone(recipe.backbone)
+            self.level = min(range(len(self.backbone.strides)), key=lambda i: abs(self.backbone.strides[i] - 8))
+            feature_channels = self.backbone.channels[self.level]
+        if (recipe.mode == "image") != (config.modality == "2d"):
+            raise ValueError(f"mode {recipe.mode!r} needs a {'2D' if recipe.mode == 'image' else '3D'} backbone, "
+                             f"{recipe.backbone!r} is {config.modality}")
+        self.to_volume = nn.Linear(feature_channels, recipe.volume_channels)
+        self.unet = UNet3D(recipe.volume_channels, (recipe.sdf_channels, recipe.color_channels), recipe.unet_base,
+                           recipe.unet_levels)
+        semantic_dim = recipe.semantic_dim if class_names else 0
+        self.field = VolumeField(FieldConfig(recipe.sdf_channels, recipe.color_channels, recipe.hidden,
+                                             semantic_dim=semantic_dim))
+        self.sampler = NeuSSampler(recipe.n_uniform, recipe.n_importance)
+        self.register_buffer("class_embeddings", class_embeddings(list(class_names), dim=semantic_dim)
+                             if semantic_dim else torch.zeros(0))
+
+    def volumes(self, sample: PretrainSample) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sample's SDF and colour volumes, (1, Z, Y, X, C) each."""
+        amp = self.recipe.amp and sample.rays.origins.is_cuda
+        with record_function("model/backbone"), torch.autocast("cuda", torch.bfloat16, enabled=amp):
+            if self.modality == "3d":
+                feats = self.backbone(sample.points)
+            else:
+                maps = self.backbone(sample.images)
+        if self.modality == "3d":
+            with record_function("model/scatter"):
+                feats = self.to_volume(feats.float())
+                volume = scatter_mean(sample.points.coord, feats, sample.points.batch_index, 1, sample.spec)
+        else:
+            from backbones.lift import lift_to_volume
+
+            with record_function("model/lift"):
+                h, w = sample.images.shape[-2:]
+                lifted, _ = lift_to_volume(maps.maps[self.level].float(), maps.strides[self.level], sample.intrinsics,
+                                           sample.cam_to_world, (h, w), sample.spec.lo, sample.spec.hi,
+                                           sample.spec.shape)
+                volume = self.to_volume(lifted)
+        with record_function("model/unet"):
+            return self.unet(volume)
+
+    def forward(self, sample: PretrainSample, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Weighted loss terms of one sample (and their sum, ``total``)."""
+        sdf, color = self.volumes(sample)
+        out = render_rays(self.field.bind(sdf, color, sample.spec), sample.rays, self.sampler, perturb=True,
+                          generator=generator)
+        emb = self.class_embeddings if sample.labels_known and self.class_embeddings.numel() else None
+        with record_function("render/losses"):
+            return rendering_losses(out, sample.rays, self.recipe.losses, emb)
+
+    @torch.no_grad()
+    def render(self, sample: PretrainSample, rays: RayBundle, chunk: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+        """RGB and depth of arbitrary rays through the sample's volume (no gradient, BatchNorm in eval mode)."""
+        was_training = self.training
+        self.eval()
+        try:
+            sdf, color = self.volumes(sample)
+            field = self.field.bind(sdf, color, sample.spec)
+            outs = [render_rays(field, rays[i:i + chunk], self.sampler) for i in range(0, len(rays), chunk)]
+        finally:
+            self.train(was_training)
+        return torch.cat([o.rgb for o in outs]), torch.cat([o.depth for o in outs])
+
+
+def sample_to(sample: PretrainSample, device: torch.device) -> PretrainSample:
+    def move(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.to(device)
+
+    points = None if sample.points is None else sample.points.to(device)
+    return replace(sample, rays=sample.rays.to(device), points=points, images=move(sample.images),
+                   intrinsics=move(sample.intrinsics), cam_to_world=move(sample.cam_to_world))
+
+
+# ------------------------------------------------------------------------------------------------ engine
+@dataclass
+class PretrainResult:
+    run_dir: Path
+    steps: int
+    first_losses: dict[str, float]
+    last_losses: dict[str, float]
+    heldout_depth_error_before: float | None
+    heldout_depth_error_after: float | None
+    export: Path | None
+
+
+def code_version() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).resolve().parent, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        rev = "unknown"
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        pkg = version("ponderbench")
+    except PackageNotFoundError:
+        pkg = "0+local"
+    return f"{pkg}+g{rev}"
+
+
+class Pretrainer:
+    """One pre-training run in ``run_dir`` (created; with ``resume`` the latest checkpoint there is continued)."""
+
+    def __init__(self, recipe: PretrainRecipe, data: str | Path, run_dir: str | Path, device: str = "cpu",
+                 resume: bool = False, progress: bool = True) -> None:
+        self.recipe, self.data, self.run_dir = recipe, Path(data), Path(run_dir)
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        self.rank = dist.get_rank() if self.world > 1 else 0
+        if device.startswith("cuda") and self.world > 1:
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        self.device = torch.device(device)
+        self.progress = progress and self.rank == 0
+        torch.manual_seed(recipe.seed)  # identical initial weights on every rank
+        self.source: SceneSource = open_source(self.data, recipe.mode, recipe.holdout_every)
+        config = get_backbone_config(recipe.backbone)
+        self.voxel = OUTDOOR_VOXEL if recipe.mode == "outdoor" else (config.voxel_size or 0.02)
+        self.model = PonderModel(recipe, self.source.class_names).to(self.device)
+        self.ddp = (nn.parallel.DistributedDataParallel(self.model, find_unused_parameters=True)
+                    if self.world > 1 else None)
+        self.steps_per_epoch = recipe.steps_per_epoch or math.ceil(len(self.source) / (recipe.batch_size * self.world))
+        self.total_steps = recipe.epochs * self.steps_per_epoch
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if recipe.optimizer == "adamw":
+            self.optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+        else:
+            self.optimizer = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, nesterov=True,
+                                             weight_decay=recipe.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=recipe.lr,
+                                                             total_steps=max(self.total_steps, 1),
+                                                             pct_start=recipe.pct_start)
+        self.step, self.epoch = 0, 0
+        if resume:
+            self._load_checkpoint()
+
+    # -- files
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "checkpoint.pt"
+
+    def _write_json(self, name: str, payload: dict) -> None:
+        atomic_write(self.run_dir / name, lambda tmp: tmp.write_text(json.dumps(payload, indent=1, default=str)))
+
+    def _save_checkpoint(self) -> None:
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "step": self.step, "epoch": self.epoch,
+                 "recipe": asdict(self.recipe), "torch_rng": torch.get_rng_state()}
+        atomic_write(self.checkpoint_path, lambda tmp: torch.save(state, tmp))
+
+    def _load_checkpoint(self) -> None:
+        if not self.checkpoint_path.is_file():
+            log.warning("%s: no checkpoint to resume from; starting a new run", self.run_dir)
+            return
+        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+        if state["recipe"] != asdict(self.recipe):
+            changed = sorted(k for k in state["recipe"] if state["recipe"][k] != asdict(self.recipe).get(k))
+            raise ValueError(f"{self.checkpoint_path}: the checkpoint was written with another recipe "
+                             f"(differs in {changed}); resume with the same recipe or use a new run folder")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.epoch = state["step"], state["epoch"]
+        torch.set_rng_state(state["torch_rng"])  # samples draw from their own seeded generators (pretrain_data)
+        if self.rank == 0:  # forget the steps of the epoch that was interrupted
+            lines = self._read_losses()
+            atomic_write(self.run_dir / "losses.jsonl", lambda tmp: tmp.write_text(
+                "".join(json.dumps(r) + "\n" for r in lines if r["step"] <= self.step)))
+        log.info("resumed %s at epoch %d, step %d", self.run_dir, self.epoch, self.step)
+
+    def _read_losses(self) -> list[dict]:
+        path = self.run_dir / "losses.jsonl"
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    # -- data
+    def _epoch_order(self, epoch: int) -> list[int]:
+        """Scene indices of this rank for the epoch, cycled to fill ``steps_per_epoch`` x ``batch_size``."""
+        sampler = DistributedSampler(range(len(self.source)), num_replicas=self.world, rank=self.rank,
+                                     shuffle=True, seed=self.recipe.seed)
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+        need = self.steps_per_epoch * self.recipe.batch_size
+        return [order[i % len(order)] for i in range(need)]
+
+    def _sample(self, epoch: int, step_in_epoch: int, j: int, scene_index: int, preview: bool) -> PretrainSample:
+        """The j-th sample of this rank's share of a step; its randomness depends on its global position only."""
+        position = (step_in_epoch * self.world + self.rank) * self.recipe.batch_size + j
+        for attempt in range(len(self.source)):
+            index = (scene_index + attempt) % len(self.source)
+            try:
+                sample = build_sample(self.source.scene(index), self.recipe, self.voxel, epoch, position,
+                                      with_preview=preview)
+                return sample_to(sample, self.device)
+            except UnusableScene as exc:
+                log.warning("skipped: %s", exc)
+        raise RuntimeError(f"{self.data}: no scene gives a usable training sample")
+
+    # -- the loop
+    def run(self) -> PretrainResult:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.rank == 0:
+            self._write_json("recipe.json", {"recipe": asdict(self.recipe), "data": str(self.data),
+                                             "source": self.source.kind, "world_size": self.world})
+        held = heldout_samples(self.source, self.recipe, self.voxel) if self.rank == 0 else []
+        before = self.heldout_depth_error(held) if self.step == 0 else self._summary_value("heldout_before")
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.progress, desc="pretrain")
+        model = self.ddp or self.model
+        self.model.train()
+        while self.epoch < self.recipe.epochs:
+            order = self._epoch_order(self.epoch)
+            for k in range(self.steps_per_epoch):
+                terms = self._train_step(model, order, k)
+                self.step += 1
+                if self.rank == 0:
+                    self._log_step(terms)
+                    bar.update(1)
+                    bar.set_postfix({n: f"{v:.3g}" for n, v in terms.items()})
+            self.epoch += 1
+            if self.rank == 0:
+                self._save_checkpoint()
+                plot_losses(pd.DataFrame(self._read_losses()), self.run_dir / "loss_curve.png")
+            if self.world > 1 and not self._ranks_in_sync():
+                raise RuntimeError(f"epoch {self.epoch}: the processes' parameters differ; distributed training is "
+                                   "out of sync")
+        bar.close()
+        return self._finish(held, before)
+
+    def _ranks_in_sync(self) -> bool:
+        """Whether every rank holds the same parameters (compared through per-tensor sums, min vs max)."""
+        sums = torch.stack([p.detach().double().sum() for p in self.model.parameters()])
+        low, high = sums.clone(), sums.clone()
+        dist.all_reduce(low, op=dist.ReduceOp.MIN)
+        dist.all_reduce(high, op=dist.ReduceOp.MAX)
+        return bool(torch.equal(low, high))
+
+    def _train_step(self, model: nn.Module, order: list[int], k: int) -> dict[str, float]:
+        batch = self.recipe.batch_size
+        self.optimizer.zero_grad(set_to_none=True)
+        totals: dict[str, float] = {}
+        for j in range(batch):
+            want_picture = self.rank == 0 and j == 0 and self.recipe.render_every and (self.step + 1) % \
+                self.recipe.render_every == 0
+            sample = self._sample(self.epoch, k, j, order[k * batch + j], bool(want_picture))
+            _, gen = sample_rng(self.recipe.seed, self.epoch, (k * self.world + self.rank) * batch + j)
+            sync = self.ddp is not None and j < batch - 1
+            with self.ddp.no_sync() if sync else contextlib.nullcontext():
+                terms = model(sample, gen)
+                self._check_finite(terms)
+                (terms["total"] / batch).backward()
+            for name, value in terms.items():
+                totals[name] = totals.get(name, 0.0) + float(value.detach()) / batch
+            if want_picture:
+                self._picture(sample)
+        if self.world > 1:  # log the global batch's losses, as one process would
+            names = sorted(totals)
+            values = torch.tensor([totals[n] for n in names], dtype=torch.float64, device=self.device)
+            dist.all_reduce(values)
+            totals = {n: float(v) / self.world for n, v in zip(names, values, strict=True)}
+        if self.recipe.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        return totals
+
+    def _check_finite(self, terms: dict[str, torch.Tensor]) -> None:
+        finite = torch.tensor([float(all(torch.isfinite(v).all() for v in terms.values()))], device=self.device)
+        if self.world > 1:
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if finite.item() < 1:
+            values = ", ".join(f"{n}={float(v.detach()):.4g}" for n, v in terms.items())
+            raise NonFiniteLoss(f"non-finite loss at step {self.step + 1} (epoch {self.epoch}): {values}. "
+                                f"The last checkpoint ({self.checkpoint_path}) is intact; lower lr or check the data.")
+
+    def _log_step(self, terms: dict[str, float]) -> None:
+        row = {"step": self.step, "epoch": self.epoch, "lr": self.scheduler.get_last_lr()[0], **terms,
+               "seconds": time.time()}
+        with open(self.run_dir / "losses.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def _picture(self, sample: PretrainSample) -> None:
+        preview: Preview = sample.preview
+        lo, hi = sample.spec.lo, sample.spec.hi
+        origins, directions = preview.origins.to(self.device), preview.directions.to(self.device)
+        box = (lo, hi) if self.recipe.mode == "outdoor" else ((-0.55,) * 3, (0.55,) * 3)
+        near, far, _ = near_far_from_box(origins, directions, *box, near_min=0.5 if self.recipe.mode == "outdoor"
+                                         else 0.01)
+        rays = RayBundle(origins, directions, near, torch.maximum(far, near + 1e-3),
+                         torch.zeros(len(origins), dtype=torch.long, device=self.device))
+        rgb, depth = self.model.render(sample, rays)
+        h, w = preview.size
+        plot_render(preview.rgb, rgb.reshape(h, w, 3).cpu().numpy(), preview.depth,
+                    depth.reshape(h, w).cpu().numpy(), self.run_dir / "renders" / f"step_{self.step + 1:06d}.png",
+                    f"{sample.name}, step {self.step + 1}")
+
+    def heldout_depth_error(self, held: list[PretrainSample]) -> float | None:
+        """Median |rendered - real| depth (metres) over the held-out rays, or None without held-out data."""
+        if not held:
+            return None
+        errors = []
+        for sample in held:
+            sample = sample_to(sample, self.device)
+            _, depth = self.model.render(sample, sample.rays)
+            valid = sample.rays.depth > 0
+            errors.append(((depth - sample.rays.depth).abs()[valid] * sample.metres_per_unit).cpu())
+        return float(torch.cat(errors).median())
+
+    def _summary_value(self, key: str) -> float | None:
+        path = self.run_dir / "summary.json"
+        return json.loads(path.read_text()).get(key) if path.is_file() else None
+
+    def _finish(self, held: list[PretrainSample], before: float | None) -> PretrainResult:
+        if self.rank != 0:
+            return PretrainResult(self.run_dir, self.step, {}, {}, None, None, None)
+        after = self.heldout_depth_error(held)
+        steps = pd.DataFrame(self._read_losses())
+        terms = [c for c in steps.columns if c not in ("step", "epoch", "lr", "seconds")]
+        window = max(1, min(len(steps) // 10, 20))  # first and last losses averaged over a few steps
+        first = steps[terms].head(window).mean().to_dict() if len(steps) else {}
+        last = steps[terms].tail(window).mean().to_dict() if len(steps) else {}
+        export = self.export(last)
+        self._write_json("summary.json", {"steps": self.step, "epochs": self.epoch, "first_losses": first,
+                                          "last_losses": last, "loss_window_steps": window,
+                                          "heldout_before": before, "heldout_after": after,
+                                          "heldout_metric": "median |depth error| in metres", "export": str(export),
+                                          "world_size": self.world, "ranks_in_sync": True if self.world > 1 else None})
+        return PretrainResult(self.run_dir, self.step, first, last, before, after, export)
+
+    def export(self, final_losses: dict[str, float]) -> Path:
+        """``backbone.pt`` (the backbone's state dict) and ``backbone.json`` describing it, for fine-tuning."""
+        weights = self.run_dir / "backbone.pt"
+        atomic_write(weights, lambda tmp: torch.save(self.model.backbone.state_dict(), tmp))
+        digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+        config = asdict(self.model.backbone.config) if hasattr(self.model.backbone, "config") else {}
+        self._write_json("backbone.json", {
+            "backbone": self.recipe.backbone, "config": config, "mode": self.recipe.mode,
+            "data": str(self.data), "source": self.source.kind, "steps": self.step, "final_losses": final_losses,
+            "recipe": asdict(self.recipe), "code_version": code_version(), "sha256": digest,
+            "weights": weights.name, "world_size": self.world,
+        })
+        return weights

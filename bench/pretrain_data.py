@@ -1,0 +1,318 @@
+"""What pre-training reads: scene sources (any supported layout) and the per-step samples built from them.
+
+A sample is the backbone input (a point cloud, or masked multi-view images) plus the rays whose real colour
+and depth the renderer must reproduce. Everything random in a sample (views, augmentation, masking, rays)
+comes from a generator seeded by (seed, epoch, scene index), so a run is reproducible, a resumed run
+continues exactly, and N processes each building their share of a batch get what one process would.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from backbones.structures import GridSpec, PointBatch
+from renderer.rays import RayBundle, near_far_from_box, sample_rays
+from tasks.classes import SCANNET20
+from tasks.errors import DataFormatError
+from tasks.structures import PosedViews, Scene
+from tasks.transforms import Augment, grid_sample_train, normalize_to_unit_cube
+
+log = logging.getLogger(__name__)
+
+UNIT_BOX = ((-0.55, -0.55, -0.55), (0.55, 0.55, 0.55))  # the normalised indoor scene, with a margin
+INDOOR_EXTENT = ((-0.5, -0.5, -0.5), (0.5, 0.5, 0.5))
+OUTDOOR_EXTENT = ((-54.0, -54.0, -5.0), (54.0, 54.0, 3.0))
+HELDOUT_EPOCH = 2**31 - 1  # the seed key of held-out samples: never a training epoch
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+class UnusableScene(Exception):
+    """A scene that cannot give a training sample (no valid depth, no points in the volume…): skipped."""
+
+
+# ----------------------------------------------------------------------------------------------- sources
+@dataclass
+class SceneSource:
+    """Training scenes of one dataset, the class names of their labels, and held-out scenes (may be empty)."""
+
+    path: Path
+    kind: str
+    names: list[str]
+    loader: object  # index -> Scene
+    class_names: tuple[str, ...] = ()
+    heldout: list[Scene] | None = None
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def scene(self, index: int) -> Scene:
+        return self.loader(index)
+
+
+def open_source(path: str | Path, mode: str, holdout_every: int = 10) -> SceneSource:
+    """Recognise the layout at ``path``: a 7-Scenes-style RGB-D folder, a Pointcept ScanNet root, SemanticKITTI,
+    a nuScenes root (v1.0-*), or a folder of loose lidarseg frames (``frameNN/points.bin``)."""
+    from tasks.formats.nuscenes import NuScenesLidarSegDataset, read_lidarseg_frames
+    from tasks.formats.rgbd_folder import RGBDFolder
+    from tasks.formats.scannet import ScanNetDataset
+    from tasks.formats.semantickitti import SemanticKITTIDataset
+
+    path = Path(path)
+    if not path.is_dir():
+        raise DataFormatError(path, "pre-training data folder does not exist")
+    wants_views = mode in ("indoor", "image")
+    if (path / "camera-intrinsics.txt").is_file():
+        folder = RGBDFolder(path)
+        idx = list(range(len(folder)))
+        held = [i for i in idx if holdout_every and i % holdout_every == holdout_every - 1]
+        train = [i for i in idx if i not in held]
+        scene = folder.scene(index=train)
+        heldout = [replace(scene, views=folder.views(held))] if held else []
+        return SceneSource(path, "rgbd", [scene.name], lambda i: scene, (), heldout)
+    if (path / "train").is_dir() and wants_views:
+        data = ScanNetDataset(path, "train", with_views=True)
+        return SceneSource(path, "scannet", data.names, data.__getitem__, SCANNET20)
+    if not wants_views:
+        if (path / "sequences").is_dir():
+            data = SemanticKITTIDataset(path, "train")
+            return SceneSource(path, "semantickitti", data.names, data.__getitem__)
+        versions = sorted(p.name for p in path.glob("v1.0-*") if p.is_dir())
+        if versions:
+            data = NuScenesLidarSegDataset(path, "train", version=versions[0])
+            return SceneSource(path, "nuscenes", data.names, data.__getitem__)
+        if any(path.glob("*/points.bin")):
+            frames = read_lidarseg_frames(path)
+            held = [f for i, f in enumerate(frames) if holdout_every and i % holdout_every == 0 and len(frames) > 1]
+            train = [f for f in frames if not any(f is h for h in held)]
+            return SceneSource(path, "lidar-frames", [f.name for f in train], train.__getitem__, (), held)
+    needs = "RGB-D views (an RGB-D folder or a ScanNet root with rgbd/)" if wants_views else "LiDAR sweeps"
+    raise DataFormatError(path, f"no pre-training data for mode '{mode}': it needs {needs}")
+
+
+# ----------------------------------------------------------------------------------------------- samples
+@dataclass
+class Preview:
+    """A low-resolution view to render whole for the pictures: camera pixels, or a LiDAR panorama."""
+
+    origins: torch.Tensor  # (h*w, 3)
+    directions: torch.Tensor  # (h*w, 3)
+    size: tuple[int, int]  # (h, w)
+    rgb: np.ndarray | None  # (h, w, 3) in [0, 1]
+    depth: np.ndarray  # (h, w) distance along the ray, 0 = unknown
+
+
+@dataclass
+class PretrainSample:
+    name: str
+    spec: GridSpec
+    rays: RayBundle
+    points: PointBatch | None = None  # 3D backbones
+    images: torch.Tensor | None = None  # (1, V, 3, H, W) normalised, 2D backbones
+    intrinsics: torch.Tensor | None = None  # (1, V, 3, 3) for ``images``
+    cam_to_world: torch.Tensor | None = None  # (1, V, 4, 4)
+    labels_known: bool = False
+    preview: Preview | None = None
+    metres_per_unit: float = 1.0  # to report depth errors in metres
+
+
+def grid_spec(mode: str, grid: tuple[int, int, int]) -> GridSpec:
+    lo, hi = OUTDOOR_EXTENT if mode == "outdoor" else INDOOR_EXTENT
+    return GridSpec(lo, hi, tuple(grid))
+
+
+def sample_rng(seed: int, epoch: int, index: int) -> tuple[np.random.Generator, torch.Generator]:
+    rng = np.random.default_rng([seed, epoch, index])
+    return rng, torch.Generator().manual_seed(int(rng.integers(2**62)))
+
+
+def build_sample(scene: Scene, recipe, voxel_size: float, epoch: int, index: int,  # noqa: ANN001
+                 augment: bool = True, with_preview: bool = False) -> PretrainSample:
+    """The training sample of ``scene`` for this epoch; raises :class:`UnusableScene` when there is none."""
+    rng, gen = sample_rng(recipe.seed, epoch, index)
+    if recipe.mode == "outdoor":
+        return _outdoor_sample(scene, recipe, voxel_size, rng, gen, augment, with_preview)
+    return _camera_sample(scene, recipe, voxel_size, rng, gen, augment, with_preview)
+
+
+def _camera_sample(scene: Scene, recipe, voxel_size: float, rng: np.random.Generator,  # noqa: ANN001
+                   gen: torch.Generator, augment: bool, with_preview: bool) -> PretrainSample:
+    if scene.views is None or len(scene.views) == 0:
+        raise UnusableScene(f"{scene.name}: no RGB-D views")
+    pick = rng.choice(len(scene.views), size=min(recipe.views, len(scene.views)), replace=False)
+    scene = replace(scene, views=scene.views.select(np.sort(pick)))
+    if augment and recipe.mode == "indoor":
+        scene = Augment(rotate_z=np.pi, scale=(0.9, 1.1), flip_p=0.5)(scene, rng)
+    full, norm = normalize_to_unit_cube(scene)
+    views = full.views
+    spec = grid_spec(recipe.mode, recipe.grid)
+    labels = None
+    if scene.segment is not None and recipe.semantic_dim:
+        labels = _pixel_labels(full, views)
+    rays = sample_rays(torch.from_numpy(views.image).float() / 255.0, torch.from_numpy(views.depth),
+                       torch.from_numpy(views.intrinsics), torch.from_numpy(views.cam_to_world), recipe.rays_per_view,
+                       UNIT_BOX, generator=gen, labels=None if labels is None else torch.from_numpy(labels))
+    if len(rays) == 0:
+        raise UnusableScene(f"{scene.name}: no pixel with valid depth in the chosen views")
+    sample = PretrainSample(scene.name, spec, rays, labels_known=labels is not None,
+                            metres_per_unit=1.0 / norm.scale,
+                            preview=_camera_preview(views, recipe.render_size) if with_preview else None)
+    if recipe.mode == "image":
+        return _with_images(sample, views, recipe, rng)
+    keep = _subset(len(full), recipe.max_points, rng)
+    keep = keep[rng.random(len(keep)) >= recipe.mask_ratio] if augment else keep  # RandomDropout masking
+    if len(keep) == 0:
+        raise UnusableScene(f"{scene.name}: no point left after masking")
+    coord = full.coord[keep]
+    sampled = grid_sample_train(coord, voxel_size * norm.scale, rng)
+    color = full.color[keep] / 255.0 if full.color is not None else np.zeros_like(coord)
+    normal = full.normal[keep] if full.normal is not None else np.zeros_like(coord)
+    feat = np.concatenate([color, normal], 1)[sampled.index]
+    sample.points = PointBatch.collate([(coord[sampled.index], sampled.grid_coord, feat)])
+    return sample
+
+
+def _subset(n: int, limit: int | None, rng: np.random.Generator) -> np.ndarray:
+    return np.sort(rng.choice(n, size=limit, replace=False)) if limit and n > limit else np.arange(n)
+
+
+def _pixel_labels(scene: Scene, views: PosedViews) -> np.ndarray:
+    """Per-pixel class of each view: the label of the cloud point nearest to the pixel's back-projection."""
+    from scipy.spatial import cKDTree
+
+    from tasks.formats.rgbd_frames import backproject
+
+    tree = cKDTree(scene.coord)
+    labels = np.full(views.depth.shape, -1, dtype=np.int64)
+    for v in range(len(views)):
+        points, _ = backproject(views, v)
+        dist, nearest = tree.query(points, distance_upper_bound=0.02)
+        found = np.isfinite(dist)
+        rows, cols = np.nonzero(views.depth[v] > 0)
+        labels[v, rows[found], cols[found]] = scene.segment[nearest[found]]
+    return labels
+
+
+def _camera_preview(views: PosedViews, size: tuple[int, int]) -> Preview:
+    from renderer.rays import pixel_rays
+
+    h, w = size
+    height, width = views.depth.shape[1:]
+    k = views.intrinsics[0].copy()
+    k[0] *= w / width
+    k[1] *= h / height
+    v, u = np.mgrid[0:h, 0:w]
+    u_t, v_t = torch.from_numpy(u.reshape(-1)), torch.from_numpy(v.reshape(-1))
+    kt = torch.from_numpy(k).float().expand(len(u_t), 3, 3)
+    pose = torch.from_numpy(views.cam_to_world[0]).float().expand(len(u_t), 4, 4)
+    origins, directions, scale = pixel_rays(kt, pose, u_t, v_t)
+    depth = cv2.resize(views.depth[0], (w, h), interpolation=cv2.INTER_NEAREST) * scale.reshape(h, w).numpy()
+    rgb = cv2.resize(views.image[0], (w, h), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+    return Preview(origins, directions, size, rgb, depth)
+
+
+def _with_images(sample: PretrainSample, views: PosedViews, recipe, rng: np.random.Generator  # noqa: ANN001
+                 ) -> PretrainSample:
+    """Resize the views for the 2D backbone and mask ``mask_ratio`` of their 32-pixel patches."""
+    h, w = recipe.image_size
+    height, width = views.image.shape[1:3]
+    images = np.stack([cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA) for img in views.image])
+    images = (images.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    patch = 32
+    grid = rng.random((len(images), -(-h // patch), -(-w // patch))) < recipe.mask_ratio
+    mask = np.repeat(np.repeat(grid, patch, 1), patch, 2)[:, :h, :w]
+    images[mask] = 0.0
+    k = views.intrinsics.copy()
+    k[:, 0] *= w / width
+    k[:, 1] *= h / height
+    sample.images = torch.from_numpy(images).permute(0, 3, 1, 2)[None].contiguous()
+    sample.intrinsics = torch.from_numpy(k).float()[None]
+    sample.cam_to_world = torch.from_numpy(views.cam_to_world).float()[None]
+    return sample
+
+
+def _outdoor_sample(scene: Scene, recipe, voxel_size: float, rng: np.random.Generator,  # noqa: ANN001
+                    gen: torch.Generator, augment: bool, with_preview: bool) -> PretrainSample:
+    """A LiDAR sweep in its sensor frame: block-masked input, rays from the sensor to its own returns."""
+    if augment:
+        scene = Augment(rotate_z=np.pi, scale=(0.95, 1.05), flip_p=0.5, jitter_sigma=0.0)(scene, rng)
+    spec = grid_spec("outdoor", recipe.grid)
+    lo, hi = np.array(spec.lo), np.array(spec.hi)
+    rng_dist = np.linalg.norm(scene.coord, axis=1)
+    inside = np.flatnonzero(((scene.coord > lo) & (scene.coord < hi)).all(1) & (rng_dist > 1.0))
+    if len(inside) == 0:
+        raise UnusableScene(f"{scene.name}: no LiDAR return inside the volume")
+    targets = inside[_subset(len(inside), recipe.lidar_rays, rng)]
+    rays = lidar_rays(scene.coord[targets])
+    keep = inside[_subset(len(inside), recipe.max_points, rng)]
+    if augment and recipe.mask_ratio > 0:
+        blocks = np.floor(scene.coord[keep, :2] / recipe.mask_block).astype(np.int64)
+        _, block_id = np.unique(blocks, axis=0, return_inverse=True)
+        dropped = rng.random(block_id.max() + 1) < recipe.mask_ratio
+        keep = keep[~dropped[block_id.reshape(-1)]]
+    if len(keep) == 0:
+        raise UnusableScene(f"{scene.name}: no point left after block masking")
+    coord = scene.coord[keep]
+    sampled = grid_sample_train(coord - lo.astype(np.float32), voxel_size, rng)
+    strength = scene.strength[keep] if scene.strength is not None else np.zeros((len(keep), 1), np.float32)
+    feat = np.concatenate([coord, strength], 1)[sampled.index]
+    points = PointBatch.collate([(coord[sampled.index], sampled.grid_coord, feat)])
+    preview = _lidar_preview(scene.coord, recipe.render_size) if with_preview else None
+    return PretrainSample(scene.name, spec, rays, points=points, preview=preview)
+
+
+def lidar_rays(returns: np.ndarray) -> RayBundle:
+    """Rays from the sensor origin to LiDAR returns, with their range as the depth target."""
+    pts = torch.from_numpy(np.ascontiguousarray(returns, dtype=np.float32))
+    depth = pts.norm(dim=1)
+    directions = pts / depth[:, None]
+    origins = torch.zeros_like(pts)
+    near, far, _ = near_far_from_box(origins, directions, *OUTDOOR_EXTENT, near_min=0.5)
+    return RayBundle(origins, directions, near, far, torch.zeros(len(pts), dtype=torch.long), depth=depth)
+
+
+def _lidar_preview(coord: np.ndarray, size: tuple[int, int]) -> Preview:
+    """A panoramic range image (elevation x azimuth) around the sensor and the rays through its bins."""
+    h, w = size
+    elev_lo, elev_hi = np.deg2rad(-30.0), np.deg2rad(10.0)
+    dist = np.linalg.norm(coord, axis=1)
+    az = np.arctan2(coord[:, 1], coord[:, 0])
+    el = np.arcsin(np.clip(coord[:, 2] / np.maximum(dist, 1e-6), -1, 1))
+    row = ((elev_hi - el) / (elev_hi - elev_lo) * h).astype(int)
+    col = ((az + np.pi) / (2 * np.pi) * w).astype(int) % w
+    ok = (row >= 0) & (row < h) & (dist > 1.0)
+    depth = np.full((h, w), np.inf, dtype=np.float32)
+    np.minimum.at(depth, (row[ok], col[ok]), dist[ok].astype(np.float32))
+    depth[~np.isfinite(depth)] = 0.0
+    els = elev_hi - (np.arange(h) + 0.5) / h * (elev_hi - elev_lo)
+    azs = (np.arange(w) + 0.5) / w * 2 * np.pi - np.pi
+    e, a = np.meshgrid(els, azs, indexing="ij")
+    directions = np.stack([np.cos(e) * np.cos(a), np.cos(e) * np.sin(a), np.sin(e)], -1).reshape(-1, 3)
+    d = torch.from_numpy(directions.astype(np.float32))
+    return Preview(torch.zeros_like(d), d, size, None, depth)
+
+
+def heldout_samples(source: SceneSource, recipe, voxel_size: float) -> list[PretrainSample]:  # noqa: ANN001
+    """Fixed samples of the held-out views/sweeps: no augmentation, no masking, the same rays every time."""
+    held = []
+    for i, scene in enumerate(source.heldout or []):
+        if recipe.mode == "outdoor":
+            held.append(build_sample(scene, replace(recipe, mask_ratio=0.0), voxel_size, HELDOUT_EPOCH, i,
+                                     augment=False))
+            continue
+        if recipe.mode == "image":
+            continue  # the 2D backbone would need the held-out view itself as input
+        for v in range(len(scene.views)):  # every held-out frame, rendered from the volume of the training cloud
+            one = replace(scene, views=scene.views.select([v]))
+            try:
+                held.append(build_sample(one, replace(recipe, mask_ratio=0.0), voxel_size, HELDOUT_EPOCH, 1000 * i + v,
+                                         augment=False))
+            except UnusableScene as exc:
+                log.warning("held-out view skipped: %s", exc)
+    return held

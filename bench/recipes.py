@@ -1,0 +1,142 @@
+"""Typed pre-training recipes: the PonderV2 reference values per mode, and small presets for CPU runs.
+
+One dataclass, a few named presets, ``key=value`` overrides (``losses.rgb=5``) checked against the field
+types, instead of a tree of near-identical config files.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, get_type_hints
+
+from renderer.losses import LossWeights
+
+MODES = ("indoor", "outdoor", "image")
+
+
+@dataclass(frozen=True)
+class PretrainRecipe:
+    mode: str  # indoor (3D + RGB-D views) | outdoor (LiDAR) | image (2D backbone on multi-view images)
+    backbone: str
+    epochs: int = 100
+    steps_per_epoch: int | None = None  # None: one pass over the training scenes
+    batch_size: int = 1  # scenes per optimiser step per process (gradients accumulated scene by scene)
+    # input
+    mask_ratio: float = 0.8  # indoor: RandomDropout of points; outdoor: block masking; image: patch masking
+    mask_block: float = 2.0  # outdoor: block edge in metres; image: patch edge in pixels is 32
+    max_points: int | None = None  # cap on input points per scene (random subset)
+    image_size: tuple[int, int] = (256, 352)  # image mode: (H, W) the views are resized to
+    # rays
+    views: int = 5
+    rays_per_view: int = 256  # indoor/image per view; outdoor: per camera, or LiDAR rays per sweep / 4
+    lidar_rays: int = 2048  # outdoor rays from the LiDAR origin to its own returns
+    # volume and renderer
+    grid: tuple[int, int, int] = (128, 128, 32)  # (X, Y, Z) cells
+    volume_channels: int = 96
+    unet_base: int = 32
+    unet_levels: int = 4
+    sdf_channels: int = 64
+    color_channels: int = 64
+    hidden: int = 128
+    semantic_dim: int = 512  # 0: no semantic rendering
+    n_uniform: int = 96
+    n_importance: int = 36
+    losses: LossWeights = field(default_factory=LossWeights)
+    # optimisation
+    optimizer: str = "adamw"  # adamw | sgd (nesterov)
+    lr: float = 2e-4
+    weight_decay: float = 0.01
+    momentum: float = 0.9
+    pct_start: float = 0.05  # OneCycle warm-up fraction
+    grad_clip: float = 1.0
+    amp: bool = True  # bfloat16 autocast of the backbone on CUDA
+    seed: int = 0
+    # outputs
+    render_every: int = 100  # steps between rendered-vs-real pictures (0: never)
+    render_size: tuple[int, int] = (48, 64)
+    holdout_every: int = 10  # RGB-D folders: every n-th frame is held out for the depth-error check
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ValueError(f"optimizer must be adamw or sgd, got {self.optimizer!r}")
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
+
+
+_OUTDOOR = dict(grid=(180, 180, 5), volume_channels=32, n_uniform=72, n_importance=24, mask_ratio=0.8,
+                rays_per_view=512, losses=LossWeights(rgb=10.0, depth=10.0, sdf=10.0, truncation=0.5),
+                semantic_dim=0)
+_MINI = dict(epochs=4, grid=(48, 48, 16), volume_channels=32, unet_base=16, unet_levels=3, sdf_channels=32,
+             color_channels=32, hidden=64, semantic_dim=32, n_uniform=48, n_importance=16, lr=2e-3,
+             render_every=50, max_points=40_000)
+
+PRESETS: dict[str, PretrainRecipe] = {
+    "indoor": PretrainRecipe(mode="indoor", backbone="spunet-v1m1"),
+    "indoor-mini": PretrainRecipe(mode="indoor", backbone="spunet-mini", **_MINI),
+    "outdoor": PretrainRecipe(mode="outdoor", backbone="spunet-v1m1", **_OUTDOOR),
+    "outdoor-mini": PretrainRecipe(mode="outdoor", backbone="spunet-mini", **{
+        **_OUTDOOR, **_MINI, "grid": (90, 90, 5), "semantic_dim": 0, "n_uniform": 48, "n_importance": 16,
+        "lidar_rays": 1024}),
+    "image": PretrainRecipe(mode="image", backbone="timm:resnet50", mask_ratio=0.3, semantic_dim=0),
+    "image-mini": PretrainRecipe(mode="image", backbone="timm:resnet18", mask_ratio=0.3,
+                                 **{**_MINI, "semantic_dim": 0, "max_points": None}, image_size=(128, 160)),
+}
+
+
+def get_recipe(preset: str, overrides: list[str] | None = None) -> PretrainRecipe:
+    """A preset with ``key=value`` overrides (values are Python literals; strings may be bare)."""
+    if preset not in PRESETS:
+        raise KeyError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    return apply_overrides(PRESETS[preset], overrides or [])
+
+
+def apply_overrides(recipe: Any, overrides: list[str]) -> Any:
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} is not key=value")
+        recipe = _set(recipe, key.strip().split("."), value.strip(), item)
+    return recipe
+
+
+def _set(obj: Any, path: list[str], raw: str, item: str) -> Any:
+    names = {f.name for f in fields(obj)}
+    if path[0] not in names:
+        raise ValueError(f"override {item!r}: {type(obj).__name__} has no field {path[0]!r} "
+                         f"(fields: {', '.join(sorted(names))})")
+    current = getattr(obj, path[0])
+    if len(path) > 1:
+        if not dataclasses.is_dataclass(current):
+            raise ValueError(f"override {item!r}: {path[0]!r} has no sub-fields")
+        return replace(obj, **{path[0]: _set(current, path[1:], raw, item)})
+    return replace(obj, **{path[0]: _parse(raw, get_type_hints(type(obj))[path[0]], item)})
+
+
+def _parse(raw: str, hint: Any, item: str) -> Any:
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw  # a bare string (backbone=spunet-mini)
+    text = str(hint)
+    if value is None and "None" in text:
+        return None
+    if hint is bool or text == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"override {item!r}: expected True or False")
+        return value
+    for kind in (int, float, str):
+        if hint is kind or text.startswith(kind.__name__):
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise ValueError(f"override {item!r}: expected {kind.__name__}, got {type(value).__name__}")
+            return value
+    if text.startswith("tuple"):
+        if not isinstance(value, tuple):
+            raise ValueError(f"override {item!r}: expected a tuple such as (1, 2)")
+        return value
+    raise ValueError(f"override {item!r}: cannot set a field of type {text}")

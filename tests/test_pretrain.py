@@ -1,0 +1,183 @@
+"""Pre-training engine: all three modes end to end on the tiny suite, exact resume (also after kill -9),
+the non-finite-loss stop, export, recipes, and two gloo processes against one process."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.pretrain import NonFiniteLoss, Pretrainer
+from bench.recipes import get_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+MICRO = ["grid=(16,16,8)", "volume_channels=8", "unet_base=4", "unet_levels=2", "sdf_channels=8",
+         "color_channels=8", "hidden=16", "semantic_dim=8", "n_uniform=12", "n_importance=6", "views=2",
+         "rays_per_view=24", "render_size=(12,16)", "max_points=3000", "lr=1e-3", "render_every=2"]
+PRESETS = {"indoor": ("indoor-mini", "scannet", ["backbone=spunet-micro"]),
+           "image": ("image-mini", "scannet", ["backbone=timm:resnet18", "image_size=(64,64)"]),
+           "outdoor-kitti": ("outdoor-mini", "semantickitti", ["backbone=spunet-micro", "lidar_rays=128",
+                                                               "grid=(30,30,4)", "semantic_dim=0"]),
+           "outdoor-nuscenes": ("outdoor-mini", "nuscenes", ["backbone=spunet-micro", "lidar_rays=128",
+                                                             "grid=(30,30,4)", "semantic_dim=0"])}
+
+
+def micro_recipe(case: str, *extra: str):  # noqa: ANN201
+    preset, _, overrides = PRESETS[case]
+    return get_recipe(preset, [*MICRO, *overrides, "epochs=2", "steps_per_epoch=2", *extra])
+
+
+def state_of(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoint.pt", weights_only=False)["model"]
+
+
+@pytest.mark.parametrize("case", list(PRESETS))
+def test_every_mode_runs_end_to_end_on_the_tiny_suite(tiny_root: Path, tmp_path: Path, case: str) -> None:
+    recipe = micro_recipe(case)
+    result = Pretrainer(recipe, tiny_root / PRESETS[case][1], tmp_path / "run", progress=False).run()
+    run = tmp_path / "run"
+    assert result.steps == 4 and (run / "checkpoint.pt").is_file() and (run / "loss_curve.png").is_file()
+    lines = [json.loads(x) for x in (run / "losses.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2, 3, 4]
+    expected = {"depth", "sdf", "free_space", "eikonal", "total"} | ({"rgb"} if case in ("indoor", "image") else set())
+    assert expected <= set(lines[0])
+    if case == "indoor":
+        assert "semantic" in lines[0], "ScanNet labels give the semantic rendering loss"
+    assert sorted(p.name for p in (run / "renders").iterdir()) == ["step_000002.png", "step_000004.png"]
+    meta = json.loads((run / "backbone.json").read_text())
+    assert meta["sha256"] == hashlib.sha256((run / "backbone.pt").read_bytes()).hexdigest()
+    assert meta["backbone"] == recipe.backbone and meta["steps"] == 4 and meta["code_version"]
+    assert set(meta["final_losses"]) == set(result.last_losses)
+    weights = torch.load(run / "backbone.pt")
+    assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
+
+
+def test_resume_continues_exactly(tiny_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    recipe = micro_recipe("indoor")
+    Pretrainer(recipe, tiny_root / "scannet", tmp_path / "straight", progress=False).run()
+
+    original = Pretrainer._train_step
+    calls = {"n": 0}
+
+    def crash_in_epoch_two(self, *args):  # noqa: ANN001, ANN202
+        calls["n"] += 1
+        if calls["n"] == 4:  # the second step of epoch 2: its first step is lost with the crash
+            raise KeyboardInterrupt
+        return original(self, *args)
+
+    monkeypatch.setattr(Pretrainer, "_train_step", crash_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        Pretrainer(recipe, tiny_root / "scannet", tmp_path / "resumed", progress=False).run()
+    assert json.loads((tmp_path / "resumed" / "losses.jsonl").read_text().splitlines()[-1])["step"] == 3
+    monkeypatch.setattr(Pretrainer, "_train_step", original)
+    Pretrainer(recipe, tiny_root / "scannet", tmp_path / "resumed", progress=False, resume=True).run()
+
+    straight, resumed = state_of(tmp_path / "straight"), state_of(tmp_path / "resumed")
+    for name, value in straight.items():
+        assert torch.equal(value, resumed[name]), name
+    steps = [json.loads(x)["step"] for x in (tmp_path / "resumed" / "losses.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_resume_refuses_another_recipe(tiny_root: Path, tmp_path: Path) -> None:
+    Pretrainer(micro_recipe("indoor", "epochs=1"), tiny_root / "scannet", tmp_path, progress=False).run()
+    with pytest.raises(ValueError, match="another recipe"):
+        Pretrainer(micro_recipe("indoor", "epochs=1", "lr=0.5"), tiny_root / "scannet", tmp_path, resume=True)
+
+
+def test_kill_9_loses_at_most_the_current_epoch(tiny_root: Path, tmp_path: Path) -> None:
+    args = [*MICRO, *PRESETS["indoor"][2], "epochs=3", "steps_per_epoch=3", "render_every=0"]
+    cmd = [sys.executable, "-m", "bench.cli", "pretrain", "--preset", "indoor-mini", "--data",
+           str(tiny_root / "scannet"), "--out", str(tmp_path / "run"), "--device", "cpu", "--no-progress", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    losses = tmp_path / "run" / "losses.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if losses.is_file() and len(losses.read_text().splitlines()) >= 4:  # inside epoch 2
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert state["epoch"] >= 1 and state["step"] == 3 * state["epoch"]
+    recipe = get_recipe("indoor-mini", args)
+    result = Pretrainer(recipe, tiny_root / "scannet", tmp_path / "run", progress=False, resume=True).run()
+    assert result.steps == 9
+    steps = [json.loads(x)["step"] for x in losses.read_text().splitlines()]
+    assert steps == list(range(1, 10))
+
+
+def test_non_finite_loss_stops_with_the_step_and_terms(tiny_root: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from renderer.fields import NeuSVariance
+
+    monkeypatch.setattr(NeuSVariance, "forward", lambda self: self.variance * float("nan"))
+    trainer = Pretrainer(micro_recipe("indoor"), tiny_root / "scannet", tmp_path, progress=False)
+    with pytest.raises(NonFiniteLoss, match=r"non-finite loss at step 1 \(epoch 0\): rgb=nan.*total=nan"):
+        trainer.run()
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_unknown_data_layout_is_named(tmp_path: Path) -> None:
+    from tasks.errors import DataFormatError
+
+    with pytest.raises(DataFormatError, match=f"{tmp_path}.*needs RGB-D views"):
+        Pretrainer(micro_recipe("indoor"), tmp_path, tmp_path / "run")
+
+
+def test_recipe_overrides_are_typed() -> None:
+    recipe = get_recipe("indoor-mini", ["losses.rgb=5", "grid=(8,8,4)", "steps_per_epoch=None", "lr=1"])
+    assert recipe.losses.rgb == 5.0 and recipe.grid == (8, 8, 4) and recipe.steps_per_epoch is None
+    assert isinstance(recipe.lr, float)
+    for bad, message in [("epochs=x", "expected int"), ("foo=1", "has no field 'foo'"),
+                         ("losses.bar=2", "LossWeights has no field"), ("amp=1", "True or False"),
+                         ("mode=sideways", "mode must be one of")]:
+        with pytest.raises(ValueError, match=message):
+            get_recipe("indoor-mini", [bad])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tiny_root: Path, tmp_path: Path) -> None:
+    """DDP averages the two processes' gradients; one process accumulates the same two samples' halves.
+
+    Both runs use one thread per process (the summation order of a matmul depends on the thread count, and
+    the SDF band loss turns such float noise into visible differences), and SGD, whose updates are linear
+    in the gradients (Adam's first steps turn sign flips of ~0 gradients into lr-sized differences).
+    """
+    args = [*MICRO, *PRESETS["indoor"][2], "epochs=1", "steps_per_epoch=3", "render_every=0", "optimizer=sgd",
+            "lr=0.01"]
+    common = ["-m", "bench.cli", "pretrain", "--preset", "indoor-mini", "--data", str(tiny_root / "scannet"),
+              "--device", "cpu", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launches = {
+        "ddp": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+                *common, "--out", str(tmp_path / "ddp"), *args, "batch_size=1"],
+        "one": [sys.executable, *common, "--out", str(tmp_path / "one"), *args, "batch_size=2"],
+    }
+    for name, cmd in launches.items():
+        done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, f"{name}: {done.stderr[-3000:]}"
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["ranks_in_sync"] is True and summary["steps"] == 3
+    logs = [[json.loads(x) for x in (tmp_path / run / "losses.jsonl").read_text().splitlines()] for run in launches]
+    assert logs[0][0]["total"] == pytest.approx(logs[1][0]["total"], rel=1e-6), "same samples, same first loss"
+    two, single = state_of(tmp_path / "ddp"), state_of(tmp_path / "one")
+    for name, value in single.items():
+        if value.is_floating_point() and "running" not in name:  # BatchNorm running stats follow rank 0 only
+            torch.testing.assert_close(two[name], value, rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
