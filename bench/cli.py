@@ -75,11 +75,29 @@ def _list(args: argparse.Namespace) -> int:
                                             "voxel_size", "description"])
         table["params"] = table["params"].map(lambda p: f"{p / 1e6:.2f}M")
         print(table.to_string(index=False))
+    elif args.what == "tasks":
+        from dataclasses import asdict
+
+        from tasks.spec import get_task, list_tasks
+
+        rows = [asdict(get_task(t)) for t in list_tasks(args.pattern)]
+        table = pd.DataFrame(rows)[["id", "version", "task_type", "main_score", "protocol", "reference", "runnable",
+                                    "title"]]
+        print(table.to_string(index=False))
+    elif args.what == "recipes":
+        from bench.recipes import PRESETS
+
+        print(pd.DataFrame([{"preset": k, "mode": r.mode, "backbone": r.backbone, "epochs": r.epochs,
+                             "grid": r.grid, "rays": f"{r.views}x{r.rays_per_view}", "lr": r.lr}
+                            for k, r in PRESETS.items()]).to_string(index=False))
     elif args.what == "suites":
         from tasks.synth.suite import SUITES
 
         print(pd.DataFrame([{"suite": k, **v.__dict__} for k, v in SUITES.items()]).to_string(index=False))
     return 0
+
+
+DEFAULT_DATA = "data/mini"
 
 
 def _cuda() -> bool:
@@ -115,6 +133,54 @@ def _pretrain(args: argparse.Namespace) -> int:
         print(f"held-out median depth error: {result.heldout_depth_error_before:.4f} m -> "
               f"{result.heldout_depth_error_after:.4f} m")
     print(f"{result.steps} steps; backbone exported to {result.export} (+ backbone.json); run folder {run_dir}")
+    return 0
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _run(args: argparse.Namespace) -> int:
+    from bench.leaderboard import leaderboard
+    from bench.runner import expand, run_matrix
+
+    roots = tuple(_csv(args.data))
+    if args.data == DEFAULT_DATA and not Path(DEFAULT_DATA).is_dir():
+        from tasks.synth.suite import synthesize
+
+        print(f"no {DEFAULT_DATA}: generating the mini suite first")
+        synthesize(DEFAULT_DATA, "mini", seed=0)
+    try:
+        runs = expand(_csv(args.backbones), _csv(args.inits), args.tasks, [int(s) for s in _csv(args.seeds)], roots,
+                      args.results, args.preset, args.linear_probe, args.device)
+    except (KeyError, ValueError) as exc:
+        raise SystemExit(f"ponderbench run: {exc}") from exc
+    slurm = {k: v for k, v in {"slurm_partition": args.slurm_partition, "gpus_per_node": args.gpus_per_node,
+                               "timeout_min": args.timeout_min, "cpus_per_task": args.cpus_per_task}.items() if v}
+    records = run_matrix(runs, args.executor, args.workers, args.overwrite, slurm, progress=not args.no_progress)
+    counts = pd.Series([r["status"] for r in records]).value_counts().to_dict()
+    print(f"{len(records)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    for r in records:
+        if r["status"] == "failed":
+            print(f"  FAILED {r['task']} {r['backbone']} {r['init']} seed {r['seed']}: "
+                  f"{(r['error'] or '').strip().splitlines()[-1]}")
+    tables = leaderboard(Path(args.results))
+    if "overall" in tables:
+        print(tables["overall"].to_string(index=False))
+    print(f"tables written to {Path(args.results) / 'tables'}")
+    return 0
+
+
+def _leaderboard(args: argparse.Namespace) -> int:
+    from bench.leaderboard import LeaderboardError, leaderboard
+
+    try:
+        tables = leaderboard(Path(args.results), Path(args.out) if args.out else None)
+    except LeaderboardError as exc:
+        raise SystemExit(f"ponderbench leaderboard: {exc}") from exc
+    for name in ("overall", "gain", "status"):
+        if name in tables:
+            print(f"## {name}\n{tables[name].to_string(index=False)}\n")
     return 0
 
 
@@ -154,8 +220,41 @@ def build_parser() -> argparse.ArgumentParser:
                      help="recipe overrides, e.g. epochs=10 lr=1e-3 losses.rgb=5 backbone=spunet-micro")
     pre.set_defaults(func=_pretrain)
 
+    run = sub.add_parser("run", help="run the benchmark matrix (default: the mini suite's whole matrix)",
+                         description="Fine-tune and evaluate backbones x inits x tasks x seeds; one JSON record per "
+                                     "run under RESULTS/runs/records; finished runs are skipped. Ends with the "
+                                     "leaderboard.")
+    run.add_argument("--data", default=DEFAULT_DATA, help="data root(s), comma-separated; each task uses the first "
+                                                          f"that holds its dataset (default: {DEFAULT_DATA}, "
+                                                          "generated when missing)")
+    run.add_argument("--backbones", default="spunet-mini", help="comma-separated registry names")
+    run.add_argument("--inits", default="scratch,ponder",
+                     help="scratch, ponder (pre-train first, or reuse the export in RESULTS) or export paths")
+    run.add_argument("--tasks", default="*", help="comma-separated wildcard patterns (`ponderbench list tasks`)")
+    run.add_argument("--seeds", default="0", help="comma-separated seeds")
+    run.add_argument("--preset", default="mini", choices=("mini", "reference", "tiny"),
+                     help="fine-tuning recipe (and the pre-training recipe of the ponder init)")
+    run.add_argument("--linear-probe", action="store_true", help="freeze the backbone (linear probing)")
+    run.add_argument("--results", default="results", help="results folder (records, pre-training, tables)")
+    run.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    run.add_argument("--executor", default="local", choices=("local", "slurm", "debug"),
+                     help="local processes, Slurm through submitit, or submitit's in-process debug executor")
+    run.add_argument("--workers", type=int, default=1, help="local: parallel processes")
+    run.add_argument("--overwrite", action="store_true", help="redo runs that already have an ok record")
+    run.add_argument("--slurm-partition")
+    run.add_argument("--gpus-per-node", type=int)
+    run.add_argument("--cpus-per-task", type=int)
+    run.add_argument("--timeout-min", type=int, default=None)
+    run.add_argument("--no-progress", action="store_true")
+    run.set_defaults(func=_run)
+
+    board = sub.add_parser("leaderboard", help="tables and plots from the run records")
+    board.add_argument("--results", default="results")
+    board.add_argument("--out", help="output folder (default: RESULTS/tables)")
+    board.set_defaults(func=_leaderboard)
+
     lister = sub.add_parser("list", help="list what the suite knows")
-    lister.add_argument("what", choices=("backbones", "datasets", "suites"))
+    lister.add_argument("what", choices=("backbones", "datasets", "suites", "tasks", "recipes"))
     lister.add_argument("pattern", nargs="?", default="*", help="wildcard filter for backbones, e.g. 'spunet*'")
     lister.set_defaults(func=_list)
     return parser

@@ -224,7 +224,7 @@ class Pretrainer:
 
     def _load_checkpoint(self) -> None:
         if not self.checkpoint_path.is_file():
-            log.warning("%s: no checkpoint to resume from; starting a new run", self.run_dir)
+            log.info("%s: no checkpoint to resume from; starting a new run", self.run_dir)
             return
         state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
         if state["recipe"] != asdict(self.recipe):

@@ -1,0 +1,53 @@
+"""Semantic segmentation: a backbone with a per-point linear head, the backbone optionally frozen."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from backbones.structures import PointBatch
+
+
+class SegmentationModel(nn.Module):
+    """Backbone features (N, C) -> class logits (N, K). ``freeze_backbone`` gives a linear probe."""
+
+    def __init__(self, backbone: nn.Module, feature_channels: int, num_classes: int, freeze_backbone: bool = False
+                 ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(feature_channels, num_classes)
+        self.freeze_backbone = freeze_backbone
+        if freeze_backbone:
+            self.backbone.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> SegmentationModel:
+        super().train(mode)
+        if self.freeze_backbone:  # a frozen backbone keeps its BatchNorm statistics too
+            self.backbone.eval()
+        return self
+
+    def forward(self, batch: PointBatch) -> torch.Tensor:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_backbone):
+            feats = self.backbone(batch)
+        return self.head(feats)
+
+
+def _lovasz_grad(sorted_truth: torch.Tensor) -> torch.Tensor:
+    """Gradient of the Lovász extension of the Jaccard loss for errors sorted in decreasing order."""
+    total = sorted_truth.sum()
+    intersection = total - sorted_truth.cumsum(0)
+    union = total + (1.0 - sorted_truth).cumsum(0)
+    jaccard = 1.0 - intersection / union
+    return torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])
+
+
+def lovasz_softmax(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -1) -> torch.Tensor:
+    """Lovász-softmax loss (Berman et al. 2018), averaged over the classes present in ``labels``."""
+    valid = labels != ignore_index
+    probs, labels = logits[valid].softmax(-1), labels[valid]
+    losses = []
+    for c in labels.unique():
+        truth = (labels == c).to(probs.dtype)
+        errors, order = (truth - probs[:, c]).abs().sort(descending=True)
+        losses.append(errors @ _lovasz_grad(truth[order]))
+    return torch.stack(losses).mean() if losses else logits.sum() * 0.0

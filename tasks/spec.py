@@ -1,0 +1,115 @@
+"""The benchmark tasks: frozen metadata per task (MTEB-style) and a registry with wildcard listing.
+
+``version`` is bumped whenever anything that changes the numbers changes (split, classes, metric, protocol,
+evaluation); records carry ``id@version`` and the leaderboard refuses to mix versions. ``reference`` is
+the PonderV2 paper's number for the task (``None`` where the paper gives none), shown in the tables as a
+reference row, never as a result of this suite.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+
+from tasks.classes import NUSCENES16, S3DIS13, SCANNET20, SCANNET200, SEMANTIC_KITTI19
+
+PAPER = "PonderV2 paper (arXiv:2310.08586)"
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    id: str
+    version: int
+    title: str
+    dataset: str  # folder under a data root (``scannet``, ``s3dis``, ...)
+    loader: str  # how scenes are read: a key of tasks.datasets.LOADERS
+    train_split: str
+    eval_split: str
+    task_type: str  # semseg | insseg | detection
+    classes: tuple[str, ...]
+    ignore_index: int
+    metrics: tuple[str, ...]
+    main_score: str
+    higher_is_better: bool
+    protocol: str  # full | limited-reconstruction | limited-annotation
+    protocol_value: float | None  # fraction of training scenes, or labelled points per scene
+    domain: str  # indoor | outdoor: which pre-training applies
+    reference: float | None
+    reference_source: str = PAPER
+    runnable: bool = True
+    note: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.id}@{self.version}"
+
+
+_REGISTRY: dict[str, TaskSpec] = {}
+
+
+def register_task(spec: TaskSpec) -> TaskSpec:
+    if spec.id in _REGISTRY:
+        raise ValueError(f"task {spec.id!r} is already registered")
+    _REGISTRY[spec.id] = spec
+    return spec
+
+
+def get_task(task_id: str) -> TaskSpec:
+    try:
+        return _REGISTRY[task_id]
+    except KeyError:
+        raise KeyError(f"unknown task {task_id!r}; known: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def list_tasks(pattern: str = "*", runnable: bool | None = None) -> list[str]:
+    """Task ids matching a wildcard pattern (comma-separated patterns allowed), optionally only runnable ones."""
+    patterns = [p.strip() for p in pattern.split(",") if p.strip()]
+    return sorted(t for t, spec in _REGISTRY.items() if any(fnmatch.fnmatch(t, p) for p in patterns)
+                  and (runnable is None or spec.runnable == runnable))
+
+
+SEG_METRICS = ("mIoU", "mAcc", "allAcc")
+
+
+def _semseg(id: str, title: str, dataset: str, loader: str, classes: tuple[str, ...], domain: str,
+            reference: float | None, train: str = "train", val: str = "val", protocol: str = "full",
+            value: float | None = None, version: int = 1, note: str = "") -> TaskSpec:
+    return register_task(TaskSpec(id, version, title, dataset, loader, train, val, "semseg", classes, -1,
+                                  SEG_METRICS, "mIoU", True, protocol, value, domain, reference, note=note))
+
+
+def _not_yet(id: str, title: str, dataset: str, task_type: str, metric: str, classes: tuple[str, ...], domain: str,
+             reference: float, note: str) -> TaskSpec:
+    return register_task(TaskSpec(id, 1, title, dataset, dataset, "train", "val", task_type, classes, -1, (metric,),
+                                  metric, True, "full", None, domain, reference, runnable=False, note=note))
+
+
+_semseg("scannet-semseg", "ScanNet semantic segmentation (20 classes), val", "scannet", "scannet20", SCANNET20,
+        "indoor", 77.0)
+_semseg("scannet200-semseg", "ScanNet200 semantic segmentation, val", "scannet", "scannet200", SCANNET200,
+        "indoor", 32.3)
+_semseg("s3dis-area5-semseg", "S3DIS Area 5 semantic segmentation (13 classes)", "s3dis", "s3dis", S3DIS13,
+        "indoor", 73.2)
+_not_yet("scannet-insseg", "ScanNet instance segmentation, val", "scannet", "insseg", "mAP@50", SCANNET20, "indoor",
+         62.6, "instance heads come in a later issue")
+_not_yet("scannet200-insseg", "ScanNet200 instance segmentation, val", "scannet", "insseg", "mAP@50", SCANNET200,
+         "indoor", 30.5, "instance heads come in a later issue")
+for pct, ref in ((1, 34.6), (5, None), (10, None), (20, 68.2)):
+    _semseg(f"scannet-de-lr{pct}", f"ScanNet data-efficient: {pct}% of the training scenes", "scannet", "scannet20",
+            SCANNET20, "indoor", ref, protocol="limited-reconstruction", value=pct / 100)
+for points, ref in ((20, 67.0), (50, None), (100, None), (200, 74.8)):
+    _semseg(f"scannet-de-la{points}", f"ScanNet data-efficient: {points} labelled points per training scene",
+            "scannet", "scannet20", SCANNET20, "indoor", ref, protocol="limited-annotation", value=float(points))
+_semseg("semantickitti-semseg", "SemanticKITTI semantic segmentation (19 classes), val", "semantickitti",
+        "semantickitti", SEMANTIC_KITTI19, "outdoor", 71.5)
+_semseg("nuscenes-lidarseg", "nuScenes lidar semantic segmentation (16 classes), val", "nuscenes", "nuscenes",
+        NUSCENES16, "outdoor", 79.4)
+_semseg("nuscenes-lidarseg-samples", "Real nuScenes lidarseg sweeps (../shared/data): frames 4 and 9 held out",
+        "nuscenes-lidarseg-samples", "lidarseg-frames", NUSCENES16, "outdoor", None,
+        note="ten real sweeps: a sanity check on real data, not a benchmark")
+_not_yet("nuscenes-det-lidar", "nuScenes 3D detection, LiDAR", "nuscenes", "detection", "NDS", (), "outdoor", 70.6,
+         "detection heads come in a later issue")
+_not_yet("nuscenes-det-camera", "nuScenes 3D detection, camera (2D backbone)", "nuscenes", "detection", "NDS", (),
+         "outdoor", 47.4, "detection heads come in a later issue")
+_not_yet("nuscenes-det-fusion", "nuScenes 3D detection, LiDAR + camera", "nuscenes", "detection", "NDS", (),
+         "outdoor", 73.2, "detection heads come in a later issue")
