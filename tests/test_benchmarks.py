@@ -1,0 +1,209 @@
+"""Task registry, metrics (against nuscenes-devkit), data-efficient subsets, fine-tuning, the matrix runner
+and the leaderboard."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bench.finetune import FINETUNE_PRESETS, NotApplicable, finetune, load_export
+from bench.leaderboard import LeaderboardError, leaderboard
+from bench.records import RunRecord, read_records, write_record
+from bench.runner import execute, expand, run_matrix
+from tasks.datasets import limit_annotations, limited_scenes, task_scenes
+from tasks.heads.segmentation import lovasz_softmax
+from tasks.metrics import ConfusionMatrix
+from tasks.spec import get_task, list_tasks
+from tasks.structures import Scene
+
+
+def test_registry_declares_the_eleven_benchmarks() -> None:
+    expected = {"scannet-semseg": 77.0, "scannet200-semseg": 32.3, "s3dis-area5-semseg": 73.2,
+                "scannet-insseg": 62.6, "scannet200-insseg": 30.5, "scannet-de-lr1": 34.6, "scannet-de-lr20": 68.2,
+                "scannet-de-la20": 67.0, "scannet-de-la200": 74.8, "semantickitti-semseg": 71.5,
+                "nuscenes-lidarseg": 79.4, "nuscenes-det-lidar": 70.6, "nuscenes-det-camera": 47.4,
+                "nuscenes-det-fusion": 73.2}
+    for task, reference in expected.items():
+        assert get_task(task).reference == reference, task
+    assert set(list_tasks(runnable=False)) == {"scannet-insseg", "scannet200-insseg", "nuscenes-det-lidar",
+                                               "nuscenes-det-camera", "nuscenes-det-fusion"}
+    assert list_tasks("scannet-de-l*") == sorted(f"scannet-de-{p}" for p in
+                                                 ("la20", "la50", "la100", "la200", "lr1", "lr5", "lr10", "lr20"))
+    with pytest.raises(KeyError, match="unknown task"):
+        get_task("kitti-detection")
+    spec = get_task("scannet-semseg")
+    with pytest.raises(AttributeError):
+        spec.version = 2  # frozen
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_miou_matches_nuscenes_devkit_on_random_predictions(seed: int) -> None:
+    """The oracle: nuscenes-devkit's lidarseg ConfusionMatrix (class 0 = ignored, so labels are shifted by 1)."""
+    from nuscenes.eval.lidarseg.utils import ConfusionMatrix as DevkitMatrix
+
+    rng = np.random.default_rng(seed)
+    ours, theirs = ConfusionMatrix(16), DevkitMatrix(17, ignore_idx=0)
+    for _ in range(3):
+        target = rng.integers(-1, 16, 5000)
+        target[target == 7] = 3  # a class absent from the ground truth
+        prediction = rng.integers(0, 16, 5000)
+        ours.update(target, prediction)
+        theirs.update(target + 1, prediction + 1)
+    devkit_iou = np.array(theirs.get_per_class_iou())[1:]
+    np.testing.assert_allclose(ours.iou(), devkit_iou, rtol=1e-12)
+    assert ours.scores()["mIoU"] == pytest.approx(theirs.get_mean_iou(), rel=1e-12)
+
+
+def test_metrics_by_hand() -> None:
+    matrix = ConfusionMatrix(3).update(np.array([0, 0, 1, 1, -1, 2]), np.array([0, 1, 1, 1, 2, 0]))
+    scores = matrix.scores(("a", "b", "c"))
+    assert scores["per_class_iou"] == {"a": 1 / 3, "b": 2 / 3, "c": 0.0}
+    assert scores["mIoU"] == pytest.approx((1 / 3 + 2 / 3 + 0) / 3)
+    assert scores["allAcc"] == pytest.approx(3 / 5) and scores["mAcc"] == pytest.approx((0.5 + 1 + 0) / 3)
+    with pytest.raises(ValueError, match="outside"):
+        ConfusionMatrix(3).update(np.array([0, 5]), np.array([0, 1]))
+
+
+def test_lovasz_softmax_is_zero_for_a_perfect_prediction_and_differentiable() -> None:
+    labels = torch.tensor([0, 1, 2, 2, -1])
+    perfect = torch.nn.functional.one_hot(labels.clamp(min=0), 3).float() * 50
+    assert float(lovasz_softmax(perfect, labels)) == pytest.approx(0.0, abs=1e-6)
+    logits = torch.randn(5, 3, requires_grad=True)
+    loss = lovasz_softmax(logits, labels)
+    loss.backward()
+    assert 0 < float(loss) <= 1 and logits.grad.abs().sum() > 0
+
+
+def test_data_efficient_subsets_are_deterministic(tmp_path: Path) -> None:
+    names = [f"scene{i:04d}_00" for i in range(100)]
+    picked = limited_scenes(names, 0.05, tmp_path)
+    assert len(picked) == 5 and picked == limited_scenes(list(reversed(names)), 0.05, tmp_path)
+    (tmp_path / "tasks" / "scenes").mkdir(parents=True)
+    (tmp_path / "tasks" / "scenes" / "5.txt").write_text("scene0003_00\nscene0042_00\n")
+    assert limited_scenes(names, 0.05, tmp_path) == ["scene0003_00", "scene0042_00"]
+    scene = Scene("scene0000_00", np.zeros((500, 3), np.float32), segment=np.arange(500) % 4)
+    a, b = limit_annotations(scene, 20), limit_annotations(scene, 20)
+    assert (a.segment >= 0).sum() == 20 and np.array_equal(a.segment, b.segment)
+    kept = a.segment >= 0
+    assert np.array_equal(a.segment[kept], scene.segment[kept])
+
+
+def test_task_scenes_apply_the_protocol(tiny_root: Path) -> None:
+    full = task_scenes(get_task("scannet-semseg"), tiny_root, "train")
+    lr = task_scenes(get_task("scannet-de-lr1"), tiny_root, "train")
+    la = task_scenes(get_task("scannet-de-la20"), tiny_root, "train")
+    assert len(full) == 2 and len(lr) == 1 and len(la) == 2
+    assert (la[0].segment >= 0).sum() == 20
+    assert len(task_scenes(get_task("scannet-semseg"), tiny_root, "val")) == 1
+    with pytest.raises(FileNotFoundError, match="data for task"):
+        task_scenes(get_task("scannet-semseg"), tiny_root / "nowhere", "train")
+
+
+def test_finetune_learns_and_refuses_what_does_not_apply(tiny_root: Path, tmp_path: Path) -> None:
+    spec = get_task("semantickitti-semseg")
+    result = finetune(spec, "spunet-micro", tiny_root, seed=0, recipe=FINETUNE_PRESETS["tiny"])
+    assert 0.0 <= result["mIoU"] <= 1.0 and result["eval_points"] > 0 and len(result["per_class_iou"]) == 19
+    with pytest.raises(NotApplicable, match="2D backbone"):
+        finetune(spec, "timm:resnet18", tiny_root)
+    with pytest.raises(NotApplicable, match="no fine-tuning pipeline"):
+        finetune(get_task("scannet-insseg"), "spunet-micro", tiny_root)
+
+
+def test_load_export_checks_name_hash_and_channels(tmp_path: Path) -> None:
+    from backbones.registry import create_backbone
+
+    backbone = create_backbone("spunet-micro")
+    torch.save(backbone.state_dict(), tmp_path / "backbone.pt")
+    import hashlib
+
+    digest = hashlib.sha256((tmp_path / "backbone.pt").read_bytes()).hexdigest()
+    meta = {"backbone": "spunet-micro", "sha256": digest, "config": {"in_channels": 6}}
+    (tmp_path / "backbone.json").write_text(json.dumps(meta))
+    assert load_export(create_backbone("spunet-micro"), tmp_path, "spunet-micro", 6) == digest
+    with pytest.raises(NotApplicable, match="4"):
+        load_export(create_backbone("spunet-micro", in_channels=4), tmp_path, "spunet-micro", 4)
+    with pytest.raises(NotApplicable, match="not 'spunet-mini'"):
+        load_export(create_backbone("spunet-mini"), tmp_path, "spunet-mini", 6)
+    (tmp_path / "backbone.json").write_text(json.dumps({**meta, "sha256": "0" * 64}))
+    with pytest.raises(ValueError, match="does not match"):
+        load_export(create_backbone("spunet-micro"), tmp_path, "spunet-micro", 6)
+
+
+def test_matrix_records_skips_and_resumes(tiny_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    results = tmp_path / "results"
+    runs = expand(["spunet-micro"], ["scratch"], "semantickitti-semseg,scannet-insseg,nuscenes-lidarseg-samples",
+                  [0, 1], (str(tiny_root),), str(results), preset="tiny")
+    assert len(runs) == 6
+    records = run_matrix(runs, progress=False)
+    by_task = {}
+    for r in records:
+        by_task.setdefault(r["task"], set()).add(r["status"])
+    assert by_task == {"semantickitti-semseg": {"ok"}, "scannet-insseg": {"not-runnable"},
+                       "nuscenes-lidarseg-samples": {"skipped"}}
+    missing = next(r for r in records if r["task"] == "nuscenes-lidarseg-samples")
+    assert missing["expected_path"] == str(tiny_root / "nuscenes-lidarseg-samples")
+    ok = next(r for r in records if r["status"] == "ok")
+    assert ok["main_value"] == ok["metrics"]["mIoU"] and ok["wall_s"] > 0 and ok["peak_rss_bytes"] > 0
+    assert ok["git_sha"] and ok["packages"]["torch"] and ok["data_fingerprint"]
+
+    # finished runs are not run again; a failing run is recorded and the matrix goes on
+    import bench.runner as runner
+
+    def boom(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr("bench.finetune.finetune", boom)
+    again = run_matrix(runs, progress=False)
+    assert [r["status"] for r in again] == [r["status"] for r in records]
+    redo = run_matrix([r for r in runs if r.task == "semantickitti-semseg"][:1], overwrite=True, progress=False)
+    assert redo[0]["status"] == "failed" and "simulated crash" in redo[0]["error"]
+    assert runner.execute is execute
+
+
+def test_debug_executor_runs_through_submitit(tiny_root: Path, tmp_path: Path) -> None:
+    runs = expand(["spunet-micro"], ["scratch"], "scannet-insseg", [0], (str(tiny_root),), str(tmp_path),
+                  preset="tiny")
+    records = run_matrix(runs, executor="debug", progress=False)
+    assert records[0]["status"] == "not-runnable"
+    assert (tmp_path / "slurm").is_dir()
+
+
+def _record(task: str, init: str, seed: int, value: float, version: int = 1) -> RunRecord:
+    spec = get_task(task)
+    return RunRecord(task=task, task_version=version, backbone="spunet-mini", init=init, protocol=spec.protocol,
+                     seed=seed, status="ok", main_score="mIoU", main_value=value, metrics={"mIoU": value})
+
+
+def test_leaderboard_is_deterministic_and_refuses_ambiguity(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    for seed, (a, b) in enumerate([(0.40, 0.50), (0.42, 0.52), (0.44, 0.48)]):
+        write_record(results, _record("scannet-semseg", "scratch", seed, a))
+        write_record(results, _record("scannet-semseg", "ponder", seed, b))
+    write_record(results, _record("semantickitti-semseg", "scratch", 0, 0.3))
+    tables = leaderboard(results, tmp_path / "t1")
+    leaderboard(results, tmp_path / "t2")
+    for path in sorted((tmp_path / "t1").iterdir()):
+        assert path.read_bytes() == (tmp_path / "t2" / path.name).read_bytes(), path.name
+    task = tables["task_scannet-semseg"]
+    assert list(task["mIoU"]) == ["50.0 ± 2.0", "42.0 ± 2.0", "77.0"]
+    assert task.iloc[-1]["backbone"] == "PonderV2 paper (reference)"
+    assert tables["gain"].loc[0, "scannet-semseg"] == "+8.0"
+    overall = tables["overall"].set_index("backbone / init")
+    assert overall.loc["spunet-mini / scratch", "semantickitti-semseg"] == "30.0"
+    assert overall.loc["spunet-mini / ponder", "semantickitti-semseg"] == "–"
+
+    write_record(results, _record("scannet-semseg", "scratch", 5, 0.4, version=2))
+    with pytest.raises(LeaderboardError, match="versions"):
+        leaderboard(results, tmp_path / "t3")
+    shutil.rmtree(results / "runs" / "records" / "scannet-semseg@2")
+    duplicate = results / "runs" / "records" / "copy.json"
+    duplicate.write_text(json.dumps(asdict(_record("scannet-semseg", "scratch", 0, 0.4))))
+    with pytest.raises(LeaderboardError, match="duplicate"):
+        leaderboard(results, tmp_path / "t4")
+    assert len(read_records(results)) == 8
