@@ -152,7 +152,7 @@ def _run(args: argparse.Namespace) -> int:
         synthesize(DEFAULT_DATA, "mini", seed=0)
     try:
         runs = expand(_csv(args.backbones), _csv(args.inits), args.tasks, [int(s) for s in _csv(args.seeds)], roots,
-                      args.results, args.preset, args.linear_probe, args.device)
+                      args.results, args.preset, args.linear_probe, args.device, args.tta)
     except (KeyError, ValueError) as exc:
         raise SystemExit(f"ponderbench run: {exc}") from exc
     slurm = {k: v for k, v in {"slurm_partition": args.slurm_partition, "gpus_per_node": args.gpus_per_node,
@@ -235,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--preset", default="mini", choices=("mini", "reference", "tiny"),
                      help="fine-tuning recipe (and the pre-training recipe of the ponder init)")
     run.add_argument("--linear-probe", action="store_true", help="freeze the backbone (linear probing)")
+    run.add_argument("--tta", action="store_true", help="test-time augmentation: vote over four rotations")
     run.add_argument("--results", default="results", help="results folder (records, pre-training, tables)")
     run.add_argument("--device", default="cuda" if _cuda() else "cpu")
     run.add_argument("--executor", default="local", choices=("local", "slurm", "debug"),

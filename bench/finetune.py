@@ -32,6 +32,9 @@ from tasks.transforms import Augment, grid_sample_test, grid_sample_train, rotat
 log = logging.getLogger(__name__)
 
 
+BN_SCENES = 64  # training scenes (at most) over which BatchNorm statistics are recomputed before evaluation
+
+
 class NotApplicable(Exception):
     """This backbone or initialisation cannot run this task (e.g. a 2D backbone on a point-cloud task)."""
 
@@ -52,7 +55,7 @@ class FinetuneRecipe:
 
 FINETUNE_PRESETS = {
     "reference": FinetuneRecipe(),
-    "mini": FinetuneRecipe(epochs=12, batch_size=2, lr=0.05, max_points=20_000, outdoor_voxel=0.1),
+    "mini": FinetuneRecipe(epochs=6, batch_size=2, lr=0.05, max_points=10_000, outdoor_voxel=0.1),
     "tiny": FinetuneRecipe(epochs=2, batch_size=2, lr=0.05, max_points=3_000, outdoor_voxel=0.2),  # tests
 }
 
@@ -100,6 +103,30 @@ def _train_cloud(scene: Scene, outdoor: bool, voxel: float, limit: int | None, r
         pick = np.sort(rng.choice(len(index), limit, replace=False))
         index, grid = index[pick], grid[pick]
     return (scene.coord[index], grid, point_features(scene, outdoor)[index]), scene.segment[index]
+
+
+@torch.no_grad()
+def precise_batchnorm(model: SegmentationModel, clouds: list, device: torch.device) -> None:
+    """Recompute the BatchNorm statistics as exact averages over ``clouds`` (the training scenes).
+
+    SpUNet's BatchNorm follows Pointcept (momentum 0.01): after a short fine-tuning its running statistics
+    are still mostly their initial values, and evaluation (which uses them) would be wrong. A frozen
+    backbone keeps its own statistics.
+    """
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+             and not (model.freeze_backbone and any(m is b for b in model.backbone.modules()))]
+    if not norms:
+        return
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    model.train()
+    for cloud in clouds:
+        model(PointBatch.collate([cloud]).to(device))
+    for m, momentum in zip(norms, saved, strict=True):
+        m.momentum = momentum
+    model.eval()
 
 
 def predict_scene(model: torch.nn.Module, scene: Scene, voxel: float, outdoor: bool, num_classes: int,
@@ -169,7 +196,10 @@ def finetune(spec: TaskSpec, backbone_name: str, data_root: str | Path, seed: in
             optimizer.step()
             scheduler.step()
             last_loss = float(loss.detach())
-    model.eval()
+    stats_rng = np.random.default_rng(seed + 1)
+    some = sorted(stats_rng.permutation(len(train))[:BN_SCENES].tolist())
+    precise_batchnorm(model, [_train_cloud(train[i], outdoor, voxel, recipe.max_points, stats_rng)[0] for i in some],
+                      dev)
     matrix = ConfusionMatrix(len(spec.classes), spec.ignore_index)
     for i in range(len(evaluation)):
         scene = evaluation[i]

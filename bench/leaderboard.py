@@ -75,7 +75,7 @@ def build_tables(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
     if len(stats):
         stats["cell"] = [_fmt(m, s, n) for m, s, n in zip(stats["mean"], stats["std"], stats["n"], strict=True)]
         stats["row"] = stats["backbone"] + " / " + stats["init"] + stats["protocol"].map(
-            lambda p: "" if p in ("full", "limited-reconstruction", "limited-annotation") else f" ({p})")
+            lambda p: f" ({p.split('+', 1)[1]})" if "+" in p else "")
         overall = stats.pivot(index="row", columns="task", values="cell").sort_index().fillna("–")
         refs = {t: f"{get_task(t).reference:.1f}" if get_task(t).reference is not None else "–"
                 for t in overall.columns}
@@ -96,7 +96,7 @@ def write_tables(tables: dict[str, pd.DataFrame], out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name, table in sorted(tables.items()):
-        shown = table.drop(columns=[c for c in ("mean", "std", "n") if c in table.columns and name != "status"])
+        shown = table.drop(columns=[c for c in ("mean", "std") if c in table.columns and name != "status"])
         for suffix, text in ((".md", shown.to_markdown(index=False)), (".csv", table.to_csv(index=False)),
                              (".html", shown.to_html(index=False, na_rep="–"))):
             path = out / f"{name}{suffix}"

@@ -27,7 +27,7 @@ class RunRecord:
     task_version: int
     backbone: str
     init: str  # "scratch", "ponder" or a label of an export path
-    protocol: str  # the task's protocol, or "linear-probe"
+    protocol: str  # the task's protocol, + "+linear-probe" / "+tta" when used
     seed: int
     status: str
     main_score: str

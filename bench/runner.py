@@ -45,11 +45,12 @@ class RunSpec:
     init_path: str | None = None
     linear_probe: bool = False
     device: str = "cpu"
+    tta: bool = False
 
     @property
     def protocol(self) -> str:
         spec = get_task(self.task)
-        return "linear-probe" if self.linear_probe else spec.protocol
+        return spec.protocol + ("+linear-probe" if self.linear_probe else "") + ("+tta" if self.tta else "")
 
     def record_path(self) -> Path:
         spec = get_task(self.task)
@@ -63,7 +64,8 @@ def data_root_for(dataset: str, roots: tuple[str, ...]) -> Path | None:
 
 
 def expand(backbones: list[str], inits: list[str], tasks: str, seeds: list[int], data_roots: tuple[str, ...],
-           results: str, preset: str = "mini", linear_probe: bool = False, device: str = "cpu") -> list[RunSpec]:
+           results: str, preset: str = "mini", linear_probe: bool = False, device: str = "cpu", tta: bool = False
+           ) -> list[RunSpec]:
     """Every combination, in a stable order; ``tasks`` is a comma-separated list of wildcard patterns."""
     task_ids = list_tasks(tasks)
     if not task_ids:
@@ -75,7 +77,7 @@ def expand(backbones: list[str], inits: list[str], tasks: str, seeds: list[int],
                 label, path = (init, None) if init in ("scratch", "ponder") else (_label(init), init)
                 for seed in seeds:
                     runs.append(RunSpec(task, backbone, label, seed, tuple(data_roots), results, preset, path,
-                                        linear_probe, device))
+                                        linear_probe, device, tta))
     return runs
 
 
@@ -130,8 +132,9 @@ def execute(run: RunSpec) -> dict:
         start = time.perf_counter()
         try:
             with _PeakRSS() as memory:
-                result = finetune(spec, run.backbone, root, run.seed, FINETUNE_PRESETS[run.preset], run.init_path,
-                                  run.linear_probe, run.device)
+                recipe = replace(FINETUNE_PRESETS[run.preset], tta=run.tta)
+                result = finetune(spec, run.backbone, root, run.seed, recipe, run.init_path, run.linear_probe,
+                                  run.device)
             record.status = "ok"
             record.per_class = result.pop("per_class_iou")
             record.metrics = result

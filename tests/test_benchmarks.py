@@ -207,3 +207,27 @@ def test_leaderboard_is_deterministic_and_refuses_ambiguity(tmp_path: Path) -> N
     with pytest.raises(LeaderboardError, match="duplicate"):
         leaderboard(results, tmp_path / "t4")
     assert len(read_records(results)) == 8
+
+
+def test_linear_probe_trains_only_the_head() -> None:
+    from backbones.registry import create_backbone
+    from backbones.structures import PointBatch
+    from tasks.heads.segmentation import SegmentationModel
+
+    rng = np.random.default_rng(0)
+    coord = rng.random((400, 3)).astype(np.float32)
+    batch = PointBatch.collate([(coord, (coord * 20).astype(np.int64), rng.random((400, 6)))])
+    model = SegmentationModel(create_backbone("spunet-micro"), 16, 5, freeze_backbone=True).train()
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    torch.nn.functional.cross_entropy(model(batch), torch.from_numpy(rng.integers(0, 5, 400))).backward()
+    assert all(p.grad is None for p in model.backbone.parameters()) and model.head.weight.grad is not None
+    assert not model.backbone.training, "a frozen backbone keeps its BatchNorm statistics"
+    assert all(torch.equal(v, model.backbone.state_dict()[k]) for k, v in before.items())
+
+
+def test_local_workers_run_in_separate_processes(tiny_root: Path, tmp_path: Path) -> None:
+    runs = expand(["spunet-micro", "spunet-mini"], ["scratch"], "nuscenes-det-*", [0], (str(tiny_root),),
+                  str(tmp_path), preset="tiny")
+    records = run_matrix(runs, workers=2, progress=False)
+    assert len(records) == 6 and {r["status"] for r in records} == {"not-runnable"}
+    assert len(read_records(tmp_path)) == 6

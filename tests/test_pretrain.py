@@ -181,3 +181,20 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tiny_ro
     for name, value in single.items():
         if value.is_floating_point() and "running" not in name:  # BatchNorm running stats follow rank 0 only
             torch.testing.assert_close(two[name], value, rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_unusable_scenes_are_skipped_with_a_warning(tiny_root: Path, tmp_path: Path, caplog) -> None:  # noqa: ANN001
+    from dataclasses import replace
+
+    from bench.pretrain_data import UnusableScene, build_sample
+
+    trainer = Pretrainer(micro_recipe("indoor"), tiny_root / "scannet", tmp_path, progress=False)
+    good = trainer.source.scene(1)
+    blank = replace(good, views=replace(good.views, depth=good.views.depth * 0))
+    with pytest.raises(UnusableScene, match="no pixel with valid depth"):
+        build_sample(blank, trainer.recipe, trainer.voxel, 0, 0)
+    loader = trainer.source.loader
+    trainer.source.loader = lambda i: blank if i == 0 else loader(i)
+    with caplog.at_level("WARNING"):
+        sample = trainer._sample(0, 0, 0, scene_index=0, preview=False)
+    assert sample.name == good.name and "skipped" in caplog.text and "no pixel with valid depth" in caplog.text

@@ -45,6 +45,21 @@ def _points(points_ptr, pid, M, P, nx, ny, nz, BLOCK_P: tl.constexpr):
 
 
 @triton.jit
+def _rows(ptr, idx, pmask, C, BLOCK_C: tl.constexpr):
+    """The (BLOCK_P, BLOCK_C) channel rows of the block's points in a (M, C) tensor, and their mask."""
+    ch = tl.arange(0, BLOCK_C)
+    mask = pmask[:, None] & (ch < C)[None, :]
+    return tl.load(ptr + idx[:, None] * C + ch[None, :], mask=mask, other=0.0).to(tl.float32), ch, mask
+
+
+@triton.jit
+def _store_xyz(ptr, idx, pmask, x, y, z):
+    tl.store(ptr + idx * 3, x, mask=pmask)
+    tl.store(ptr + idx * 3 + 1, y, mask=pmask)
+    tl.store(ptr + idx * 3 + 2, z, mask=pmask)
+
+
+@triton.jit
 def _corner(k: tl.constexpr, lx, hx, fx, ly, hy, fy, lz, hz, fz, batch, nx, ny, nz):
     """Row, weight, weight gradient (x, y, z) and mixed second derivatives (xy, xz, yz) of corner k."""
     bx = k & 1  # arithmetic on a constexpr folds at compile time
@@ -85,9 +100,7 @@ def _trilinear_bwd(volume_ptr, points_ptr, gout_ptr, gvol_ptr, gpts_ptr, M, P, C
                    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     idx, pmask, lx, hx, fx, ix, ly, hy, fy, iy, lz, hz, fz, iz, batch = _points(
         points_ptr, tl.program_id(0), M, P, nx, ny, nz, BLOCK_P)
-    ch = tl.arange(0, BLOCK_C)
-    mask = pmask[:, None] & (ch < C)[None, :]
-    g = tl.load(gout_ptr + idx[:, None] * C + ch[None, :], mask=mask, other=0.0).to(tl.float32)
+    g, ch, mask = _rows(gout_ptr, idx, pmask, C, BLOCK_C)
     gx = tl.zeros([BLOCK_P], dtype=tl.float32)
     gy = tl.zeros([BLOCK_P], dtype=tl.float32)
     gz = tl.zeros([BLOCK_P], dtype=tl.float32)
@@ -102,9 +115,7 @@ def _trilinear_bwd(volume_ptr, points_ptr, gout_ptr, gvol_ptr, gpts_ptr, M, P, C
             gy += dy * dot
             gz += dz * dot
     if NEED_POINTS:
-        tl.store(gpts_ptr + idx * 3, gx * ix, mask=pmask)
-        tl.store(gpts_ptr + idx * 3 + 1, gy * iy, mask=pmask)
-        tl.store(gpts_ptr + idx * 3 + 2, gz * iz, mask=pmask)
+        _store_xyz(gpts_ptr, idx, pmask, gx * ix, gy * iy, gz * iz)
 
 
 @triton.jit
@@ -113,9 +124,7 @@ def _trilinear_dbwd(volume_ptr, points_ptr, gout_ptr, ggvol_ptr, ggpts_ptr, dgou
                     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     idx, pmask, lx, hx, fx, ix, ly, hy, fy, iy, lz, hz, fz, iz, batch = _points(
         points_ptr, tl.program_id(0), M, P, nx, ny, nz, BLOCK_P)
-    ch = tl.arange(0, BLOCK_C)
-    mask = pmask[:, None] & (ch < C)[None, :]
-    g = tl.load(gout_ptr + idx[:, None] * C + ch[None, :], mask=mask, other=0.0).to(tl.float32)
+    g, ch, mask = _rows(gout_ptr, idx, pmask, C, BLOCK_C)
     if HAS_GGP:  # the gradient to points was masked by the clamp: so is what flows back into it
         ggx = tl.load(ggpts_ptr + idx * 3, mask=pmask, other=0.0).to(tl.float32) * ix
         ggy = tl.load(ggpts_ptr + idx * 3 + 1, mask=pmask, other=0.0).to(tl.float32) * iy
@@ -144,9 +153,7 @@ def _trilinear_dbwd(volume_ptr, points_ptr, gout_ptr, ggvol_ptr, ggpts_ptr, dgou
             dpy += (dxy * ggx + dyz * ggz) * b
             dpz += (dxz * ggx + dyz * ggy) * b
     tl.store(dgout_ptr + idx[:, None] * C + ch[None, :], d_g, mask=mask)
-    tl.store(dpts_ptr + idx * 3, dpx * ix, mask=pmask)
-    tl.store(dpts_ptr + idx * 3 + 1, dpy * iy, mask=pmask)
-    tl.store(dpts_ptr + idx * 3 + 2, dpz * iz, mask=pmask)
+    _store_xyz(dpts_ptr, idx, pmask, dpx * ix, dpy * iy, dpz * iz)
 
 
 def _launch(volume: torch.Tensor, points: torch.Tensor) -> tuple[tuple[int], dict]:
