@@ -264,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)  # a deprecation notice timm's import triggers
     return args.func(args)
 
 
