@@ -231,3 +231,22 @@ def test_local_workers_run_in_separate_processes(tiny_root: Path, tmp_path: Path
     records = run_matrix(runs, workers=2, progress=False)
     assert len(records) == 6 and {r["status"] for r in records} == {"not-runnable"}
     assert len(read_records(tmp_path)) == 6
+
+
+def test_prediction_covers_every_point_with_few_fragments() -> None:
+    """Thousands of returns in one voxel (as in real nuScenes sweeps) cost at most max_fragments passes."""
+    from backbones.registry import create_backbone
+    from bench.finetune import predict_scene
+    from tasks.heads.segmentation import SegmentationModel
+
+    rng = np.random.default_rng(0)
+    coord = np.concatenate([rng.random((300, 3)) * 5, np.zeros((2000, 3))]).astype(np.float32)
+    scene = Scene("pile", coord, strength=np.ones((len(coord), 1), np.float32))
+    calls = []
+    model = SegmentationModel(create_backbone("spunet-micro", in_channels=4), 16, 3).eval()
+    model.register_forward_hook(lambda *args: calls.append(1))
+    for tta in (False, True):
+        calls.clear()
+        pred = predict_scene(model, scene, 0.1, True, 3, torch.device("cpu"), tta=tta, max_fragments=4)
+        assert pred.shape == (len(coord),) and len(calls) == (16 if tta else 4)
+        assert len(set(pred[300:].tolist())) == 1, "the points of one voxel share its vote"
