@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from backbones.registry import create_backbone, get_backbone_config
 from backbones.structures import PointBatch
+from bench.optim import one_cycle
 from tasks.datasets import task_scenes
 from tasks.heads.segmentation import SegmentationModel, lovasz_softmax
 from tasks.metrics import ConfusionMatrix
@@ -183,8 +184,7 @@ def finetune(spec: TaskSpec, backbone_name: str, data_root: str | Path, seed: in
     optimizer = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, nesterov=True,
                                 weight_decay=recipe.weight_decay)
     steps_per_epoch = math.ceil(len(train) / recipe.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, pct_start=recipe.pct_start,
-                                                    total_steps=recipe.epochs * steps_per_epoch)
+    scheduler = one_cycle(optimizer, recipe.lr, recipe.epochs * steps_per_epoch, recipe.pct_start)
     model.train()
     last_loss = float("nan")
     for _ in tqdm(range(recipe.epochs), desc=f"{spec.id} {backbone_name}", disable=not progress):

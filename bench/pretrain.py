@@ -30,6 +30,7 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from backbones.registry import create_backbone, get_backbone_config
+from bench.optim import one_cycle
 from bench.plots import plot_losses, plot_render
 from bench.pretrain_data import (
     PretrainSample,
@@ -201,9 +202,7 @@ class Pretrainer:
         else:
             self.optimizer = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, nesterov=True,
                                              weight_decay=recipe.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=recipe.lr,
-                                                             total_steps=max(self.total_steps, 1),
-                                                             pct_start=recipe.pct_start)
+        self.scheduler = one_cycle(self.optimizer, recipe.lr, self.total_steps, recipe.pct_start)
         self.step, self.epoch = 0, 0
         if resume:
             self._load_checkpoint()

@@ -198,3 +198,14 @@ def test_unusable_scenes_are_skipped_with_a_warning(tiny_root: Path, tmp_path: P
     with caplog.at_level("WARNING"):
         sample = trainer._sample(0, 0, 0, scene_index=0, preview=False)
     assert sample.name == good.name and "skipped" in caplog.text and "no pixel with valid depth" in caplog.text
+
+
+@pytest.mark.parametrize("total", [1, 2, 20, 40, 1000])
+def test_one_cycle_survives_short_runs(total: int) -> None:
+    from bench.optim import one_cycle
+
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    schedule = one_cycle(opt, 0.1, total, 0.05)
+    for _ in range(total):
+        opt.step()
+        schedule.step()
