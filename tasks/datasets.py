@@ -70,7 +70,7 @@ def task_scenes(spec: TaskSpec, root: str | Path, split: str) -> SceneList:
         from tasks.formats.nuscenes import read_lidarseg_frames
 
         frames = read_lidarseg_frames(path)
-        held = {f.name for i, f in enumerate(frames) if i % 5 == 4}
+        held = {f.name for i, f in enumerate(frames) if i % 5 == 4}  # every 5th sweep is evaluated
         chosen = {f.name: f for f in frames if (f.name in held) == (split != "train")}
         return SceneList(sorted(chosen), chosen.__getitem__)
     data = _dataset(spec, path, split)

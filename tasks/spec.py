@@ -104,7 +104,7 @@ _semseg("semantickitti-semseg", "SemanticKITTI semantic segmentation (19 classes
         "semantickitti", SEMANTIC_KITTI19, "outdoor", 71.5)
 _semseg("nuscenes-lidarseg", "nuScenes lidar semantic segmentation (16 classes), val", "nuscenes", "nuscenes",
         NUSCENES16, "outdoor", 79.4)
-_semseg("nuscenes-lidarseg-samples", "Real nuScenes lidarseg sweeps (../shared/data): frames 4 and 9 held out",
+_semseg("nuscenes-lidarseg-samples", "Real nuScenes lidarseg sweeps (../shared/data): every 5th sweep held out",
         "nuscenes-lidarseg-samples", "lidarseg-frames", NUSCENES16, "outdoor", None,
         note="ten real sweeps: a sanity check on real data, not a benchmark")
 _not_yet("nuscenes-det-lidar", "nuScenes 3D detection, LiDAR", "nuscenes", "detection", "NDS", (), "outdoor", 70.6,
