@@ -54,10 +54,12 @@ def copy_bandwidth() -> dict:
     return {"bytes_moved": 2 * src.numel() * 4, "seconds": seconds, "gb_per_s": 2 * src.numel() * 4 / seconds / 1e9}
 
 
-def composite_cumprod(alpha: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    trans = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1.0 - alpha + 1e-7], -1), -1)[:, :-1]
-    weights = alpha * trans
-    return (weights[..., None] * values).sum(1), weights.sum(-1)
+def baseline():  # noqa: ANN201
+    """The eager PonderV2-style baseline module kept with the benchmarks (tests/benchmarks/renderer_step.py)."""
+    sys.path.insert(0, str(REPO / "tests" / "benchmarks"))
+    import renderer_step
+
+    return renderer_step
 
 
 def composite_inputs(rays: int, samples: int, channels: int, seed: int = 0):
@@ -96,7 +98,7 @@ def composite_timings() -> dict:
         bytes_moved = 3 * rays * 132 * (1 + 7) * 4  # fwd reads alpha+values; bwd reads them and writes both grads
         row = {name: timed(partial(composite_step, fn, alpha, values))
                for name, fn in (("triton", triton_composite), ("reference", composite_reference),
-                                ("cumprod", composite_cumprod))}
+                                ("cumprod", baseline().composite_cumprod))}
         row["speedup_vs_reference"] = row["reference"] / row["triton"]
         row["speedup_vs_cumprod"] = row["cumprod"] / row["triton"]
         row["triton_gb_per_s"] = bytes_moved / row["triton"] / 1e9
@@ -179,8 +181,7 @@ def training_step(step: Callable, field: torch.nn.Module, volumes: tuple[torch.T
 
 
 def renderer_steps() -> dict:
-    sys.path.insert(0, str(REPO / "tests" / "benchmarks"))
-    from renderer_step import STEPS, make_inputs
+    steps, make_inputs = baseline().STEPS, baseline().make_inputs
 
     from renderer.volume import INDOOR_GRID  # noqa: F401  (make_inputs lays the volume out on it)
 
@@ -194,7 +195,7 @@ def renderer_steps() -> dict:
 
             torch.cuda.reset_peak_memory_stats()
             try:
-                row[name] = timed(partial(training_step, STEPS[variant], field, volumes, bundle), repeats=5, warmup=2)
+                row[name] = timed(partial(training_step, steps[variant], field, volumes, bundle), repeats=5, warmup=2)
                 row[f"{name}_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
             except torch.OutOfMemoryError:
                 row[name] = "out of memory"

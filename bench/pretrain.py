@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import os
-import subprocess
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -33,6 +32,7 @@ from backbones.registry import create_backbone, get_backbone_config
 from bench.optim import one_cycle
 from bench.plots import plot_losses, plot_render
 from bench.pretrain_data import (
+    UNIT_BOX,
     PretrainSample,
     Preview,
     SceneSource,
@@ -43,6 +43,7 @@ from bench.pretrain_data import (
     sample_rng,
 )
 from bench.recipes import PretrainRecipe
+from bench.records import git_sha
 from renderer.fields import FieldConfig, VolumeField
 from renderer.losses import rendering_losses
 from renderer.projection import UNet3D
@@ -159,18 +160,13 @@ class PretrainResult:
 
 
 def code_version() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).resolve().parent, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        rev = "unknown"
     from importlib.metadata import PackageNotFoundError, version
 
     try:
         pkg = version("ponderbench")
     except PackageNotFoundError:
         pkg = "0+local"
-    return f"{pkg}+g{rev}"
+    return f"{pkg}+g{git_sha()[:12]}"
 
 
 class Pretrainer:
@@ -257,9 +253,13 @@ class Pretrainer:
         need = self.steps_per_epoch * self.recipe.batch_size
         return [order[i % len(order)] for i in range(need)]
 
+    def _position(self, step_in_epoch: int, j: int) -> int:
+        """Place of this rank's j-th sample in the global batch order (the key of its randomness)."""
+        return (step_in_epoch * self.world + self.rank) * self.recipe.batch_size + j
+
     def _sample(self, epoch: int, step_in_epoch: int, j: int, scene_index: int, preview: bool) -> PretrainSample:
         """The j-th sample of this rank's share of a step; its randomness depends on its global position only."""
-        position = (step_in_epoch * self.world + self.rank) * self.recipe.batch_size + j
+        position = self._position(step_in_epoch, j)
         for attempt in range(len(self.source)):
             index = (scene_index + attempt) % len(self.source)
             try:
@@ -316,7 +316,7 @@ class Pretrainer:
             want_picture = self.rank == 0 and j == 0 and self.recipe.render_every and (self.step + 1) % \
                 self.recipe.render_every == 0
             sample = self._sample(self.epoch, k, j, order[k * batch + j], bool(want_picture))
-            _, gen = sample_rng(self.recipe.seed, self.epoch, (k * self.world + self.rank) * batch + j)
+            _, gen = sample_rng(self.recipe.seed, self.epoch, self._position(k, j))
             sync = self.ddp is not None and j < batch - 1
             with self.ddp.no_sync() if sync else contextlib.nullcontext():
                 terms = model(sample, gen)
@@ -356,7 +356,7 @@ class Pretrainer:
         preview: Preview = sample.preview
         lo, hi = sample.spec.lo, sample.spec.hi
         origins, directions = preview.origins.to(self.device), preview.directions.to(self.device)
-        box = (lo, hi) if self.recipe.mode == "outdoor" else ((-0.55,) * 3, (0.55,) * 3)
+        box = (lo, hi) if self.recipe.mode == "outdoor" else UNIT_BOX
         near, far, _ = near_far_from_box(origins, directions, *box, near_min=0.5 if self.recipe.mode == "outdoor"
                                          else 0.01)
         rays = RayBundle(origins, directions, near, torch.maximum(far, near + 1e-3),

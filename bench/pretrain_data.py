@@ -299,11 +299,12 @@ def _lidar_preview(coord: np.ndarray, size: tuple[int, int]) -> Preview:
 
 
 def heldout_samples(source: SceneSource, recipe, voxel_size: float) -> list[PretrainSample]:  # noqa: ANN001
-    """Fixed samples of the held-out views/sweeps: no augmentation, no masking, the same rays every time."""
+    """Fixed samples of the held-out views/sweeps: no augmentation, no masking (``augment=False``), the same
+    rays every time."""
     held = []
     for i, scene in enumerate(source.heldout or []):
         if recipe.mode == "outdoor":
-            held.append(build_sample(scene, replace(recipe, mask_ratio=0.0), voxel_size, HELDOUT_EPOCH, i,
+            held.append(build_sample(scene, recipe, voxel_size, HELDOUT_EPOCH, i,
                                      augment=False))
             continue
         if recipe.mode == "image":
@@ -311,7 +312,7 @@ def heldout_samples(source: SceneSource, recipe, voxel_size: float) -> list[Pret
         for v in range(len(scene.views)):  # every held-out frame, rendered from the volume of the training cloud
             one = replace(scene, views=scene.views.select([v]))
             try:
-                held.append(build_sample(one, replace(recipe, mask_ratio=0.0), voxel_size, HELDOUT_EPOCH, 1000 * i + v,
+                held.append(build_sample(one, recipe, voxel_size, HELDOUT_EPOCH, 1000 * i + v,
                                          augment=False))
             except UnusableScene as exc:
                 log.warning("held-out view skipped: %s", exc)

@@ -64,6 +64,13 @@ def ours_step(field: VolumeField, volumes: tuple[torch.Tensor, ...], rays: RayBu
     return render_and_backward(field, volumes, INDOOR_GRID, rays, NeuSSampler(), LossWeights(), chunk=chunk)["total"]
 
 
+def composite_cumprod(alpha: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """PonderV2's compositing: cumprod transmittance over materialised (rays x samples) tensors."""
+    trans = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1.0 - alpha + 1e-7], -1), -1)[:, :-1]
+    weights = alpha * trans
+    return (weights[..., None] * values).sum(1), weights.sum(-1)
+
+
 def eager_step(field: VolumeField, volumes: tuple[torch.Tensor, ...], rays: RayBundle) -> float:
     """The eager path: channels-first volume, grid_sample everywhere, cumprod transmittance."""
     (vol,) = volumes  # (1, C, Z, Y, X)
@@ -94,10 +101,8 @@ def eager_step(field: VolumeField, volumes: tuple[torch.Tensor, ...], rays: RayB
     prev_cdf = torch.sigmoid((sdf - iter_cos * deltas * 0.5) * inv_s)
     next_cdf = torch.sigmoid((sdf + iter_cos * deltas * 0.5) * inv_s)
     alpha = ((prev_cdf - next_cdf + 1e-5) / (prev_cdf + 1e-5)).clip(0.0, 1.0)[..., 0]
-    transmittance = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1.0 - alpha + 1e-7], -1), -1)[:, :-1]
-    weights = alpha * transmittance
-    rgb_out = (weights[..., None] * rgb).sum(1)
-    depth_out = (weights * samples.t).sum(1)
+    out, _ = composite_cumprod(alpha, torch.cat([rgb, samples.t[..., None]], -1))
+    rgb_out, depth_out = out[:, :3], out[:, 3]
     loss = (10 * (rgb_out - rays.rgb).abs().mean() + (depth_out - rays.depth).abs().mean()
             + 0.01 * (gradients.norm(dim=-1) - 1).square().mean())
     loss.backward()

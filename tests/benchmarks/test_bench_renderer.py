@@ -19,16 +19,9 @@ from renderer.trilinear import trilinear
 from renderer.volrend import composite, composite_reference
 
 sys.path.insert(0, str(Path(__file__).parent))
-from renderer_step import STEPS, make_inputs  # noqa: E402
+from renderer_step import STEPS, composite_cumprod, make_inputs  # noqa: E402
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-
-
-def composite_cumprod(alpha: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The eager formulation PonderV2 uses: cumprod transmittance over materialised (rays x samples) tensors."""
-    trans = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1.0 - alpha + 1e-7], -1), -1)[:, :-1]
-    weights = alpha * trans
-    return (weights[..., None] * values).sum(1), weights.sum(-1)
 
 
 def _composite_inputs(device: str, rays: int = 10_240, samples: int = 132, channels: int = 7):
