@@ -1,5 +1,5 @@
 """Renderer speed: compositing and trilinear sampling (reference on CPU, Triton vs reference on CUDA), and one
-renderer training step against the eager PonderV2-style baseline in ``renderer_step.py``.
+renderer training step against the eager PonderV2-style baseline in ``bench/perf/renderer_step.py``.
 
 ``pytest tests/benchmarks/test_bench_renderer.py --benchmark-only`` runs them; the step benchmarks also
 record each variant's peak RSS, measured in a fresh process, in ``extra_info``.
@@ -15,11 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from bench.perf.renderer_step import STEPS, composite_cumprod, make_inputs
 from renderer.trilinear import trilinear
 from renderer.volrend import composite, composite_reference
-
-sys.path.insert(0, str(Path(__file__).parent))
-from renderer_step import STEPS, composite_cumprod, make_inputs  # noqa: E402
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -76,8 +74,7 @@ def test_trilinear_eikonal_169k_points(benchmark, device: str, backend: str) -> 
 
 
 def _memory_in_fresh_process(variant: str) -> dict:
-    script = Path(__file__).with_name("renderer_step.py")
-    result = subprocess.run([sys.executable, str(script), variant, "1"], capture_output=True, text=True, check=True,
+    result = subprocess.run([sys.executable, "-m", "bench.perf.renderer_step", variant, "1"], capture_output=True, text=True, check=True,
                             cwd=Path(__file__).parents[2], env={"PYTHONPATH": str(Path(__file__).parents[2])})
     report = json.loads(result.stdout.strip().splitlines()[-1])
     return {key: report[key] for key in ("peak_rss_bytes", "rss_before_step_bytes")}

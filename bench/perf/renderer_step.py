@@ -6,7 +6,7 @@ volume is sampled channels-first with ``grid_sample`` at every sample, the SDF g
 grid_sample's double backward, transmittance is a cumprod, and per-sample tensors are concatenated.
 It shares the decoders (same weights, same FLOPs) and the NeuS sampler with ours, so the difference is
 the data path. Ours renders in chunks of 320 rays (:func:`renderer.step.render_and_backward`). Run as a
-script (``python tests/benchmarks/renderer_step.py ours|eager``) it times steps in a fresh process and
+script (``python -m bench.perf.renderer_step ours|eager``) it times steps in a fresh process and
 prints the peak RSS and the RSS before the first step (torch itself and the inputs), which the benchmark
 records.
 """
