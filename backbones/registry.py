@@ -112,7 +112,9 @@ def create_backbone(name: str, **overrides: object) -> nn.Module:
     entry = _entry(name)
     model = entry.factory(**overrides)
     known = {k: v for k, v in overrides.items() if k in ("in_channels", "out_channels", "voxel_size")}
-    model.config = replace(entry.config, params=count_parameters(model), **known)  # type: ignore[assignment]
+    # what the built model reports wins: an override such as ``channels=`` changes its output width too
+    built = {k: v for k in ("in_channels", "out_channels") if isinstance(v := getattr(model, k, None), int)}
+    model.config = replace(entry.config, params=count_parameters(model), **{**known, **built})  # type: ignore[assignment]
     return model
 
 

@@ -22,7 +22,7 @@ def _data_synth(args: argparse.Namespace) -> int:
     except ValueError as exc:  # a bad size override: say so without a traceback
         raise SystemExit(f"ponderbench data synth: {exc}") from exc
     print(f"wrote the '{args.suite}' suite to {root} in {time.perf_counter() - start:.1f} s")
-    return _print_check(root, None, None)
+    return _print_check(root, None, None, ())
 
 
 def _parse_sizes(items: list[str]) -> dict[str, object]:
@@ -42,32 +42,37 @@ def _parse_sizes(items: list[str]) -> dict[str, object]:
 
 
 def _data_check(args: argparse.Namespace) -> int:
-    return _print_check(Path(args.root), args.datasets, args.max_scenes)
+    return _print_check(Path(args.root), args.datasets, args.max_scenes, tuple(args.require))
 
 
-def _print_check(root: Path, datasets: list[str] | None, max_scenes: int | None) -> int:
-    from tasks.check import check_root
+def _print_check(root: Path, datasets: list[str] | None, max_scenes: int | None, required: tuple[str, ...]) -> int:
+    from tasks.check import check_root, failures
 
-    reports = check_root(root, datasets, max_scenes)
+    try:
+        reports = check_root(root, [*(datasets or []), *required] if datasets else None, max_scenes)
+    except KeyError as exc:
+        raise SystemExit(f"ponderbench data check: {exc.args[0]}") from exc
     table = pd.DataFrame([{
-        "dataset": r.dataset, "status": "ok" if r.ok else "PROBLEMS",
+        "dataset": r.dataset, "status": r.status if r.present or r.dataset not in required else "MISSING",
         **{f"{s} scenes": r.splits.get(s, 0) for s in ("train", "val")}, "points": r.points, "path": str(r.path),
     } for r in reports])
     print(table.to_string(index=False))
     for r in reports:
         for problem in r.problems:
             print(f"  [{r.dataset}] {problem}")
-    return 0 if all(r.ok for r in reports) else 1
+        if not r.present and r.dataset in required:
+            print(f"  [{r.dataset}] {r.path}: folder is missing (required)")
+    return 1 if failures(reports, required) else 0
 
 
 def _list(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
     if args.what == "datasets":
         from tasks.check import CHECKS
 
         print("\n".join(CHECKS))
     elif args.what == "backbones":
-        from dataclasses import asdict
-
         from backbones.registry import get_backbone_config, list_backbones
 
         rows = [asdict(get_backbone_config(n)) for n in list_backbones(args.pattern)]
@@ -76,8 +81,6 @@ def _list(args: argparse.Namespace) -> int:
         table["params"] = table["params"].map(lambda p: f"{p / 1e6:.2f}M")
         print(table.to_string(index=False))
     elif args.what == "tasks":
-        from dataclasses import asdict
-
         from tasks.spec import get_task, list_tasks
 
         rows = [asdict(get_task(t)) for t in list_tasks(args.pattern)]
@@ -85,11 +88,13 @@ def _list(args: argparse.Namespace) -> int:
                                     "title"]]
         print(table.to_string(index=False))
     elif args.what == "recipes":
-        from bench.recipes import PRESETS
+        from bench.recipes import FINETUNE_PRESETS, PRESETS
 
         print(pd.DataFrame([{"preset": k, "mode": r.mode, "backbone": r.backbone, "epochs": r.epochs,
                              "grid": r.grid, "rays": f"{r.views}x{r.rays_per_view}", "lr": r.lr}
                             for k, r in PRESETS.items()]).to_string(index=False))
+        print("\nfine-tuning presets (ponderbench run --preset NAME KEY=VALUE ...):")
+        print(pd.DataFrame([{"preset": k, **asdict(r)} for k, r in FINETUNE_PRESETS.items()]).to_string(index=False))
     elif args.what == "suites":
         from tasks.synth.suite import SUITES
 
@@ -107,15 +112,16 @@ def _cuda() -> bool:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    from bench.pretrain import NonFiniteLoss, Pretrainer
-    from bench.recipes import PRESETS, get_recipe
+    from bench.pretrain.engine import NonFiniteLoss, Pretrainer
+    from bench.recipes import MODES, PRESETS, get_recipe
 
+    if not (args.preset or args.mode):
+        raise SystemExit(f"ponderbench pretrain: give --mode ({', '.join(MODES)}) for a reference recipe, or --preset "
+                         f"({', '.join(sorted(PRESETS))})")
     preset = args.preset or args.mode
-    if preset not in PRESETS:
-        raise SystemExit(f"ponderbench pretrain: unknown preset {preset!r}; choose from {', '.join(sorted(PRESETS))}")
     try:
         recipe = get_recipe(preset, args.overrides)
-    except ValueError as exc:
+    except (KeyError, ValueError) as exc:
         raise SystemExit(f"ponderbench pretrain: {exc}") from exc
     if args.mode and recipe.mode != args.mode:
         raise SystemExit(f"ponderbench pretrain: preset {preset!r} is for mode {recipe.mode!r}, not {args.mode!r}")
@@ -141,8 +147,8 @@ def _csv(text: str) -> list[str]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from bench.leaderboard import leaderboard
-    from bench.runner import expand, run_matrix
+    from bench.matrix.leaderboard import leaderboard
+    from bench.matrix.runner import expand, run_matrix
 
     roots = tuple(_csv(args.data))
     if args.data == DEFAULT_DATA and not Path(DEFAULT_DATA).is_dir():
@@ -151,19 +157,21 @@ def _run(args: argparse.Namespace) -> int:
         print(f"no {DEFAULT_DATA}: generating the mini suite first")
         synthesize(DEFAULT_DATA, "mini", seed=0)
     try:
-        runs = expand(_csv(args.backbones), _csv(args.inits), args.tasks, [int(s) for s in _csv(args.seeds)], roots,
-                      args.results, args.preset, args.linear_probe, args.device, args.tta)
+        runs = expand(backbones=_csv(args.backbones), inits=_csv(args.inits), tasks=args.tasks,
+                      seeds=[int(s) for s in _csv(args.seeds)], data_roots=roots, results=args.results,
+                      preset=args.preset, overrides=args.overrides, linear_probe=args.linear_probe, device=args.device,
+                      tta=args.tta)
     except (KeyError, ValueError) as exc:
-        raise SystemExit(f"ponderbench run: {exc}") from exc
+        raise SystemExit(f"ponderbench run: {exc.args[0] if isinstance(exc, KeyError) else exc}") from exc
     slurm = {k: v for k, v in {"slurm_partition": args.slurm_partition, "gpus_per_node": args.gpus_per_node,
                                "timeout_min": args.timeout_min, "cpus_per_task": args.cpus_per_task}.items() if v}
     records = run_matrix(runs, args.executor, args.workers, args.overwrite, slurm, progress=not args.no_progress)
-    counts = pd.Series([r["status"] for r in records]).value_counts().to_dict()
+    counts = pd.Series([r.status for r in records]).value_counts().to_dict()
     print(f"{len(records)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     for r in records:
-        if r["status"] == "failed":
-            print(f"  FAILED {r['task']} {r['backbone']} {r['init']} seed {r['seed']}: "
-                  f"{(r['error'] or '').strip().splitlines()[-1]}")
+        if r.status == "failed":
+            print(f"  FAILED {r.task} {r.backbone} {r.init} seed {r.seed}: "
+                  f"{(r.error or '').strip().splitlines()[-1]}")
     tables = leaderboard(Path(args.results))
     if "overall" in tables:
         print(tables["overall"].to_string(index=False))
@@ -172,7 +180,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _leaderboard(args: argparse.Namespace) -> int:
-    from bench.leaderboard import LeaderboardError, leaderboard
+    from bench.matrix.leaderboard import LeaderboardError, leaderboard
 
     try:
         tables = leaderboard(Path(args.results), Path(args.out) if args.out else None)
@@ -202,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("root", help="folder holding scannet/, s3dis/, semantickitti/, nuscenes/")
     check.add_argument("--datasets", nargs="*", help="only these datasets")
     check.add_argument("--max-scenes", type=int, help="read at most this many scenes per split")
+    check.add_argument("--require", action="append", default=[], metavar="DATASET",
+                       help="fail when this dataset is absent (absent datasets are otherwise only reported)")
     check.set_defaults(func=_data_check)
 
     pre = sub.add_parser("pretrain", help="pre-train a backbone by neural rendering (PonderV2)",
@@ -247,6 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cpus-per-task", type=int)
     run.add_argument("--timeout-min", type=int, default=None)
     run.add_argument("--no-progress", action="store_true")
+    run.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                     help="fine-tuning recipe overrides, typed like pretrain's, e.g. epochs=20 lr=0.02 max_points=None "
+                          "(`ponderbench list recipes`)")
     run.set_defaults(func=_run)
 
     board = sub.add_parser("leaderboard", help="tables and plots from the run records")

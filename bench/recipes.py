@@ -1,7 +1,8 @@
-"""Typed pre-training recipes: the PonderV2 reference values per mode, and small presets for CPU runs.
+"""Typed recipes: pre-training (the PonderV2 reference values per mode) and fine-tuning, with small presets for
+CPU runs.
 
-One dataclass, a few named presets, ``key=value`` overrides (``losses.rgb=5``) checked against the field
-types, instead of a tree of near-identical config files.
+One dataclass per stage, a few named presets, and one ``key=value`` override parser (``losses.rgb=5``,
+``epochs=10``) checked against the field types, instead of a tree of near-identical config files.
 """
 
 from __future__ import annotations
@@ -9,16 +10,18 @@ from __future__ import annotations
 import ast
 import dataclasses
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, get_type_hints
+from typing import Any, Literal, get_args, get_type_hints
 
 from renderer.losses import LossWeights
+from tasks.contract import HOLDOUT_EVERY, Domain
 
-MODES = ("indoor", "outdoor", "image")
+Mode = Literal["indoor", "outdoor", "image"]  # 3D + RGB-D views | LiDAR | 2D backbone on multi-view images
+MODES: tuple[Mode, ...] = get_args(Mode)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PretrainRecipe:
-    mode: str  # indoor (3D + RGB-D views) | outdoor (LiDAR) | image (2D backbone on multi-view images)
+    mode: Mode
     backbone: str
     epochs: int = 100
     steps_per_epoch: int | None = None  # None: one pass over the training scenes
@@ -56,7 +59,12 @@ class PretrainRecipe:
     # outputs
     render_every: int = 100  # steps between rendered-vs-real pictures (0: never)
     render_size: tuple[int, int] = (48, 64)
-    holdout_every: int = 10  # RGB-D folders: every n-th frame is held out for the depth-error check
+    holdout_every: int = HOLDOUT_EVERY  # frame folders: the contract's held-out rule (depth-error check)
+
+    @property
+    def domain(self) -> Domain:
+        """Which fine-tuning tasks the export serves (image mode lifts into the indoor volume)."""
+        return "outdoor" if self.mode == "outdoor" else "indoor"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -87,11 +95,47 @@ PRESETS: dict[str, PretrainRecipe] = {
 }
 
 
+@dataclass(frozen=True, kw_only=True)
+class FinetuneRecipe:
+    epochs: int = 100
+    batch_size: int = 2  # scenes per step
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    pct_start: float = 0.05
+    lovasz_weight: float = 1.0
+    max_points: int | None = None  # cap on training points per scene (after grid sampling)
+    outdoor_voxel: float = 0.05  # metres; indoor uses the backbone's voxel
+    tta: bool = False
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
+        if self.lr <= 0 or self.outdoor_voxel <= 0:
+            raise ValueError(f"lr and outdoor_voxel must be > 0, got {self.lr} and {self.outdoor_voxel}")
+
+
+FINETUNE_PRESETS: dict[str, FinetuneRecipe] = {
+    "reference": FinetuneRecipe(),
+    "mini": FinetuneRecipe(epochs=6, batch_size=2, lr=0.05, max_points=10_000, outdoor_voxel=0.1),
+    "tiny": FinetuneRecipe(epochs=2, batch_size=2, lr=0.05, max_points=3_000, outdoor_voxel=0.2),  # tests
+}
+
+
+def _preset(presets: dict[str, Any], kind: str, preset: str | None, overrides: list[str] | None) -> Any:
+    if preset not in presets:
+        raise KeyError(f"unknown {kind} preset {preset!r}; choose from {', '.join(sorted(presets))}")
+    return apply_overrides(presets[preset], overrides or [])
+
+
 def get_recipe(preset: str, overrides: list[str] | None = None) -> PretrainRecipe:
-    """A preset with ``key=value`` overrides (values are Python literals; strings may be bare)."""
-    if preset not in PRESETS:
-        raise KeyError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
-    return apply_overrides(PRESETS[preset], overrides or [])
+    """A pre-training preset with ``key=value`` overrides (values are Python literals; strings may be bare)."""
+    return _preset(PRESETS, "pre-training", preset, overrides)
+
+
+def get_finetune_recipe(preset: str, overrides: list[str] | None = None) -> FinetuneRecipe:
+    """A fine-tuning preset with ``key=value`` overrides, parsed like the pre-training ones."""
+    return _preset(FINETUNE_PRESETS, "fine-tuning", preset, overrides)
 
 
 def apply_overrides(recipe: Any, overrides: list[str]) -> Any:
@@ -124,6 +168,10 @@ def _parse(raw: str, hint: Any, item: str) -> Any:
     text = str(hint)
     if value is None and "None" in text:
         return None
+    if get_args(hint) and all(isinstance(a, str) for a in get_args(hint)):  # a Literal of names
+        if value not in get_args(hint):
+            raise ValueError(f"override {item!r}: expected one of {get_args(hint)}")
+        return value
     if hint is bool or text == "bool":
         if not isinstance(value, bool):
             raise ValueError(f"override {item!r}: expected True or False")

@@ -12,11 +12,7 @@ import torch
 from backbones.structures import GridSpec
 from renderer.trilinear import trilinear
 
-__all__ = ["GridSpec", "INDOOR_GRID", "OUTDOOR_GRID", "sample_volume", "scatter_mean"]
-
-
-INDOOR_GRID = GridSpec((-0.5, -0.5, -0.5), (0.5, 0.5, 0.5), (128, 128, 32))  # unit-cube-normalised scene
-OUTDOOR_GRID = GridSpec((-54.0, -54.0, -5.0), (54.0, 54.0, 3.0), (180, 180, 5))  # 0.6 x 0.6 x 1.6 m cells
+__all__ = ["GridSpec", "sample_volume", "scatter_mean"]
 
 
 def scatter_mean(points: torch.Tensor, feats: torch.Tensor, batch_index: torch.Tensor, batch_size: int,

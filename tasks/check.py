@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tasks.datasets import open_dataset
 from tasks.errors import DataFormatError
-from tasks.formats.base import SceneDataset
-from tasks.formats.nuscenes import NuScenesLidarSegDataset
-from tasks.formats.s3dis import S3DISDataset
-from tasks.formats.scannet import ScanNetDataset, read_scannet_frames
-from tasks.formats.semantickitti import SemanticKITTIDataset
+from tasks.formats.scannet import read_scannet_frames
 
 
 @dataclass
@@ -21,39 +17,38 @@ class DatasetReport:
     splits: dict[str, int] = field(default_factory=dict)  # split -> scenes read
     points: int = 0
     problems: list[str] = field(default_factory=list)
+    present: bool = True
 
     @property
     def ok(self) -> bool:
-        return not self.problems and bool(self.splits)
+        """Present and readable (an absent dataset is not a problem unless it is required)."""
+        return self.present and not self.problems and bool(self.splits)
+
+    @property
+    def status(self) -> str:
+        return "absent" if not self.present else "ok" if self.ok else "PROBLEMS"
 
 
-# dataset -> (sub-folder, {split: factory})
-CHECKS: dict[str, tuple[str, dict[str, Callable[[Path], SceneDataset]]]] = {
-    "scannet": ("scannet", {s: (lambda r, s=s: ScanNetDataset(r, s, "segment20")) for s in ("train", "val")}),
-    "scannet200": ("scannet", {s: (lambda r, s=s: ScanNetDataset(r, s, "segment200")) for s in ("train", "val")}),
-    "s3dis": ("s3dis", {s: (lambda r, s=s: S3DISDataset(r, s)) for s in ("train", "val")}),
-    "semantickitti": ("semantickitti", {s: (lambda r, s=s: SemanticKITTIDataset(r, s)) for s in ("train", "val")}),
-    "nuscenes": ("nuscenes", {s: (lambda r, s=s: NuScenesLidarSegDataset(r, s, _nuscenes_version(r)))
-                              for s in ("train", "val")}),
+# dataset -> (sub-folder, loader of tasks.datasets.LOADERS)
+CHECKS: dict[str, tuple[str, str]] = {
+    "scannet": ("scannet", "scannet20"),
+    "scannet200": ("scannet", "scannet200"),
+    "s3dis": ("s3dis", "s3dis"),
+    "semantickitti": ("semantickitti", "semantickitti"),
+    "nuscenes": ("nuscenes", "nuscenes"),
 }
-
-
-def _nuscenes_version(root: Path) -> str:
-    for version in ("v1.0-trainval", "v1.0-mini"):
-        if (root / version).is_dir():
-            return version
-    raise DataFormatError(root, "no v1.0-trainval or v1.0-mini table folder")
+SPLITS = ("train", "val")
 
 
 def check_dataset(name: str, root: Path, max_scenes: int | None = None) -> DatasetReport:
-    folder, splits = CHECKS[name]
+    folder, loader = CHECKS[name]
     report = DatasetReport(name, root / folder)
     if not report.path.is_dir():
-        report.problems.append(f"{report.path}: folder is missing")
+        report.present = False
         return report
-    for split, factory in splits.items():
+    for split in SPLITS:
         try:
-            dataset = factory(report.path)
+            dataset = open_dataset(loader, report.path, split)
         except (DataFormatError, ValueError, AssertionError, OSError) as exc:
             report.problems.append(f"{split}: {exc}")
             continue
@@ -79,4 +74,12 @@ def check_dataset(name: str, root: Path, max_scenes: int | None = None) -> Datas
 
 def check_root(root: str | Path, datasets: list[str] | None = None, max_scenes: int | None = None
                ) -> list[DatasetReport]:
+    unknown = sorted(set(datasets or ()) - set(CHECKS))
+    if unknown:
+        raise KeyError(f"unknown dataset(s) {unknown}; known: {', '.join(CHECKS)}")
     return [check_dataset(name, Path(root), max_scenes) for name in (datasets or list(CHECKS))]
+
+
+def failures(reports: list[DatasetReport], required: list[str] | tuple[str, ...] = ()) -> list[DatasetReport]:
+    """Reports that fail the check: present and broken, or absent although ``required``."""
+    return [r for r in reports if (r.present and not r.ok) or (not r.present and r.dataset in required)]

@@ -1,20 +1,24 @@
 """Scenes of a task's splits, read from a data root, and the data-efficient subsets of ScanNet.
 
-``task_scenes(spec, root, split)`` returns a sized, indexable collection of :class:`~tasks.structures.Scene`
-for a registered task; ``expected_path`` says where the data must be (a missing root is reported by the
-runner as "skipped", with that path).
+:func:`open_dataset` is the one resolver from a loader name (``TaskSpec.loader``) to the scenes of a split,
+used by fine-tuning, ``data check`` and pre-training alike; :func:`nuscenes_version` is the one rule for which
+nuScenes tables are read. ``task_scenes(spec, root, split)`` applies a task's protocol on top;
+``expected_path`` says where the data must be (a missing root is reported by the runner as "skipped").
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from tasks.contract import split_heldout
 from tasks.errors import DataFormatError
+from tasks.formats.base import SceneDataset
 from tasks.spec import TaskSpec
 from tasks.structures import Scene
 
@@ -33,32 +37,79 @@ class SceneList:
         return len(self.names)
 
     def __getitem__(self, index: int) -> Scene:
-        scene = self._load(self.names[index])
+        return self.load(self.names[index])
+
+    def load(self, name: str) -> Scene:
+        scene = self._load(name)
         return self._transform(scene) if self._transform else scene
 
 
-def _dataset(spec: TaskSpec, path: Path, split: str):  # noqa: ANN202
-    if spec.loader in ("scannet20", "scannet200"):
+def nuscenes_version(root: str | Path, requested: str | None = None) -> str:
+    """The one nuScenes version rule: the one the user names, else ``v1.0-trainval`` when present, else the only
+    (or first, sorted) ``v1.0-*`` table folder."""
+    root = Path(root)
+    found = sorted(p.name for p in root.glob("v1.0-*") if p.is_dir())
+    if requested is not None:
+        if requested not in found:
+            raise DataFormatError(root / requested, f"nuScenes table folder not found (present: {found or 'none'})")
+        return requested
+    if not found:
+        raise DataFormatError(root, "no v1.0-* table folder (nuScenes layout)")
+    return "v1.0-trainval" if "v1.0-trainval" in found else found[0]
+
+
+def _lidarseg_frames(path: Path, split: str) -> SceneList:
+    """Loose real lidarseg sweeps: the contract's held-out rule makes the evaluation split."""
+    from tasks.formats.nuscenes import read_lidarseg_frames
+
+    train, held = split_heldout(read_lidarseg_frames(path))
+    chosen = {f.name: f for f in (train if split == "train" else held)}
+    return SceneList(sorted(chosen), chosen.__getitem__)
+
+
+def _scannet(label_set: str) -> Callable[..., SceneDataset]:
+    def open_scannet(path: Path, split: str, **options: object) -> SceneDataset:
         from tasks.formats.scannet import ScanNetDataset
 
-        return ScanNetDataset(path, split, label_set="segment20" if spec.loader == "scannet20" else "segment200")
-    if spec.loader == "s3dis":
-        from tasks.formats.s3dis import S3DISDataset
+        return ScanNetDataset(path, split, label_set=label_set, **options)
 
-        return S3DISDataset(path, split)
-    if spec.loader == "semantickitti":
-        from tasks.formats.semantickitti import SemanticKITTIDataset
+    return open_scannet
 
-        return SemanticKITTIDataset(path, split)
-    if spec.loader == "nuscenes":
-        from tasks.formats.nuscenes import NuScenesLidarSegDataset
 
-        versions = sorted(p.name for p in path.glob("v1.0-*") if p.is_dir())
-        if not versions:
-            raise DataFormatError(path, "no v1.0-* table folder (nuScenes layout)")
-        version = "v1.0-trainval" if "v1.0-trainval" in versions else versions[0]
-        return NuScenesLidarSegDataset(path, split, version=version)
-    raise KeyError(f"task {spec.id}: unknown loader {spec.loader!r}")
+def _s3dis(path: Path, split: str) -> SceneDataset:
+    from tasks.formats.s3dis import S3DISDataset
+
+    return S3DISDataset(path, split)
+
+
+def _semantickitti(path: Path, split: str) -> SceneDataset:
+    from tasks.formats.semantickitti import SemanticKITTIDataset
+
+    return SemanticKITTIDataset(path, split)
+
+
+def _nuscenes(path: Path, split: str, version: str | None = None) -> SceneDataset:
+    from tasks.formats.nuscenes import NuScenesLidarSegDataset
+
+    return NuScenesLidarSegDataset(path, split, version=nuscenes_version(path, version))
+
+
+# loader name (TaskSpec.loader) -> factory(path, split, **options); the one place a folder becomes scenes
+LOADERS: dict[str, Callable[..., SceneDataset | SceneList]] = {
+    "scannet20": _scannet("segment20"),
+    "scannet200": _scannet("segment200"),
+    "s3dis": _s3dis,
+    "semantickitti": _semantickitti,
+    "nuscenes": _nuscenes,
+    "lidarseg-frames": _lidarseg_frames,
+}
+
+
+def open_dataset(loader: str, path: str | Path, split: str, **options: object) -> SceneDataset | SceneList:
+    """The scenes of ``split`` of the dataset at ``path`` read by ``loader`` (a key of :data:`LOADERS`)."""
+    if loader not in LOADERS:
+        raise KeyError(f"unknown loader {loader!r}; known: {', '.join(sorted(LOADERS))}")
+    return LOADERS[loader](Path(path), split, **options)
 
 
 def task_scenes(spec: TaskSpec, root: str | Path, split: str) -> SceneList:
@@ -66,14 +117,7 @@ def task_scenes(spec: TaskSpec, root: str | Path, split: str) -> SceneList:
     path = expected_path(spec, root)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: data for task {spec.id} not found")
-    if spec.loader == "lidarseg-frames":
-        from tasks.formats.nuscenes import read_lidarseg_frames
-
-        frames = read_lidarseg_frames(path)
-        held = {f.name for i, f in enumerate(frames) if i % 5 == 4}  # every 5th sweep is evaluated
-        chosen = {f.name: f for f in frames if (f.name in held) == (split != "train")}
-        return SceneList(sorted(chosen), chosen.__getitem__)
-    data = _dataset(spec, path, split)
+    data = open_dataset(spec.loader, path, split)
     if split != "train" or spec.protocol == "full":
         return SceneList(data.names, data.load)
     if spec.protocol == "limited-reconstruction":

@@ -98,16 +98,27 @@ def check_labels(path: Path, labels: np.ndarray, num_classes: int, ignore_index:
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same folder and rename, so a crash never leaves half a file."""
+    """Write through a temporary file in the same folder and rename, so a crash never leaves half a file.
+
+    The file gets the mode a plain ``open`` would give (0666 less the umask), not ``mkstemp``'s private 0600,
+    so that colleagues and web servers can read tables, records and exports.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())
         write(Path(tmp))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
 
 
 def save_image(path: Path, image: np.ndarray) -> None:

@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 from tasks.classes import NUSCENES16, S3DIS13, SCANNET20, SCANNET200, SEMANTIC_KITTI19
+from tasks.contract import DOMAINS, Domain
 
 PAPER = "PonderV2 paper (arXiv:2310.08586)"
 
+TaskType = Literal["semseg", "insseg", "detection", "nvs", "recon"]
+Protocol = Literal["full", "limited-reconstruction", "limited-annotation"]
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, kw_only=True)
 class TaskSpec:
     id: str
     version: int
@@ -25,19 +30,27 @@ class TaskSpec:
     loader: str  # how scenes are read: a key of tasks.datasets.LOADERS
     train_split: str
     eval_split: str
-    task_type: str  # semseg | insseg | detection
+    task_type: TaskType
     classes: tuple[str, ...]
     ignore_index: int
     metrics: tuple[str, ...]
     main_score: str
     higher_is_better: bool
-    protocol: str  # full | limited-reconstruction | limited-annotation
+    protocol: Protocol
     protocol_value: float | None  # fraction of training scenes, or labelled points per scene
-    domain: str  # indoor | outdoor: which pre-training applies
+    domain: Domain  # which pre-training applies
     reference: float | None
     reference_source: str = PAPER
     runnable: bool = True
     note: str = ""
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("task_type", get_args(TaskType)), ("protocol", get_args(Protocol)),
+                              ("domain", DOMAINS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"task {self.id}: {name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.main_score not in self.metrics:
+            raise ValueError(f"task {self.id}: main score {self.main_score!r} is not among its metrics")
 
     @property
     def key(self) -> str:
@@ -71,17 +84,22 @@ def list_tasks(pattern: str = "*", runnable: bool | None = None) -> list[str]:
 SEG_METRICS = ("mIoU", "mAcc", "allAcc")
 
 
-def _semseg(id: str, title: str, dataset: str, loader: str, classes: tuple[str, ...], domain: str,
-            reference: float | None, train: str = "train", val: str = "val", protocol: str = "full",
-            value: float | None = None, version: int = 1, note: str = "") -> TaskSpec:
-    return register_task(TaskSpec(id, version, title, dataset, loader, train, val, "semseg", classes, -1,
-                                  SEG_METRICS, "mIoU", True, protocol, value, domain, reference, note=note))
+def _semseg(id: str, title: str, dataset: str, loader: str, classes: tuple[str, ...], domain: Domain,
+            reference: float | None, protocol: Protocol = "full", value: float | None = None, version: int = 1,
+            note: str = "") -> TaskSpec:
+    return register_task(TaskSpec(
+        id=id, version=version, title=title, dataset=dataset, loader=loader, train_split="train", eval_split="val",
+        task_type="semseg", classes=classes, ignore_index=-1, metrics=SEG_METRICS, main_score="mIoU",
+        higher_is_better=True, protocol=protocol, protocol_value=value, domain=domain, reference=reference, note=note))
 
 
-def _not_yet(id: str, title: str, dataset: str, task_type: str, metric: str, classes: tuple[str, ...], domain: str,
-             reference: float, note: str) -> TaskSpec:
-    return register_task(TaskSpec(id, 1, title, dataset, dataset, "train", "val", task_type, classes, -1, (metric,),
-                                  metric, True, "full", None, domain, reference, runnable=False, note=note))
+def _not_yet(id: str, title: str, dataset: str, loader: str, task_type: TaskType, metric: str,
+             classes: tuple[str, ...], domain: Domain, reference: float, note: str) -> TaskSpec:
+    return register_task(TaskSpec(
+        id=id, version=1, title=title, dataset=dataset, loader=loader, train_split="train", eval_split="val",
+        task_type=task_type, classes=classes, ignore_index=-1, metrics=(metric,), main_score=metric,
+        higher_is_better=True, protocol="full", protocol_value=None, domain=domain, reference=reference,
+        runnable=False, note=note))
 
 
 _semseg("scannet-semseg", "ScanNet semantic segmentation (20 classes), val", "scannet", "scannet20", SCANNET20,
@@ -90,10 +108,10 @@ _semseg("scannet200-semseg", "ScanNet200 semantic segmentation, val", "scannet",
         "indoor", 32.3)
 _semseg("s3dis-area5-semseg", "S3DIS Area 5 semantic segmentation (13 classes)", "s3dis", "s3dis", S3DIS13,
         "indoor", 73.2)
-_not_yet("scannet-insseg", "ScanNet instance segmentation, val", "scannet", "insseg", "mAP@50", SCANNET20, "indoor",
-         62.6, "instance heads come in a later issue")
-_not_yet("scannet200-insseg", "ScanNet200 instance segmentation, val", "scannet", "insseg", "mAP@50", SCANNET200,
-         "indoor", 30.5, "instance heads come in a later issue")
+_not_yet("scannet-insseg", "ScanNet instance segmentation, val", "scannet", "scannet20", "insseg", "mAP@50",
+         SCANNET20, "indoor", 62.6, "instance heads come in a later issue")
+_not_yet("scannet200-insseg", "ScanNet200 instance segmentation, val", "scannet", "scannet200", "insseg", "mAP@50",
+         SCANNET200, "indoor", 30.5, "instance heads come in a later issue")
 for pct, ref in ((1, 34.6), (5, None), (10, None), (20, 68.2)):
     _semseg(f"scannet-de-lr{pct}", f"ScanNet data-efficient: {pct}% of the training scenes", "scannet", "scannet20",
             SCANNET20, "indoor", ref, protocol="limited-reconstruction", value=pct / 100)
@@ -107,9 +125,7 @@ _semseg("nuscenes-lidarseg", "nuScenes lidar semantic segmentation (16 classes),
 _semseg("nuscenes-lidarseg-samples", "Real nuScenes lidarseg sweeps (../shared/data): every 5th sweep held out",
         "nuscenes-lidarseg-samples", "lidarseg-frames", NUSCENES16, "outdoor", None,
         note="ten real sweeps: a sanity check on real data, not a benchmark")
-_not_yet("nuscenes-det-lidar", "nuScenes 3D detection, LiDAR", "nuscenes", "detection", "NDS", (), "outdoor", 70.6,
-         "detection heads come in a later issue")
-_not_yet("nuscenes-det-camera", "nuScenes 3D detection, camera (2D backbone)", "nuscenes", "detection", "NDS", (),
-         "outdoor", 47.4, "detection heads come in a later issue")
-_not_yet("nuscenes-det-fusion", "nuScenes 3D detection, LiDAR + camera", "nuscenes", "detection", "NDS", (),
-         "outdoor", 73.2, "detection heads come in a later issue")
+for track, title, ref in (("lidar", "LiDAR", 70.6), ("camera", "camera (2D backbone)", 47.4),
+                          ("fusion", "LiDAR + camera", 73.2)):
+    _not_yet(f"nuscenes-det-{track}", f"nuScenes 3D detection, {title}", "nuscenes", "nuscenes", "detection", "NDS",
+             (), "outdoor", ref, "detection heads come in a later issue")

@@ -39,18 +39,29 @@ def grid_sample_train(coord: np.ndarray, grid_size: float, rng: np.random.Genera
     return GridSampled(pick, grid[pick])
 
 
-def grid_sample_test(coord: np.ndarray, grid_size: float) -> list[GridSampled]:
+def grid_sample_test(coord: np.ndarray, grid_size: float, max_fragments: int | None = None) -> list[GridSampled]:
     """Fragments that together cover every point (Pointcept ``GridSample(mode='test')``).
 
     Fragment i takes the (i mod count)-th point of every voxel, so each fragment is a valid one-point-per-
-    voxel sample and the union over ``max(count)`` fragments is every point.
+    voxel sample and the union over ``max(count)`` fragments is every point. ``max_fragments`` caps their
+    number (real sweeps can hold thousands of returns in one voxel).
     """
+    return voting_fragments(coord, grid_size, max_fragments)[0]
+
+
+def voting_fragments(coord: np.ndarray, grid_size: float, max_fragments: int | None = None
+                     ) -> tuple[list[GridSampled], np.ndarray]:
+    """:func:`grid_sample_test`'s fragments, in voxel order (row i of every fragment lies in voxel i), and the
+    voxel of every point, so that per-voxel votes can be sent back to all points."""
     grid, order, start, count = voxelize(coord, grid_size)
+    n = int(count.max()) if max_fragments is None else min(int(count.max()), max_fragments)
     parts = []
-    for i in range(int(count.max())):
+    for i in range(n):
         pick = order[start + i % count]
         parts.append(GridSampled(pick, grid[pick]))
-    return parts
+    voxel_of = np.empty(len(coord), dtype=np.int64)
+    voxel_of[order] = np.repeat(np.arange(len(count)), count)
+    return parts, voxel_of
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from bench.finetune import FINETUNE_PRESETS, NotApplicable, finetune, load_export
-from bench.leaderboard import LeaderboardError, leaderboard
-from bench.records import RunRecord, read_records, write_record
-from bench.runner import execute, expand, run_matrix
+from bench.finetune import NotApplicable, finetune, load_export
+from bench.matrix.leaderboard import LeaderboardError, leaderboard
+from bench.matrix.records import RunRecord, read_records, write_record
+from bench.matrix.runner import execute, expand, run_matrix
+from bench.recipes import FINETUNE_PRESETS
 from tasks.datasets import limit_annotations, limited_scenes, task_scenes
 from tasks.heads.segmentation import lovasz_softmax
 from tasks.metrics import ConfusionMatrix
@@ -108,7 +109,7 @@ def test_task_scenes_apply_the_protocol(tiny_root: Path) -> None:
 def test_finetune_learns_and_refuses_what_does_not_apply(tiny_root: Path, tmp_path: Path) -> None:
     spec = get_task("semantickitti-semseg")
     result = finetune(spec, "spunet-micro", tiny_root, seed=0, recipe=FINETUNE_PRESETS["tiny"])
-    assert 0.0 <= result["mIoU"] <= 1.0 and result["eval_points"] > 0 and len(result["per_class_iou"]) == 19
+    assert 0.0 <= result["mIoU"] <= 1.0 and result["eval_points"] > 0 and len(result["per_class"]) == 19
     with pytest.raises(NotApplicable, match="2D backbone"):
         finetune(spec, "timm:resnet18", tiny_root)
     with pytest.raises(NotApplicable, match="no fine-tuning pipeline"):
@@ -137,40 +138,42 @@ def test_load_export_checks_name_hash_and_channels(tmp_path: Path) -> None:
 
 def test_matrix_records_skips_and_resumes(tiny_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     results = tmp_path / "results"
-    runs = expand(["spunet-micro"], ["scratch"], "semantickitti-semseg,scannet-insseg,nuscenes-lidarseg-samples",
-                  [0, 1], (str(tiny_root),), str(results), preset="tiny")
+    runs = expand(backbones=["spunet-micro"], inits=["scratch"],
+                  tasks="semantickitti-semseg,scannet-insseg,nuscenes-lidarseg-samples", seeds=[0, 1],
+                  data_roots=(str(tiny_root),), results=str(results), preset="tiny")
     assert len(runs) == 6
     records = run_matrix(runs, progress=False)
     by_task = {}
     for r in records:
-        by_task.setdefault(r["task"], set()).add(r["status"])
+        by_task.setdefault(r.task, set()).add(r.status)
     assert by_task == {"semantickitti-semseg": {"ok"}, "scannet-insseg": {"not-runnable"},
                        "nuscenes-lidarseg-samples": {"skipped"}}
-    missing = next(r for r in records if r["task"] == "nuscenes-lidarseg-samples")
-    assert missing["expected_path"] == str(tiny_root / "nuscenes-lidarseg-samples")
-    ok = next(r for r in records if r["status"] == "ok")
-    assert ok["main_value"] == ok["metrics"]["mIoU"] and ok["wall_s"] > 0 and ok["peak_rss_bytes"] > 0
-    assert ok["git_sha"] and ok["packages"]["torch"] and ok["data_fingerprint"]
+    missing = next(r for r in records if r.task == "nuscenes-lidarseg-samples")
+    assert missing.expected_path == str(tiny_root / "nuscenes-lidarseg-samples")
+    ok = next(r for r in records if r.status == "ok")
+    assert ok.main_value == ok.metrics["mIoU"] and ok.wall_s > 0 and ok.peak_rss_bytes > 0
+    assert ok.git_sha and ok.packages["torch"] and ok.data_fingerprint
+    assert ok.finetune_recipe == asdict(FINETUNE_PRESETS["tiny"])
 
     # finished runs are not run again; a failing run is recorded and the matrix goes on
-    import bench.runner as runner
+    import bench.matrix.runner as runner
 
     def boom(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         raise RuntimeError("simulated crash")
 
     monkeypatch.setattr("bench.finetune.finetune", boom)
     again = run_matrix(runs, progress=False)
-    assert [r["status"] for r in again] == [r["status"] for r in records]
+    assert [r.status for r in again] == [r.status for r in records]
     redo = run_matrix([r for r in runs if r.task == "semantickitti-semseg"][:1], overwrite=True, progress=False)
-    assert redo[0]["status"] == "failed" and "simulated crash" in redo[0]["error"]
+    assert redo[0].status == "failed" and "simulated crash" in redo[0].error
     assert runner.execute is execute
 
 
 def test_debug_executor_runs_through_submitit(tiny_root: Path, tmp_path: Path) -> None:
-    runs = expand(["spunet-micro"], ["scratch"], "scannet-insseg", [0], (str(tiny_root),), str(tmp_path),
-                  preset="tiny")
+    runs = expand(backbones=["spunet-micro"], inits=["scratch"], tasks="scannet-insseg", seeds=[0],
+                  data_roots=(str(tiny_root),), results=str(tmp_path), preset="tiny")
     records = run_matrix(runs, executor="debug", progress=False)
-    assert records[0]["status"] == "not-runnable"
+    assert records[0].status == "not-runnable"
     assert (tmp_path / "slurm").is_dir()
 
 
@@ -202,7 +205,8 @@ def test_leaderboard_is_deterministic_and_refuses_ambiguity(tmp_path: Path) -> N
     with pytest.raises(LeaderboardError, match="versions"):
         leaderboard(results, tmp_path / "t3")
     shutil.rmtree(results / "runs" / "records" / "scannet-semseg@2")
-    duplicate = results / "runs" / "records" / "copy.json"
+    duplicate = results / "runs" / "records" / "copy" / "seed0.json"
+    duplicate.parent.mkdir()
     duplicate.write_text(json.dumps(asdict(_record("scannet-semseg", "scratch", 0, 0.4))))
     with pytest.raises(LeaderboardError, match="duplicate"):
         leaderboard(results, tmp_path / "t4")
@@ -226,17 +230,17 @@ def test_linear_probe_trains_only_the_head() -> None:
 
 
 def test_local_workers_run_in_separate_processes(tiny_root: Path, tmp_path: Path) -> None:
-    runs = expand(["spunet-micro", "spunet-mini"], ["scratch"], "nuscenes-det-*", [0], (str(tiny_root),),
-                  str(tmp_path), preset="tiny")
+    runs = expand(backbones=["spunet-micro", "spunet-mini"], inits=["scratch"], tasks="nuscenes-det-*", seeds=[0],
+                  data_roots=(str(tiny_root),), results=str(tmp_path), preset="tiny")
     records = run_matrix(runs, workers=2, progress=False)
-    assert len(records) == 6 and {r["status"] for r in records} == {"not-runnable"}
+    assert len(records) == 6 and {r.status for r in records} == {"not-runnable"}
     assert len(read_records(tmp_path)) == 6
 
 
 def test_prediction_covers_every_point_with_few_fragments() -> None:
     """Thousands of returns in one voxel (as in real nuScenes sweeps) cost at most max_fragments passes."""
     from backbones.registry import create_backbone
-    from bench.finetune import predict_scene
+    from bench.finetune.semseg import predict_scene
     from tasks.heads.segmentation import SegmentationModel
 
     rng = np.random.default_rng(0)
@@ -247,6 +251,6 @@ def test_prediction_covers_every_point_with_few_fragments() -> None:
     model.register_forward_hook(lambda *args: calls.append(1))
     for tta in (False, True):
         calls.clear()
-        pred = predict_scene(model, scene, 0.1, True, 3, torch.device("cpu"), tta=tta, max_fragments=4)
+        pred = predict_scene(model, scene, 0.1, "outdoor", 3, torch.device("cpu"), tta=tta, max_fragments=4)
         assert pred.shape == (len(coord),) and len(calls) == (16 if tta else 4)
         assert len(set(pred[300:].tolist())) == 1, "the points of one voxel share its vote"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -61,4 +62,17 @@ def test_check_names_what_is_broken(tiny_copy: Path, capsys) -> None:
     assert main(["data", "check", str(tiny_copy)]) == 1
     out = capsys.readouterr().out
     assert f"{bad}: has 3 entries" in out
-    assert f"{tiny_copy / 'semantickitti'}: folder is missing" in out
+    assert re.search(r"semantickitti\s+absent", out) and "folder is missing" not in out
+    assert main(["data", "check", str(tiny_copy), "--require", "semantickitti"]) == 1
+    assert f"{tiny_copy / 'semantickitti'}: folder is missing (required)" in capsys.readouterr().out
+
+
+def test_check_reports_absent_datasets_without_failing(tiny_root: Path, tmp_path: Path, capsys) -> None:
+    """A root that holds only ScanNet is fine: the other datasets are absent, not problems."""
+    import shutil
+
+    shutil.copytree(tiny_root / "scannet", tmp_path / "scannet")
+    assert main(["data", "check", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "PROBLEMS" not in out and len(re.findall(r" absent ", out)) == 3  # s3dis, semantickitti, nuscenes
+    assert main(["data", "check", str(tmp_path), "--require", "s3dis"]) == 1

@@ -16,9 +16,7 @@ from renderer.render import render_rays
 from renderer.samplers import NeuSSampler, sample_pdf
 from renderer.semantic import class_embeddings, deterministic_embeddings, load_embeddings
 from renderer.step import render_and_backward
-from renderer.volume import INDOOR_GRID
-
-UNIT_BOX = ((-0.55, -0.55, -0.55), (0.55, 0.55, 0.55))
+from tasks.contract import INDOOR_GRID, UNIT_BOX
 
 
 class AnalyticField:

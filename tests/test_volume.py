@@ -7,7 +7,8 @@ import torch
 
 from backbones.lift import voxel_centers
 from renderer.projection import UNet3D
-from renderer.volume import INDOOR_GRID, OUTDOOR_GRID, GridSpec, sample_volume, scatter_mean
+from renderer.volume import GridSpec, sample_volume, scatter_mean
+from tasks.contract import INDOOR_GRID, OUTDOOR_GRID
 
 
 def test_written_features_are_read_back_at_the_same_world_points() -> None:

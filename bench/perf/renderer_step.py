@@ -27,7 +27,7 @@ from renderer.losses import LossWeights
 from renderer.rays import RayBundle, near_far_from_box
 from renderer.samplers import NeuSSampler, RaySamples
 from renderer.step import render_and_backward
-from renderer.volume import INDOOR_GRID
+from tasks.contract import INDOOR_GRID
 
 RAYS = 1280
 CHANNELS = 128

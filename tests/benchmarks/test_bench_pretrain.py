@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from bench.pretrain import PonderModel, sample_to
-from bench.pretrain_data import build_sample, sample_rng
+from bench.pretrain.data import build_sample, sample_rng
+from bench.pretrain.model import PonderModel, sample_to
 from bench.recipes import get_recipe
 from tasks.structures import Scene
 from tasks.synth.indoor import make_room, room_cloud, room_views

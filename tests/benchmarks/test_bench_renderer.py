@@ -74,7 +74,8 @@ def test_trilinear_eikonal_169k_points(benchmark, device: str, backend: str) -> 
 
 
 def _memory_in_fresh_process(variant: str) -> dict:
-    result = subprocess.run([sys.executable, "-m", "bench.perf.renderer_step", variant, "1"], capture_output=True, text=True, check=True,
+    result = subprocess.run([sys.executable, "-m", "bench.perf.renderer_step", variant, "1"], capture_output=True,
+                            text=True, check=True,
                             cwd=Path(__file__).parents[2], env={"PYTHONPATH": str(Path(__file__).parents[2])})
     report = json.loads(result.stdout.strip().splitlines()[-1])
     return {key: report[key] for key in ("peak_rss_bytes", "rss_before_step_bytes")}

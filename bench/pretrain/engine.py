@@ -1,11 +1,9 @@
-"""Ponder pre-training: a backbone learns by rendering, inside a volumetric neural renderer.
+"""The pre-training engine: :class:`Pretrainer` runs the Ponder model (:mod:`bench.pretrain.model`).
 
-:class:`PonderModel` is backbone -> feature volume (scatter-mean of point features, or 2D features lifted
-from the views) -> 3D U-Net -> SDF and colour volumes -> NeuS rendering of the sample's rays -> losses.
-:class:`Pretrainer` runs it: OneCycle AdamW/SGD, gradient clipping, AMP on CUDA, atomic checkpoints every
-epoch with exact resume, a stop with the step and loss terms on a non-finite loss, per-step losses in
-``losses.jsonl``, loss-curve and rendered-vs-real pictures, and under ``torchrun`` DistributedDataParallel
-(NCCL on CUDA, gloo on CPU) with a DistributedSampler. At the end the backbone is exported on its own.
+OneCycle AdamW/SGD, gradient clipping, AMP on CUDA, atomic checkpoints every epoch with exact resume, a stop
+with the step and loss terms on a non-finite loss, per-step losses in ``losses.jsonl``, loss-curve and
+rendered-vs-real pictures, and under ``torchrun`` DistributedDataParallel (NCCL on CUDA, gloo on CPU) with a
+DistributedSampler. At the end the backbone is exported on its own.
 """
 
 from __future__ import annotations
@@ -17,22 +15,20 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.profiler import record_function
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
-from backbones.registry import create_backbone, get_backbone_config
+from backbones.registry import get_backbone_config
+from bench.matrix.records import git_sha
 from bench.optim import one_cycle
-from bench.plots import plot_losses, plot_render
-from bench.pretrain_data import (
-    UNIT_BOX,
+from bench.pretrain.data import (
     PretrainSample,
     Preview,
     SceneSource,
@@ -42,112 +38,20 @@ from bench.pretrain_data import (
     open_source,
     sample_rng,
 )
+from bench.pretrain.model import PonderModel, sample_to
+from bench.pretrain.plots import plot_losses, plot_render
 from bench.recipes import PretrainRecipe
-from bench.records import git_sha
-from renderer.fields import FieldConfig, VolumeField
-from renderer.losses import rendering_losses
-from renderer.projection import UNet3D
 from renderer.rays import RayBundle, near_far_from_box
-from renderer.render import render_rays
-from renderer.samplers import NeuSSampler
-from renderer.semantic import class_embeddings
-from renderer.volume import scatter_mean
+from tasks.contract import UNIT_BOX, voxel_size
 from tasks.io import atomic_write
 
 log = logging.getLogger(__name__)
-
-OUTDOOR_VOXEL = 0.1  # metres; the indoor voxel is the backbone's own (0.02 m for SpUNet)
 
 
 class NonFiniteLoss(RuntimeError):
     """A loss term became NaN or infinite: the run stops instead of training on garbage."""
 
 
-# ------------------------------------------------------------------------------------------------- model
-class PonderModel(nn.Module):
-    def __init__(self, recipe: PretrainRecipe, class_names: tuple[str, ...] = ()) -> None:
-        super().__init__()
-        self.recipe = recipe
-        config = get_backbone_config(recipe.backbone)
-        self.modality = config.modality
-        if config.modality == "3d":
-            overrides = {"in_channels": 4} if recipe.mode == "outdoor" else {}
-            self.backbone = create_backbone(recipe.backbone, **overrides)
-            feature_channels = self.backbone.config.out_channels
-        else:
-            self.backbone = create_backbone(recipe.backbone)
-            self.level = min(range(len(self.backbone.strides)), key=lambda i: abs(self.backbone.strides[i] - 8))
-            feature_channels = self.backbone.channels[self.level]
-        if (recipe.mode == "image") != (config.modality == "2d"):
-            raise ValueError(f"mode {recipe.mode!r} needs a {'2D' if recipe.mode == 'image' else '3D'} backbone, "
-                             f"{recipe.backbone!r} is {config.modality}")
-        self.to_volume = nn.Linear(feature_channels, recipe.volume_channels)
-        self.unet = UNet3D(recipe.volume_channels, (recipe.sdf_channels, recipe.color_channels), recipe.unet_base,
-                           recipe.unet_levels)
-        semantic_dim = recipe.semantic_dim if class_names else 0
-        self.field = VolumeField(FieldConfig(recipe.sdf_channels, recipe.color_channels, recipe.hidden,
-                                             semantic_dim=semantic_dim))
-        self.sampler = NeuSSampler(recipe.n_uniform, recipe.n_importance)
-        self.register_buffer("class_embeddings", class_embeddings(list(class_names), dim=semantic_dim)
-                             if semantic_dim else torch.zeros(0))
-
-    def volumes(self, sample: PretrainSample) -> tuple[torch.Tensor, torch.Tensor]:
-        """The sample's SDF and colour volumes, (1, Z, Y, X, C) each."""
-        amp = self.recipe.amp and sample.rays.origins.is_cuda
-        with record_function("model/backbone"), torch.autocast("cuda", torch.bfloat16, enabled=amp):
-            if self.modality == "3d":
-                feats = self.backbone(sample.points)
-            else:
-                maps = self.backbone(sample.images)
-        if self.modality == "3d":
-            with record_function("model/scatter"):
-                feats = self.to_volume(feats.float())
-                volume = scatter_mean(sample.points.coord, feats, sample.points.batch_index, 1, sample.spec)
-        else:
-            from backbones.lift import lift_to_volume
-
-            with record_function("model/lift"):
-                h, w = sample.images.shape[-2:]
-                lifted, _ = lift_to_volume(maps.maps[self.level].float(), maps.strides[self.level], sample.intrinsics,
-                                           sample.cam_to_world, (h, w), sample.spec.lo, sample.spec.hi,
-                                           sample.spec.shape)
-                volume = self.to_volume(lifted)
-        with record_function("model/unet"):
-            return self.unet(volume)
-
-    def forward(self, sample: PretrainSample, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """Weighted loss terms of one sample (and their sum, ``total``)."""
-        sdf, color = self.volumes(sample)
-        out = render_rays(self.field.bind(sdf, color, sample.spec), sample.rays, self.sampler, perturb=True,
-                          generator=generator)
-        emb = self.class_embeddings if sample.labels_known and self.class_embeddings.numel() else None
-        with record_function("render/losses"):
-            return rendering_losses(out, sample.rays, self.recipe.losses, emb)
-
-    @torch.no_grad()
-    def render(self, sample: PretrainSample, rays: RayBundle, chunk: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
-        """RGB and depth of arbitrary rays through the sample's volume (no gradient, BatchNorm in eval mode)."""
-        was_training = self.training
-        self.eval()
-        try:
-            sdf, color = self.volumes(sample)
-            field = self.field.bind(sdf, color, sample.spec)
-            outs = [render_rays(field, rays[i:i + chunk], self.sampler) for i in range(0, len(rays), chunk)]
-        finally:
-            self.train(was_training)
-        return torch.cat([o.rgb for o in outs]), torch.cat([o.depth for o in outs])
-
-
-def sample_to(sample: PretrainSample, device: torch.device) -> PretrainSample:
-    def move(t: torch.Tensor | None) -> torch.Tensor | None:
-        return None if t is None else t.to(device)
-
-    points = None if sample.points is None else sample.points.to(device)
-    return replace(sample, rays=sample.rays.to(device), points=points, images=move(sample.images),
-                   intrinsics=move(sample.intrinsics), cam_to_world=move(sample.cam_to_world))
-
-
-# ------------------------------------------------------------------------------------------------ engine
 @dataclass
 class PretrainResult:
     run_dir: Path
@@ -186,7 +90,7 @@ class Pretrainer:
         torch.manual_seed(recipe.seed)  # identical initial weights on every rank
         self.source: SceneSource = open_source(self.data, recipe.mode, recipe.holdout_every)
         config = get_backbone_config(recipe.backbone)
-        self.voxel = OUTDOOR_VOXEL if recipe.mode == "outdoor" else (config.voxel_size or 0.02)
+        self.voxel = voxel_size(recipe.domain, config.voxel_size)
         self.model = PonderModel(recipe, self.source.class_names).to(self.device)
         self.ddp = (nn.parallel.DistributedDataParallel(self.model, find_unused_parameters=True)
                     if self.world > 1 else None)

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from bench.records import read_records  # noqa: E402
+from bench.matrix.records import RecordError, read_records  # noqa: E402
 from tasks.io import atomic_write  # noqa: E402
 from tasks.spec import get_task  # noqa: E402
 
@@ -30,9 +30,14 @@ class LeaderboardError(ValueError):
 
 
 def records_frame(results: Path) -> pd.DataFrame:
-    rows = read_records(results)
-    columns = [*KEY, "status", "main_score", "main_value", "higher_is_better", "_path"]
-    frame = pd.DataFrame([{k: r.get(k) for k in columns} for r in rows], columns=columns)
+    """One row per record: the run key, status and main score, and the record's path (``_path``)."""
+    try:
+        rows = read_records(results)
+    except RecordError as exc:
+        raise LeaderboardError(str(exc)) from exc
+    columns = [*KEY, "status", "main_score", "main_value", "higher_is_better"]
+    frame = pd.DataFrame([{**{k: getattr(r, k) for k in columns}, "_path": str(path)} for path, r in rows],
+                         columns=[*columns, "_path"])
     check(frame)
     return frame
 

@@ -19,15 +19,14 @@ import torch
 from backbones.structures import GridSpec, PointBatch
 from renderer.rays import RayBundle, near_far_from_box, sample_rays
 from tasks.classes import SCANNET20
+from tasks.contract import HOLDOUT_EVERY, OUTDOOR_EXTENT, UNIT_BOX, grid_spec, point_features, split_heldout
+from tasks.datasets import open_dataset
 from tasks.errors import DataFormatError
 from tasks.structures import PosedViews, Scene
 from tasks.transforms import Augment, grid_sample_train, normalize_to_unit_cube
 
 log = logging.getLogger(__name__)
 
-UNIT_BOX = ((-0.55, -0.55, -0.55), (0.55, 0.55, 0.55))  # the normalised indoor scene, with a margin
-INDOOR_EXTENT = ((-0.5, -0.5, -0.5), (0.5, 0.5, 0.5))
-OUTDOOR_EXTENT = ((-54.0, -54.0, -5.0), (54.0, 54.0, 3.0))
 HELDOUT_EPOCH = 2**31 - 1  # the seed key of held-out samples: never a training epoch
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -56,13 +55,15 @@ class SceneSource:
         return self.loader(index)
 
 
-def open_source(path: str | Path, mode: str, holdout_every: int = 10) -> SceneSource:
+def open_source(path: str | Path, mode: str, holdout_every: int = HOLDOUT_EVERY) -> SceneSource:
     """Recognise the layout at ``path``: a 7-Scenes-style RGB-D folder, a Pointcept ScanNet root, SemanticKITTI,
-    a nuScenes root (v1.0-*), or a folder of loose lidarseg frames (``frameNN/points.bin``)."""
-    from tasks.formats.nuscenes import NuScenesLidarSegDataset, read_lidarseg_frames
+    a nuScenes root (v1.0-*), or a folder of loose lidarseg frames (``frameNN/points.bin``).
+
+    Datasets are opened through :func:`tasks.datasets.open_dataset` (the resolver fine-tuning uses), so
+    pre-training trains on the training split only; frame folders hold out frames by the contract's rule,
+    the same frames the ``*-samples`` tasks evaluate on.
+    """
     from tasks.formats.rgbd_folder import RGBDFolder
-    from tasks.formats.scannet import ScanNetDataset
-    from tasks.formats.semantickitti import SemanticKITTIDataset
 
     path = Path(path)
     if not path.is_dir():
@@ -70,27 +71,24 @@ def open_source(path: str | Path, mode: str, holdout_every: int = 10) -> SceneSo
     wants_views = mode in ("indoor", "image")
     if (path / "camera-intrinsics.txt").is_file():
         folder = RGBDFolder(path)
-        idx = list(range(len(folder)))
-        held = [i for i in idx if holdout_every and i % holdout_every == holdout_every - 1]
-        train = [i for i in idx if i not in held]
+        train, held = split_heldout(list(range(len(folder))), holdout_every)
         scene = folder.scene(index=train)
         heldout = [replace(scene, views=folder.views(held))] if held else []
         return SceneSource(path, "rgbd", [scene.name], lambda i: scene, (), heldout)
     if (path / "train").is_dir() and wants_views:
-        data = ScanNetDataset(path, "train", with_views=True)
+        data = open_dataset("scannet20", path, "train", with_views=True)
         return SceneSource(path, "scannet", data.names, data.__getitem__, SCANNET20)
     if not wants_views:
         if (path / "sequences").is_dir():
-            data = SemanticKITTIDataset(path, "train")
+            data = open_dataset("semantickitti", path, "train")
             return SceneSource(path, "semantickitti", data.names, data.__getitem__)
-        versions = sorted(p.name for p in path.glob("v1.0-*") if p.is_dir())
-        if versions:
-            data = NuScenesLidarSegDataset(path, "train", version=versions[0])
+        if any(path.glob("v1.0-*")):
+            data = open_dataset("nuscenes", path, "train")
             return SceneSource(path, "nuscenes", data.names, data.__getitem__)
         if any(path.glob("*/points.bin")):
-            frames = read_lidarseg_frames(path)
-            held = [f for i, f in enumerate(frames) if holdout_every and i % holdout_every == 0 and len(frames) > 1]
-            train = [f for f in frames if not any(f is h for h in held)]
+            from tasks.formats.nuscenes import read_lidarseg_frames
+
+            train, held = split_heldout(read_lidarseg_frames(path), holdout_every)
             return SceneSource(path, "lidar-frames", [f.name for f in train], train.__getitem__, (), held)
     needs = "RGB-D views (an RGB-D folder or a ScanNet root with rgbd/)" if wants_views else "LiDAR sweeps"
     raise DataFormatError(path, f"no pre-training data for mode '{mode}': it needs {needs}")
@@ -122,11 +120,6 @@ class PretrainSample:
     metres_per_unit: float = 1.0  # to report depth errors in metres
 
 
-def grid_spec(mode: str, grid: tuple[int, int, int]) -> GridSpec:
-    lo, hi = OUTDOOR_EXTENT if mode == "outdoor" else INDOOR_EXTENT
-    return GridSpec(lo, hi, tuple(grid))
-
-
 def sample_rng(seed: int, epoch: int, index: int) -> tuple[np.random.Generator, torch.Generator]:
     rng = np.random.default_rng([seed, epoch, index])
     return rng, torch.Generator().manual_seed(int(rng.integers(2**62)))
@@ -151,7 +144,7 @@ def _camera_sample(scene: Scene, recipe, voxel_size: float, rng: np.random.Gener
         scene = Augment(rotate_z=np.pi, scale=(0.9, 1.1), flip_p=0.5)(scene, rng)
     full, norm = normalize_to_unit_cube(scene)
     views = full.views
-    spec = grid_spec(recipe.mode, recipe.grid)
+    spec = grid_spec(recipe.domain, recipe.grid)
     labels = None
     if scene.segment is not None and recipe.semantic_dim:
         labels = _pixel_labels(full, views)
@@ -171,9 +164,7 @@ def _camera_sample(scene: Scene, recipe, voxel_size: float, rng: np.random.Gener
         raise UnusableScene(f"{scene.name}: no point left after masking")
     coord = full.coord[keep]
     sampled = grid_sample_train(coord, voxel_size * norm.scale, rng)
-    color = full.color[keep] / 255.0 if full.color is not None else np.zeros_like(coord)
-    normal = full.normal[keep] if full.normal is not None else np.zeros_like(coord)
-    feat = np.concatenate([color, normal], 1)[sampled.index]
+    feat = point_features(full, "indoor")[keep][sampled.index]
     sample.points = PointBatch.collate([(coord[sampled.index], sampled.grid_coord, feat)])
     return sample
 
@@ -242,7 +233,7 @@ def _outdoor_sample(scene: Scene, recipe, voxel_size: float, rng: np.random.Gene
     """A LiDAR sweep in its sensor frame: block-masked input, rays from the sensor to its own returns."""
     if augment:
         scene = Augment(rotate_z=np.pi, scale=(0.95, 1.05), flip_p=0.5, jitter_sigma=0.0)(scene, rng)
-    spec = grid_spec("outdoor", recipe.grid)
+    spec = grid_spec(recipe.domain, recipe.grid)
     lo, hi = np.array(spec.lo), np.array(spec.hi)
     rng_dist = np.linalg.norm(scene.coord, axis=1)
     inside = np.flatnonzero(((scene.coord > lo) & (scene.coord < hi)).all(1) & (rng_dist > 1.0))
@@ -260,8 +251,7 @@ def _outdoor_sample(scene: Scene, recipe, voxel_size: float, rng: np.random.Gene
         raise UnusableScene(f"{scene.name}: no point left after block masking")
     coord = scene.coord[keep]
     sampled = grid_sample_train(coord - lo.astype(np.float32), voxel_size, rng)
-    strength = scene.strength[keep] if scene.strength is not None else np.zeros((len(keep), 1), np.float32)
-    feat = np.concatenate([coord, strength], 1)[sampled.index]
+    feat = point_features(scene, "outdoor")[keep][sampled.index]
     points = PointBatch.collate([(coord[sampled.index], sampled.grid_coord, feat)])
     preview = _lidar_preview(scene.coord, recipe.render_size) if with_preview else None
     return PretrainSample(scene.name, spec, rays, points=points, preview=preview)

@@ -1,0 +1,182 @@
+"""The fine-tuning engine: one skeleton for every task type, and a small part per type.
+
+The skeleton builds the backbone (scratch, or a pre-trained export loaded by path), trains with SGD (Nesterov)
++ OneCycle on augmented training clouds, recomputes BatchNorm statistics, evaluates, and returns the run
+facts. A task type plugs in with :func:`register_task_type`: a class that builds the model around the
+backbone, picks the training targets of the sampled points, computes the loss, and evaluates whole scenes.
+Its input follows :mod:`tasks.contract`, the same as pre-training's.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from backbones.registry import create_backbone, get_backbone_config
+from backbones.structures import PointBatch
+from bench.finetune.exports import NotApplicable, load_export
+from bench.optim import one_cycle
+from bench.recipes import FinetuneRecipe
+from tasks.contract import Domain, in_channels, point_features, voxel_size
+from tasks.datasets import task_scenes
+from tasks.spec import TaskSpec
+from tasks.structures import Scene
+from tasks.transforms import Augment, grid_sample_train
+
+log = logging.getLogger(__name__)
+
+BN_SCENES = 64  # training scenes (at most) over which BatchNorm statistics are recomputed before evaluation
+
+Cloud = tuple[np.ndarray, np.ndarray, np.ndarray]  # coord, grid_coord, feat: one PointBatch.collate entry
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinetuneContext:
+    """What a task-type part needs to know about the run."""
+
+    spec: TaskSpec
+    recipe: FinetuneRecipe
+    domain: Domain
+    voxel: float
+    device: torch.device
+    linear_probe: bool
+
+
+class TaskPart(Protocol):
+    """The per-task-type part of fine-tuning."""
+
+    def build(self, backbone: torch.nn.Module, ctx: FinetuneContext) -> torch.nn.Module: ...
+
+    def targets(self, scene: Scene, index: np.ndarray) -> np.ndarray:
+        """Training targets of the points ``index`` of the (augmented) scene."""
+
+    def loss(self, output: torch.Tensor, target: np.ndarray, ctx: FinetuneContext) -> torch.Tensor | None:
+        """The batch's loss, or None when the batch has nothing to learn from (no labelled point)."""
+
+    def evaluate(self, model: torch.nn.Module, scenes: object, ctx: FinetuneContext) -> dict[str, object]:
+        """Metrics over the evaluation scenes; ``per_class`` holds the per-class scores."""
+
+
+TASK_TYPES: dict[str, Callable[[], TaskPart]] = {}
+
+
+def register_task_type(task_type: str) -> Callable[[type], type]:
+    def decorator(cls: type) -> type:
+        TASK_TYPES[task_type] = cls
+        return cls
+
+    return decorator
+
+
+def task_part(spec: TaskSpec) -> TaskPart:
+    import bench.finetune.semseg  # noqa: F401  (registers the built-in parts)
+
+    if not spec.runnable or spec.task_type not in TASK_TYPES:
+        raise NotApplicable(f"task {spec.id} ({spec.task_type}) has no fine-tuning pipeline yet")
+    return TASK_TYPES[spec.task_type]()
+
+
+def train_cloud(scene: Scene, domain: Domain, voxel: float, limit: int | None, rng: np.random.Generator
+                ) -> tuple[Cloud, Scene, np.ndarray]:
+    """An augmented, grid-sampled training cloud: (cloud, the augmented scene, indices of the chosen points)."""
+    outdoor = domain == "outdoor"
+    augment = Augment(rotate_z=np.pi, scale=(0.95, 1.05) if outdoor else (0.9, 1.1), flip_p=0.5,
+                      jitter_sigma=0.0 if outdoor else 0.005)
+    scene = augment(scene, rng)
+    sampled = grid_sample_train(scene.coord, voxel, rng)
+    index, grid = sampled.index, sampled.grid_coord
+    if limit and len(index) > limit:
+        pick = np.sort(rng.choice(len(index), limit, replace=False))
+        index, grid = index[pick], grid[pick]
+    return (scene.coord[index], grid, point_features(scene, domain)[index]), scene, index
+
+
+@torch.no_grad()
+def precise_batchnorm(model: torch.nn.Module, clouds: list[Cloud], device: torch.device) -> None:
+    """Recompute the BatchNorm statistics as exact averages over ``clouds`` (the training scenes).
+
+    SpUNet's BatchNorm follows Pointcept (momentum 0.01): after a short fine-tuning its running statistics
+    are still mostly their initial values, and evaluation (which uses them) would be wrong. A frozen
+    backbone keeps its own statistics.
+    """
+    frozen = getattr(model, "freeze_backbone", False)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+             and not (frozen and any(m is b for b in model.backbone.modules()))]
+    if not norms:
+        return
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    model.train()
+    for cloud in clouds:
+        model(PointBatch.collate([cloud]).to(device))
+    for m, momentum in zip(norms, saved, strict=True):
+        m.momentum = momentum
+    model.eval()
+
+
+def finetune(spec: TaskSpec, backbone_name: str, data_root: str | Path, *, seed: int = 0,
+             recipe: FinetuneRecipe = FinetuneRecipe(), init: str | Path | None = None,  # noqa: B008
+             linear_probe: bool = False, device: str = "cpu", progress: bool = False) -> dict[str, object]:
+    """Train on the task's training split, evaluate on its eval split; returns the metrics and run facts."""
+    part = task_part(spec)
+    config = get_backbone_config(backbone_name)
+    if config.modality != "3d":
+        raise NotApplicable(f"{backbone_name} is a 2D backbone; {spec.id} is a point-cloud task")
+    channels = in_channels(spec.domain)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    backbone = create_backbone(backbone_name, in_channels=channels)
+    init_sha = load_export(backbone, init, backbone_name, channels) if init else None
+    voxel = recipe.outdoor_voxel if spec.domain == "outdoor" else voxel_size(spec.domain, config.voxel_size)
+    ctx = FinetuneContext(spec=spec, recipe=recipe, domain=spec.domain, voxel=voxel, device=torch.device(device),
+                          linear_probe=linear_probe)
+    model = part.build(backbone, ctx).to(ctx.device)
+    train = task_scenes(spec, data_root, "train")
+    evaluation = task_scenes(spec, data_root, spec.eval_split)
+    if len(train) == 0 or len(evaluation) == 0:
+        raise ValueError(f"task {spec.id}: {len(train)} training and {len(evaluation)} evaluation scenes under "
+                         f"{data_root}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, nesterov=True,
+                                weight_decay=recipe.weight_decay)
+    steps_per_epoch = math.ceil(len(train) / recipe.batch_size)
+    scheduler = one_cycle(optimizer, recipe.lr, recipe.epochs * steps_per_epoch, recipe.pct_start)
+    model.train()
+    last_loss = float("nan")
+    for _ in tqdm(range(recipe.epochs), desc=f"{spec.id} {backbone_name}", disable=not progress):
+        order = rng.permutation(len(train))
+        for start in range(0, len(order), recipe.batch_size):
+            clouds, targets = [], []
+            for i in order[start:start + recipe.batch_size]:
+                cloud, scene, index = train_cloud(train[int(i)], ctx.domain, voxel, recipe.max_points, rng)
+                clouds.append(cloud)
+                targets.append(part.targets(scene, index))
+            output = model(PointBatch.collate(clouds).to(ctx.device))
+            loss = part.loss(output, np.concatenate(targets), ctx)
+            if loss is None:
+                scheduler.step()
+                continue
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"task {spec.id}: non-finite fine-tuning loss")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            last_loss = float(loss.detach())
+    stats_rng = np.random.default_rng(seed + 1)
+    some = sorted(stats_rng.permutation(len(train))[:BN_SCENES].tolist())
+    precise_batchnorm(model, [train_cloud(train[i], ctx.domain, voxel, recipe.max_points, stats_rng)[0]
+                              for i in some], ctx.device)
+    metrics = part.evaluate(model, evaluation, ctx)
+    return {**metrics, "init_sha256": init_sha, "train_scenes": len(train), "eval_scenes": len(evaluation),
+            "final_train_loss": last_loss}

@@ -1,0 +1,1 @@
+"""The benchmark matrix: runner and executors, typed run records, the leaderboard."""

@@ -1,0 +1,299 @@
+"""The benchmark matrix: backbones x initialisations x tasks x seeds, one record per run.
+
+Runs whose record is finished (``ok``, ``not-runnable``, ``not-applicable``) with the same resolved recipe are
+skipped, so a crashed or killed matrix resumes where it stopped (``overwrite`` redoes them); an unreadable
+record is redone. Missing data gives a ``skipped`` record naming the expected path, a task without a
+pipeline a ``not-runnable`` one, a combination that cannot run a ``not-applicable`` one, an exception a
+``failed`` one with the error, and the matrix goes on.
+
+The ``ponder`` initialisation needs a pre-trained export per (backbone, domain, preset). Those pre-trainings
+run first, as jobs of the same executor as the fine-tunes (on Slurm: as jobs, never on the submitting
+node); a pre-training that fails makes the runs that needed it ``failed`` records with its error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, replace
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Literal
+
+from tqdm import tqdm
+
+from bench.matrix.records import (
+    FINISHED,
+    RecordError,
+    RunRecord,
+    data_fingerprint,
+    git_sha,
+    package_versions,
+    record_path,
+    write_record,
+)
+from bench.recipes import FINETUNE_PRESETS, FinetuneRecipe, get_finetune_recipe
+from tasks.contract import Domain
+from tasks.spec import get_task, list_tasks
+
+log = logging.getLogger(__name__)
+
+PRETRAIN_DATA: dict[Domain, str] = {"indoor": "scannet", "outdoor": "semantickitti"}
+Executor = Literal["local", "slurm", "debug"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSpec:
+    task: str
+    backbone: str
+    init: str  # scratch | ponder | a label for init_path
+    seed: int
+    data_roots: tuple[str, ...]
+    results: str
+    preset: str = "mini"
+    overrides: tuple[str, ...] = ()  # key=value overrides of the fine-tuning recipe
+    init_path: str | None = None
+    pretrain_error: str | None = None  # set when the ponder init's pre-training failed
+    linear_probe: bool = False
+    device: str = "cpu"
+    tta: bool = False
+
+    @property
+    def protocol(self) -> str:
+        spec = get_task(self.task)
+        return spec.protocol + ("+linear-probe" if self.linear_probe else "") + ("+tta" if self.tta else "")
+
+    def recipe(self) -> FinetuneRecipe:
+        return replace(get_finetune_recipe(self.preset, list(self.overrides)), tta=self.tta)
+
+    def record_path(self) -> Path:
+        spec = get_task(self.task)
+        return record_path(Path(self.results), spec.id, spec.version, self.backbone, self.init, self.protocol,
+                           self.seed)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PretrainJob:
+    """One pre-training the ``ponder`` runs need."""
+
+    backbone: str
+    domain: Domain
+    data_roots: tuple[str, ...]
+    results: str
+    preset: str
+    device: str = "cpu"
+
+    @property
+    def run_dir(self) -> Path:
+        name = f"{self.domain}-{self.backbone.replace(':', '_')}-{self.preset}"
+        return Path(self.results) / "runs" / "pretrain" / name
+
+
+def data_root_for(dataset: str, roots: tuple[str, ...]) -> Path | None:
+    """The first root that holds ``dataset``."""
+    return next((Path(r) for r in roots if (Path(r) / dataset).is_dir()), None)
+
+
+def expand(*, backbones: list[str], inits: list[str], tasks: str, seeds: list[int], data_roots: tuple[str, ...],
+           results: str, preset: str = "mini", overrides: Sequence[str] = (), linear_probe: bool = False,
+           device: str = "cpu", tta: bool = False) -> list[RunSpec]:
+    """Every combination, in a stable order; ``tasks`` is a comma-separated list of wildcard patterns."""
+    task_ids = list_tasks(tasks)
+    if not task_ids:
+        raise ValueError(f"no task matches {tasks!r}")
+    if preset not in FINETUNE_PRESETS:
+        raise KeyError(f"unknown fine-tuning preset {preset!r}; choose from {', '.join(sorted(FINETUNE_PRESETS))}")
+    get_finetune_recipe(preset, list(overrides))  # a bad override fails here, before any work
+    runs = []
+    for task in task_ids:
+        for backbone in backbones:
+            for init in inits:
+                label, path = (init, None) if init in ("scratch", "ponder") else (_label(init), init)
+                for seed in seeds:
+                    runs.append(RunSpec(task=task, backbone=backbone, init=label, seed=seed,
+                                        data_roots=tuple(data_roots), results=results, preset=preset,
+                                        overrides=tuple(overrides), init_path=path, linear_probe=linear_probe,
+                                        device=device, tta=tta))
+    return runs
+
+
+def _label(path: str) -> str:
+    p = Path(path)
+    return f"export:{(p if p.is_dir() else p.parent).name}"
+
+
+class _PeakRSS:
+    """Peak resident memory of this process while a run lasts (sampled every 20 ms)."""
+
+    def __enter__(self) -> _PeakRSS:
+        self.peak, self._stop = self._rss(), threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    @staticmethod
+    def _rss() -> int:
+        try:
+            return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except OSError:
+            return 0
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, self._rss())
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def execute(run: RunSpec) -> RunRecord:
+    """Run one cell of the matrix and write its record; returns the record. Never raises."""
+    from bench.finetune import NotApplicable, finetune
+
+    spec = get_task(run.task)
+    recipe = run.recipe()
+    record = RunRecord(task=spec.id, task_version=spec.version, backbone=run.backbone, init=run.init,
+                       protocol=run.protocol, seed=run.seed, status="failed", main_score=spec.main_score,
+                       higher_is_better=spec.higher_is_better, init_path=run.init_path, finetune_preset=run.preset,
+                       finetune_recipe=asdict(recipe), git_sha=git_sha(), packages=package_versions())
+    root = data_root_for(spec.dataset, run.data_roots)
+    if not spec.runnable:
+        record.status, record.error = "not-runnable", spec.note
+    elif root is None:
+        record.status = "skipped"
+        record.expected_path = " or ".join(str(Path(r) / spec.dataset) for r in run.data_roots)
+        record.error = f"data not found: {record.expected_path}"
+    elif run.pretrain_error is not None:
+        record.status, record.error = "failed", f"pre-training failed: {run.pretrain_error}"
+    else:
+        record.data_root, record.data_fingerprint = str(root), data_fingerprint(root / spec.dataset)
+        start = time.perf_counter()
+        try:
+            with _PeakRSS() as memory:
+                result = finetune(spec, run.backbone, root, seed=run.seed, recipe=recipe, init=run.init_path,
+                                  linear_probe=run.linear_probe, device=run.device)
+            record.status = "ok"
+            record.per_class = result.pop("per_class")
+            record.metrics = result
+            record.main_value = result[spec.main_score]
+            record.init_sha256 = result.get("init_sha256")
+            record.peak_rss_bytes = memory.peak
+        except NotApplicable as exc:
+            record.status, record.error = "not-applicable", str(exc)
+        except Exception:  # noqa: BLE001  (a failing run is recorded; the matrix goes on)
+            record.status, record.error = "failed", traceback.format_exc()[-4000:]
+        record.wall_s = time.perf_counter() - start
+    write_record(Path(run.results), record)
+    return record
+
+
+def finished(run: RunSpec) -> RunRecord | None:
+    """The run's record if it is finished with the recipe this run would use; an unreadable one is redone."""
+    path = run.record_path()
+    if not path.is_file():
+        return None
+    try:
+        record = RunRecord.from_json(path)
+    except RecordError as exc:
+        log.warning("%s; the run is redone", exc)
+        return None
+    if record.status not in FINISHED:
+        return None
+    if record.status == "ok" and record.finetune_recipe != asdict(run.recipe()):
+        log.warning("%s was made with another fine-tuning recipe; the run is redone", path)
+        return None
+    return record
+
+
+def pretrain(job: PretrainJob) -> str:
+    """The export of ``job`` (pre-trained now, or resumed, unless it exists). Returns its path; raises on failure."""
+    from bench.pretrain.engine import Pretrainer
+    from bench.recipes import get_recipe
+
+    export = job.run_dir / "backbone.pt"
+    if export.is_file() and (job.run_dir / "backbone.json").is_file():
+        return str(export)
+    root = data_root_for(PRETRAIN_DATA[job.domain], job.data_roots)
+    if root is None:
+        raise FileNotFoundError(f"no {PRETRAIN_DATA[job.domain]}/ under {', '.join(job.data_roots)} to pre-train on")
+    overrides = {"reference": [], "mini": [], "tiny": ["epochs=1", "max_points=3000", "render_every=0"]}[job.preset]
+    name = job.domain if job.preset == "reference" else f"{job.domain}-mini"
+    recipe = get_recipe(name, [f"backbone={job.backbone}", *overrides])
+    log.info("pre-training %s (%s) on %s", job.backbone, job.domain, root / PRETRAIN_DATA[job.domain])
+    Pretrainer(recipe, root / PRETRAIN_DATA[job.domain], job.run_dir, job.device, resume=True, progress=False).run()
+    return str(export)
+
+
+def pretrain_job(job: PretrainJob) -> tuple[str | None, str | None]:
+    """:func:`pretrain` as a job that never raises: (export path, None) or (None, the error)."""
+    try:
+        return pretrain(job), None
+    except Exception as exc:  # noqa: BLE001  (reported on the runs that needed it)
+        log.warning("pre-training %s (%s) failed: %s", job.backbone, job.domain, exc)
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+def _map(fn: Callable, items: list, executor: Executor, workers: int, slurm: dict | None, folder: Path,
+         desc: str, progress: bool) -> list:
+    """``fn`` over ``items`` on the chosen executor, results in order."""
+    if not items:
+        return []
+    if executor == "local" and workers <= 1:
+        return [fn(item) for item in tqdm(items, desc=desc, disable=not progress)]
+    if executor == "local":
+        with ProcessPoolExecutor(min(workers, len(items)), mp_context=get_context("spawn"), initializer=_worker_init,
+                                 initargs=(workers,)) as pool:
+            return list(tqdm(pool.map(fn, items), total=len(items), desc=desc, disable=not progress))
+    if executor in ("slurm", "debug"):
+        import submitit
+
+        pool = submitit.AutoExecutor(folder=folder, cluster="debug" if executor == "debug" else None)
+        pool.update_parameters(**(slurm or {}))
+        jobs = [pool.submit(fn, item) for item in items]
+        return [job.result() for job in tqdm(jobs, desc=desc, disable=not progress)]
+    raise ValueError(f"executor must be local, slurm or debug, got {executor!r}")
+
+
+def pretrain_jobs(runs: list[RunSpec]) -> dict[PretrainJob, list[RunSpec]]:
+    """The pre-trainings the ``ponder`` runs need, each with the runs that wait for it."""
+    needed: dict[PretrainJob, list[RunSpec]] = {}
+    for run in runs:
+        spec = get_task(run.task)
+        if run.init != "ponder" or run.init_path or not spec.runnable:
+            continue
+        job = PretrainJob(backbone=run.backbone, domain=spec.domain, data_roots=run.data_roots, results=run.results,
+                          preset=run.preset, device=run.device)
+        needed.setdefault(job, []).append(run)
+    return needed
+
+
+def run_matrix(runs: list[RunSpec], executor: Executor = "local", workers: int = 1, overwrite: bool = False,
+               slurm: dict | None = None, progress: bool = True) -> list[RunRecord]:
+    """Execute the runs that are not finished yet; returns every run's record (finished ones included)."""
+    done = {} if overwrite else {run: rec for run in runs if (rec := finished(run)) is not None}
+    todo = [run for run in runs if run not in done]
+    folder = Path(runs[0].results) / "slurm" if runs else Path("slurm")
+    needed = pretrain_jobs(todo)
+    exports = dict(zip(needed, _map(pretrain_job, list(needed), executor, workers, slurm, folder, "pre-training",
+                                    progress), strict=True))
+    resolved = {}
+    for job, waiting in needed.items():
+        path, error = exports[job]
+        for run in waiting:
+            resolved[run] = replace(run, init_path=path, pretrain_error=error)
+    fresh = _map(execute, [resolved.get(run, run) for run in todo], executor, workers, slurm, folder, "runs",
+                 progress)
+    by_run = {**done, **dict(zip(todo, fresh, strict=True))}
+    return [by_run[run] for run in runs]
+
+
+def _worker_init(workers: int) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))

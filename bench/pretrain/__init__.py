@@ -1,0 +1,1 @@
+"""Ponder pre-training: the model (backbone + volume + renderer), its data (views, rays, masking), the engine."""

@@ -1,0 +1,111 @@
+"""The Ponder model: a backbone learns by rendering, inside a volumetric neural renderer.
+
+backbone -> feature volume (scatter-mean of point features, or 2D features lifted from the views) -> 3D U-Net
+-> SDF and colour volumes -> NeuS rendering of the sample's rays -> losses. The backbone's input follows
+:mod:`tasks.contract`, so its export fine-tunes on exactly what it was pre-trained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+from torch import nn
+from torch.profiler import record_function
+
+from backbones.registry import create_backbone, get_backbone_config
+from bench.pretrain.data import PretrainSample
+from bench.recipes import PretrainRecipe
+from renderer.fields import FieldConfig, VolumeField
+from renderer.losses import rendering_losses
+from renderer.projection import UNet3D
+from renderer.rays import RayBundle
+from renderer.render import render_rays
+from renderer.samplers import NeuSSampler
+from renderer.semantic import class_embeddings
+from renderer.volume import scatter_mean
+from tasks.contract import in_channels
+
+
+class PonderModel(nn.Module):
+    def __init__(self, recipe: PretrainRecipe, class_names: tuple[str, ...] = ()) -> None:
+        super().__init__()
+        self.recipe = recipe
+        config = get_backbone_config(recipe.backbone)
+        self.modality = config.modality
+        if config.modality == "3d":
+            self.backbone = create_backbone(recipe.backbone, in_channels=in_channels(recipe.domain))
+            feature_channels = self.backbone.config.out_channels
+        else:
+            self.backbone = create_backbone(recipe.backbone)
+            self.level = min(range(len(self.backbone.strides)), key=lambda i: abs(self.backbone.strides[i] - 8))
+            feature_channels = self.backbone.channels[self.level]
+        if (recipe.mode == "image") != (config.modality == "2d"):
+            raise ValueError(f"mode {recipe.mode!r} needs a {'2D' if recipe.mode == 'image' else '3D'} backbone, "
+                             f"{recipe.backbone!r} is {config.modality}")
+        self.to_volume = nn.Linear(feature_channels, recipe.volume_channels)
+        self.unet = UNet3D(recipe.volume_channels, (recipe.sdf_channels, recipe.color_channels), recipe.unet_base,
+                           recipe.unet_levels)
+        semantic_dim = recipe.semantic_dim if class_names else 0
+        self.field = VolumeField(FieldConfig(recipe.sdf_channels, recipe.color_channels, recipe.hidden,
+                                             semantic_dim=semantic_dim))
+        self.sampler = NeuSSampler(recipe.n_uniform, recipe.n_importance)
+        self.register_buffer("class_embeddings", class_embeddings(list(class_names), dim=semantic_dim)
+                             if semantic_dim else torch.zeros(0))
+
+    def volumes(self, sample: PretrainSample) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sample's SDF and colour volumes, (1, Z, Y, X, C) each."""
+        amp = self.recipe.amp and sample.rays.origins.is_cuda
+        with record_function("model/backbone"), torch.autocast("cuda", torch.bfloat16, enabled=amp):
+            if self.modality == "3d":
+                feats = self.backbone(sample.points)
+            else:
+                maps = self.backbone(sample.images)
+        if self.modality == "3d":
+            with record_function("model/scatter"):
+                feats = self.to_volume(feats.float())
+                volume = scatter_mean(sample.points.coord, feats, sample.points.batch_index, 1, sample.spec)
+        else:
+            from backbones.lift import lift_to_volume
+
+            with record_function("model/lift"):
+                h, w = sample.images.shape[-2:]
+                lifted, _ = lift_to_volume(maps.maps[self.level].float(), maps.strides[self.level], sample.intrinsics,
+                                           sample.cam_to_world, (h, w), sample.spec.lo, sample.spec.hi,
+                                           sample.spec.shape)
+                volume = self.to_volume(lifted)
+        with record_function("model/unet"):
+            return self.unet(volume)
+
+    def forward(self, sample: PretrainSample, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Weighted loss terms of one sample (and their sum, ``total``)."""
+        sdf, color = self.volumes(sample)
+        out = render_rays(self.field.bind(sdf, color, sample.spec), sample.rays, self.sampler, perturb=True,
+                          generator=generator)
+        emb = self.class_embeddings if sample.labels_known and self.class_embeddings.numel() else None
+        with record_function("render/losses"):
+            return rendering_losses(out, sample.rays, self.recipe.losses, emb)
+
+    @torch.no_grad()
+    def render(self, sample: PretrainSample, rays: RayBundle, chunk: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+        """RGB and depth of arbitrary rays through the sample's volume (no gradient, BatchNorm in eval mode)."""
+        was_training = self.training
+        self.eval()
+        try:
+            sdf, color = self.volumes(sample)
+            field = self.field.bind(sdf, color, sample.spec)
+            outs = [render_rays(field, rays[i:i + chunk], self.sampler) for i in range(0, len(rays), chunk)]
+        finally:
+            self.train(was_training)
+        return torch.cat([o.rgb for o in outs]), torch.cat([o.depth for o in outs])
+
+
+def sample_to(sample: PretrainSample, device: torch.device) -> PretrainSample:
+    def move(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.to(device)
+
+    points = None if sample.points is None else sample.points.to(device)
+    return replace(sample, rays=sample.rays.to(device), points=points, images=move(sample.images),
+                   intrinsics=move(sample.intrinsics), cam_to_world=move(sample.cam_to_world))
+
+
