@@ -1,85 +1,157 @@
-"""GPU check of the renderer's Triton kernels: parity with the PyTorch reference on CUDA, then timings.
+"""GPU check: the renderer's Triton kernels against their PyTorch references on CUDA, then timings.
 
-Run on a CUDA machine (``python -m bench.gpu_check --out results/perf/gpu_check.json``). It needs only
-torch, triton and this repository's ``renderer`` (no spconv, no nuScenes devkit), and prints a Markdown
-summary. Measured: the card's device-to-device copy bandwidth; compositing fwd+bwd (Triton, the log-space
-reference, PonderV2's cumprod form) with the bandwidth it reaches; trilinear sampling with the eikonal
-double backward (Triton, reference, ``F.grid_sample``); block-size sweeps; the renderer step (1,280 and
-10,240 rays) with Triton, with the reference, and on the eager PonderV2-style path. Every section is
-independent: a failure is recorded in the JSON and the rest still runs.
+``python -m bench.perf.gpu_check --out results/perf/gpu_check.json`` on a CUDA machine. Sections (each
+independent: a failure is recorded in the JSON with its traceback and the rest still runs):
+
+- ``environment``: device, torch, triton, spconv and cumm versions (or why they cannot be imported);
+- ``copy_bandwidth``: a 1 GiB device-to-device copy, bytes read + written per second;
+- ``composite_parity`` / ``trilinear_parity``: Triton against the reference (forward, backward, and for
+  trilinear the double backward) on two fresh random draws, with the CPU interpreter tests' tolerances;
+- ``composite``: fwd+bwd at 10,240 and 102,400 rays x 132 samples: Triton, the log-space reference and
+  PonderV2's eager cumprod; GB/s and the fraction of the measured copy bandwidth; a BLOCK_R sweep;
+- ``trilinear``: sampling with the eikonal double backward: Triton, the reference, ``F.grid_sample`` on the
+  channels-first volume; a BLOCK_P sweep;
+- ``renderer_step``: one renderer training step at 1,280 and 10,240 rays in one call (no chunking) with
+  Triton, with the reference, and on the eager PonderV2-style path, with peak memory;
+- ``pretrain_step``: one full reference indoor pre-training step (SpUNet-v1m1 -> volume -> U-Net ->
+  renderer -> losses; bf16 autocast of the backbone as the recipe says), forward/backward split and the
+  share of each labelled part of the forward.
+
+Timings are medians of CUDA-event intervals after warm-up. ``--device cpu`` runs the same code on the CPU
+as a smoke test of the script (Triton then needs ``TRITON_INTERPRET=1``); its numbers mean nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import sys
+import statistics
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from bench.perf import renderer_step
 from renderer.kernels import composite as composite_kernel
 from renderer.kernels import trilinear as trilinear_kernel
 from renderer.trilinear import trilinear
 from renderer.volrend import composite, composite_reference
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
+TOLERANCE = {"rtol": 1e-4, "atol": 1e-4}  # tests/test_volrend.py and tests/test_trilinear.py (interpreter parity)
+DEVICE = "cuda"
+_measured: dict[str, float] = {}
+
+
+def sync() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
 
 
 def timed(fn: Callable[[], object], repeats: int = 20, warmup: int = 3) -> float:
-    """Median seconds of ``fn`` on CUDA (synchronised)."""
+    """Median seconds of ``fn`` (CUDA events on the GPU; a synchronised host clock on the CPU)."""
     for _ in range(warmup):
         fn()
-    torch.cuda.synchronize()
+    sync()
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+        if DEVICE == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            begin = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - begin)
+    return statistics.median(times)
+
+
+def peak_memory_reset() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory_gib() -> float | None:
+    return torch.cuda.max_memory_allocated() / 2**30 if DEVICE == "cuda" else None
+
+
+def environment() -> dict:
+    import triton
+
+    report = {"torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
+              "device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu"}
+    if DEVICE == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        report.update(multiprocessors=props.multi_processor_count, memory_gib=props.total_memory / 2**30,
+                      capability=f"{props.major}.{props.minor}")
+    for module in ("spconv", "cumm"):
+        try:
+            imported = __import__(module)
+            report[module] = getattr(imported, "__version__", "imported")
+        except Exception as exc:  # noqa: BLE001  (named, not skipped in silence)
+            report[module] = f"not importable: {type(exc).__name__}: {exc}"
+    return report
 
 
 def copy_bandwidth() -> dict:
-    src = torch.empty(256 * 2**20, device="cuda")  # 1 GiB
+    src = torch.rand(256 * 2**20, device=DEVICE)  # 1 GiB of random floats
     dst = torch.empty_like(src)
     seconds = timed(lambda: dst.copy_(src), repeats=20)
-    return {"bytes_moved": 2 * src.numel() * 4, "seconds": seconds, "gb_per_s": 2 * src.numel() * 4 / seconds / 1e9}
+    moved = 2 * src.numel() * 4
+    _measured["copy_gb_per_s"] = moved / seconds / 1e9
+    return {"bytes_moved": moved, "seconds": seconds, "gb_per_s": _measured["copy_gb_per_s"]}
 
 
-def baseline():  # noqa: ANN201
-    """The eager PonderV2-style baseline module kept with the benchmarks (tests/benchmarks/renderer_step.py)."""
-    sys.path.insert(0, str(REPO / "tests" / "benchmarks"))
-    import renderer_step
+def close(got: torch.Tensor, ref: torch.Tensor, exact: torch.Tensor) -> dict:
+    """Triton (``got``) against the float32 reference (``ref``), both against the float64 reference (``exact``).
 
-    return renderer_step
+    Passes when it meets the interpreter tests' tolerance against float64, or is no further from float64 than
+    twice the float32 reference is (long sums in float32 differ by their order alone). NaN never passes.
+    """
+    exact = exact.to(got.dtype)
+
+    def rel(a: torch.Tensor) -> float:
+        return float((a - exact).norm() / exact.norm().clamp(min=1e-30))
+
+    ok = torch.allclose(got, exact, **TOLERANCE) or (got - exact).abs().max() <= 2 * (ref - exact).abs().max()
+    return {"max_abs_vs_reference": float((got - ref).abs().max()), "max_ref": float(ref.abs().max()),
+            "rel_err_triton": rel(got), "rel_err_reference_fp32": rel(ref),
+            "pass": bool(ok and torch.isfinite(got).all())}
 
 
-def composite_inputs(rays: int, samples: int, channels: int, seed: int = 0):
-    gen = torch.Generator(device="cuda").manual_seed(seed)
-    alpha = torch.rand(rays, samples, generator=gen, device="cuda").pow(4).requires_grad_(True)
-    values = torch.rand(rays, samples, channels, generator=gen, device="cuda").requires_grad_(True)
+def composite_inputs(rays: int, samples: int, channels: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator(device=DEVICE).manual_seed(seed)
+    alpha = torch.rand(rays, samples, generator=gen, device=DEVICE).pow(4).requires_grad_(True)
+    values = torch.rand(rays, samples, channels, generator=gen, device=DEVICE).requires_grad_(True)
     return alpha, values
 
 
 def composite_parity() -> dict:
-    alpha, values = composite_inputs(3000, 132, 7, seed=1)
-    g_out = torch.randn(3000, 7, device="cuda")
-    g_op = torch.randn(3000, device="cuda")
-    results = []
-    for backend in ("triton", "reference"):
-        out, opacity = composite(alpha, values, backend=backend)
-        grads = torch.autograd.grad((out * g_out).sum() + (opacity * g_op).sum(), (alpha, values))
-        results.append((out, opacity, *grads))
-    names = ("out", "opacity", "d_alpha", "d_values")
-    return {n: float((a - b).abs().max()) for n, a, b in zip(names, *results, strict=True)}
+    report = {}
+    for seed in (1, 2):
+        alpha, values = composite_inputs(3000, 132, 7, seed=seed)
+        gen = torch.Generator(device=DEVICE).manual_seed(100 + seed)
+        g_out = torch.randn(3000, 7, generator=gen, device=DEVICE)
+        g_op = torch.randn(3000, generator=gen, device=DEVICE)
+        results = []
+        for backend, dtype in (("triton", torch.float32), ("reference", torch.float32), ("reference", torch.float64)):
+            a, v = (t.detach().to(dtype).requires_grad_(True) for t in (alpha, values))
+            out, opacity = composite(a, v, backend=backend)
+            grads = torch.autograd.grad((out * g_out.to(dtype)).sum() + (opacity * g_op.to(dtype)).sum(), (a, v))
+            results.append((out, opacity, *grads))
+        names = ("out", "opacity", "d_alpha", "d_values")
+        report[f"seed{seed}"] = {n: close(a, b, c) for n, a, b, c in zip(names, *results, strict=True)}
+    report["pass"] = all(c["pass"] for draw in report.values() for c in draw.values())
+    return report
 
 
 def composite_step(fn: Callable, alpha: torch.Tensor, values: torch.Tensor) -> None:
@@ -98,27 +170,35 @@ def composite_timings() -> dict:
         bytes_moved = 3 * rays * 132 * (1 + 7) * 4  # fwd reads alpha+values; bwd reads them and writes both grads
         row = {name: timed(partial(composite_step, fn, alpha, values))
                for name, fn in (("triton", triton_composite), ("reference", composite_reference),
-                                ("cumprod", baseline().composite_cumprod))}
+                                ("cumprod", renderer_step.composite_cumprod))}
         row["speedup_vs_reference"] = row["reference"] / row["triton"]
         row["speedup_vs_cumprod"] = row["cumprod"] / row["triton"]
         row["triton_gb_per_s"] = bytes_moved / row["triton"] / 1e9
+        if "copy_gb_per_s" in _measured:
+            row["fraction_of_copy_bandwidth"] = row["triton_gb_per_s"] / _measured["copy_gb_per_s"]
         report[f"{rays}x132x7"] = row
-    sweep = {}
-    alpha, values = composite_inputs(10_240, 132, 7)
-    default = composite_kernel.BLOCK_R
-    for block in (8, 16, 32, 64):
-        composite_kernel.BLOCK_R = block
-        sweep[block] = timed(partial(composite_step, triton_composite, alpha, values))
-    composite_kernel.BLOCK_R = default
-    report["block_r_sweep_10240"] = sweep
+    report["block_r_sweep_10240"] = sweep(composite_kernel, "BLOCK_R", (8, 16, 32, 64, 128),
+                                          partial(composite_step, triton_composite, *composite_inputs(10_240, 132, 7)))
     return report
 
 
-def trilinear_inputs(points: int, channels: int = 64, seed: int = 0):
-    gen = torch.Generator(device="cuda").manual_seed(seed)
-    volume = torch.randn(1, 32, 128, 128, channels, generator=gen, device="cuda").requires_grad_(True)
-    extent = torch.tensor([129.0, 129.0, 33.0], device="cuda")
-    pts = (torch.rand(1, points, 3, generator=gen, device="cuda") * extent - 1.0).requires_grad_(True)
+def sweep(module: object, name: str, values: tuple[int, ...], step: Callable[[], None]) -> dict:
+    """Time ``step`` with each block size; the module's own value is restored afterwards."""
+    default, times = getattr(module, name), {}
+    try:
+        for value in values:
+            setattr(module, name, value)
+            times[str(value)] = timed(step, repeats=10)
+    finally:
+        setattr(module, name, default)
+    return {"seconds": times, "default": default, "fastest": min(times, key=times.get)}
+
+
+def trilinear_inputs(points: int, channels: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator(device=DEVICE).manual_seed(seed)
+    volume = torch.randn(1, 32, 128, 128, channels, generator=gen, device=DEVICE).requires_grad_(True)
+    extent = torch.tensor([129.0, 129.0, 33.0], device=DEVICE)
+    pts = (torch.rand(1, points, 3, generator=gen, device=DEVICE) * extent - 1.0).requires_grad_(True)
     return volume, pts
 
 
@@ -136,18 +216,21 @@ def grid_sample_channels_first(volume_cf: torch.Tensor, points: torch.Tensor) ->
 
 
 def trilinear_parity() -> dict:
-    volume, points = trilinear_inputs(20_000, channels=64, seed=2)
-    g = torch.randn(1, 20_000, 64, device="cuda")
-    results = []
-    for backend in ("triton", "reference"):
-        out = trilinear(volume, points, backend)
-        g_vol, g_pts = torch.autograd.grad((out * g).sum(), (volume, points), create_graph=True)
-        second = (g_pts.square().sum(-1) + 1).sqrt().sum() + g_vol.square().sum()
-        results.append((out, g_vol, g_pts, *torch.autograd.grad(second, (volume, points))))
-    names = ("out", "d_volume", "d_points", "dd_volume", "dd_points")
     report = {}
-    for n, a, b in zip(names, *results, strict=True):
-        report[n] = {"max_abs": float((a - b).abs().max()), "max_ref": float(b.abs().max())}
+    for seed in (2, 3):
+        volume, points = trilinear_inputs(20_000, channels=64, seed=seed)
+        g = torch.randn(1, 20_000, 64, generator=torch.Generator(device=DEVICE).manual_seed(100 + seed),
+                        device=DEVICE)
+        results = []
+        for backend, dtype in (("triton", torch.float32), ("reference", torch.float32), ("reference", torch.float64)):
+            vol, pts = (t.detach().to(dtype).requires_grad_(True) for t in (volume, points))
+            out = trilinear(vol, pts, backend)
+            g_vol, g_pts = torch.autograd.grad((out * g.to(dtype)).sum(), (vol, pts), create_graph=True)
+            second = (g_pts.square().sum(-1) + 1).sqrt().sum() + g_vol.square().sum()
+            results.append((out, g_vol, g_pts, *torch.autograd.grad(second, (vol, pts))))
+        names = ("out", "d_volume", "d_points", "dd_volume", "dd_points")
+        report[f"seed{seed}"] = {n: close(a, b, c) for n, a, b, c in zip(names, *results, strict=True)}
+    report["pass"] = all(c["pass"] for draw in report.values() for c in draw.values())
     return report
 
 
@@ -162,14 +245,9 @@ def trilinear_timings() -> dict:
         row["speedup_vs_reference"] = row["reference"] / row["triton"]
         row["speedup_vs_grid_sample"] = row["grid_sample"] / row["triton"]
         report[f"{points}_points_64ch"] = row
-    sweep = {}
     volume, pts = trilinear_inputs(1280 * 132)
-    default = trilinear_kernel.BLOCK_P
-    for block in (16, 32, 64, 128):
-        trilinear_kernel.BLOCK_P = block
-        sweep[block] = timed(partial(eikonal_step, volume, pts, partial(trilinear, backend="triton")), repeats=10)
-    trilinear_kernel.BLOCK_P = default
-    report["block_p_sweep_168960"] = sweep
+    report["block_p_sweep_168960"] = sweep(trilinear_kernel, "BLOCK_P", (16, 32, 64, 128, 256),
+                                           partial(eikonal_step, volume, pts, partial(trilinear, backend="triton")))
     return report
 
 
@@ -181,47 +259,148 @@ def training_step(step: Callable, field: torch.nn.Module, volumes: tuple[torch.T
 
 
 def renderer_steps() -> dict:
-    steps, make_inputs = baseline().STEPS, baseline().make_inputs
-
-    from renderer.volume import INDOOR_GRID  # noqa: F401  (make_inputs lays the volume out on it)
+    """One renderer training step, all rays in one call: ours (Triton, reference) and the eager path."""
+    import os
 
     report = {}
+    variants = (("triton", "ours", "triton"), ("reference", "ours", "reference"), ("eager", "eager", "reference"))
     for rays in (1280, 10_240):
         row = {}
-        for name, variant, backend in (("triton", "ours", "triton"), ("reference", "ours", "reference"),
-                                       ("eager", "eager", None)):
-            field, volumes, bundle = make_inputs(variant, rays=rays, device="cuda")
-            os.environ["PONDERBENCH_BACKEND"] = backend or "auto"  # trilinear and compositing alike
-
-            torch.cuda.reset_peak_memory_stats()
+        for name, variant, backend in variants:
+            field, volumes, bundle = renderer_step.make_inputs(variant, rays=rays, device=DEVICE)
+            step = partial(renderer_step.ours_step, chunk=None) if variant == "ours" else renderer_step.eager_step
+            os.environ["PONDERBENCH_BACKEND"] = backend  # trilinear and compositing alike
+            peak_memory_reset()
             try:
-                row[name] = timed(partial(training_step, steps[variant], field, volumes, bundle), repeats=5, warmup=2)
-                row[f"{name}_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+                row[name] = timed(partial(training_step, step, field, volumes, bundle), repeats=5, warmup=2)
+                row[f"{name}_peak_gib"] = peak_memory_gib()
             except torch.OutOfMemoryError:
                 row[name] = "out of memory"
+            finally:
+                os.environ.pop("PONDERBENCH_BACKEND")
             del field, volumes, bundle
-            torch.cuda.empty_cache()
+            if DEVICE == "cuda":
+                torch.cuda.empty_cache()
+        for name in ("triton", "reference"):
+            if isinstance(row.get(name), float) and isinstance(row.get("eager"), float):
+                row[f"{name}_speedup_vs_eager"] = row["eager"] / row[name]
+                if row.get(f"{name}_peak_gib") and row.get("eager_peak_gib"):
+                    row[f"{name}_memory_vs_eager"] = row[f"{name}_peak_gib"] / row["eager_peak_gib"]
         report[f"{rays}_rays"] = row
-    os.environ.pop("PONDERBENCH_BACKEND")
     return report
 
 
-SECTIONS = {"copy_bandwidth": copy_bandwidth, "composite_parity": composite_parity,
+LABELS = ("model/backbone", "model/scatter", "model/unet", "render/sampling", "render/fields", "render/compositing",
+          "render/losses")
+
+
+def _room_samples(recipe: object, count: int) -> list:
+    """Pre-training samples of a generated 40k-point room with 5 RGB-D views (as the CPU benchmark uses)."""
+    import numpy as np
+
+    from bench.pretrain.data import build_sample
+    from bench.pretrain.model import sample_to
+    from tasks.structures import Scene
+    from tasks.synth.indoor import make_room, room_cloud, room_views
+
+    rng = np.random.default_rng(0)
+    room = make_room(rng, 12)
+    cloud = room_cloud(room, 2500.0, rng)
+    keep = np.sort(rng.choice(len(cloud.coord), 40_000, replace=False))
+    scene = Scene("bench_room", cloud.coord[keep], cloud.color[keep].astype(np.float32), cloud.normal[keep],
+                  views=room_views(room, 5, 320, 240, rng))
+    return [sample_to(build_sample(scene, recipe, 0.02, 0, i), torch.device(DEVICE)) for i in range(count)]
+
+
+def _label_seconds(prof: torch.profiler.profile) -> dict[str, float]:
+    """Seconds of each labelled block: its GPU span where the profiler recorded one, else its CPU span."""
+    from torch.autograd import DeviceType
+
+    gpu: dict[str, float] = {}
+    cpu: dict[str, float] = {}
+    for event in prof.events():
+        if event.name in LABELS:
+            spans = gpu if event.device_type == DeviceType.CUDA else cpu
+            spans[event.name] = spans.get(event.name, 0.0) + event.time_range.elapsed_us() / 1e6
+    return {label: gpu.get(label, cpu.get(label, 0.0)) for label in LABELS if label in gpu or label in cpu}
+
+
+def pretrain_step(amp: bool = True) -> dict:
+    """One reference indoor pre-training step; with bf16 autocast of the backbone, else (if that fails) fp32."""
+    from bench.pretrain.data import sample_rng
+    from bench.pretrain.model import PonderModel
+    from bench.recipes import get_recipe
+
+    recipe = replace(get_recipe("indoor"), max_points=None, views=5, rays_per_view=256, amp=amp)
+    torch.manual_seed(0)
+    model = PonderModel(recipe).to(DEVICE)
+    samples = _room_samples(recipe, 4)
+    splits: list[tuple[float, float]] = []
+
+    def step(k: int = 0, record: bool = False) -> None:
+        sample = samples[k % len(samples)]
+        model.zero_grad(set_to_none=True)
+        events = [torch.cuda.Event(enable_timing=True) for _ in range(3)] if record and DEVICE == "cuda" else None
+        begin = time.perf_counter()
+        if events:
+            events[0].record()
+        terms = model(sample, sample_rng(0, 0, k)[1])
+        if events:
+            events[1].record()
+        middle = time.perf_counter()
+        terms["total"].backward()
+        if events:
+            events[2].record()
+            events[2].synchronize()
+            splits.append((events[0].elapsed_time(events[1]) / 1e3, events[1].elapsed_time(events[2]) / 1e3))
+        elif record:
+            splits.append((middle - begin, time.perf_counter() - middle))
+
+    counter = iter(range(10**6))
+    peak_memory_reset()
+    total = timed(lambda: step(next(counter), record=True), repeats=5, warmup=2)
+    forward = statistics.median(s[0] for s in splits[-5:])
+    backward = statistics.median(s[1] for s in splits[-5:])
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA]
+                                                          if DEVICE == "cuda" else [])
+    with torch.profiler.profile(activities=activities) as prof:
+        step(0)
+        sync()
+    parts = _label_seconds(prof)
+    return {"recipe": "indoor (spunet-v1m1, 128x128x32 grid, 96 ch, 96+36 samples), 5 views x 256 rays",
+            "input_points_after_masking": int(len(samples[0].points.coord)), "amp_bf16_backbone": amp,
+            "step_s": total, "forward_s": forward, "backward_s": backward, "peak_gib": peak_memory_gib(),
+            "forward_parts_s": parts, "share_of_step": {k: v / total for k, v in parts.items()}
+            | {"backward": backward / total}}
+
+
+def pretrain_steps() -> dict:
+    report = {}
+    try:
+        report["bf16"] = pretrain_step(amp=True)
+    except Exception:  # noqa: BLE001  (e.g. spconv without bf16 kernels: say so, then measure fp32)
+        report["bf16"] = {"error": traceback.format_exc()[-3000:]}
+        report["fp32"] = pretrain_step(amp=False)
+    return report
+
+
+SECTIONS = {"environment": environment, "copy_bandwidth": copy_bandwidth, "composite_parity": composite_parity,
             "trilinear_parity": trilinear_parity, "composite": composite_timings, "trilinear": trilinear_timings,
-            "renderer_step": renderer_steps}
+            "renderer_step": renderer_steps, "pretrain_step": pretrain_steps}
 
 
 def main() -> None:
+    global DEVICE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "results" / "perf" / "gpu_check.json")
-    parser.add_argument("--sections", nargs="*", default=list(SECTIONS))
+    parser.add_argument("--sections", nargs="*", default=list(SECTIONS), choices=list(SECTIONS))
+    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
+                        help="cpu: a smoke test of this script (needs TRITON_INTERPRET=1); its numbers mean nothing")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit("gpu_check needs a CUDA device")
-    import triton
-
-    report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-              "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    DEVICE = args.device
+    if DEVICE == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("gpu_check needs a CUDA device (or --device cpu for a smoke test)")
+    report = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "device_kind": DEVICE}
     for name in args.sections:
         start = time.perf_counter()
         try:
@@ -229,7 +408,8 @@ def main() -> None:
         except Exception:  # noqa: BLE001  (record and go on: one failure must not lose the other sections)
             report[name] = {"error": traceback.format_exc()}
         report.setdefault("section_seconds", {})[name] = time.perf_counter() - start
-        print(f"## {name}\n{json.dumps(report[name], indent=1)}", flush=True)
+        print(f"## {name} ({report['section_seconds'][name]:.1f} s)\n{json.dumps(report[name], indent=1)}",
+              flush=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         tmp = args.out.with_suffix(".tmp")
         tmp.write_text(json.dumps(report, indent=1))
