@@ -45,14 +45,15 @@ def _outer(z: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return (z[:, None, None] * y[None, :, None] * x[None, None, :]).reshape(8, -1)
 
 
-_cache: list = []  # [(copy of the points, volume shape, Corners)]: a step samples the same points often
+def corners(points: torch.Tensor, shape: tuple[int, ...], memo: dict | None = None) -> Corners:
+    """Corner rows and weights of (B, P, 3) index-space points in a (B, Z, Y, X, C) volume.
 
-
-def corners(points: torch.Tensor, shape: tuple[int, ...]) -> Corners:
-    """Corner rows and weights of (B, P, 3) index-space points in a (B, Z, Y, X, C) volume."""
-    if _cache and _cache[0][1] == tuple(shape[:4]) and _cache[0][0].shape == points.shape and \
-            _cache[0][0].dtype == points.dtype and torch.equal(_cache[0][0], points.detach()):
-        return _cache[0][2]
+    ``memo`` (a dict that lives as long as one forward/backward/double-backward chain, see
+    :class:`TrilinearFunction`) keeps them for the chain's later passes; nothing is cached across calls, so a
+    caller who changes the points' values (in place, or through ``.data`` as gradcheck does) never gets stale ones.
+    """
+    if memo is not None and "corners" in memo:
+        return memo["corners"]
     b, nz, ny, nx = shape[:4]
     sizes = points.new_tensor([nx, ny, nz])
     p = points.detach().reshape(-1, 3)
@@ -75,7 +76,8 @@ def corners(points: torch.Tensor, shape: tuple[int, ...]) -> Corners:
         d2_weight=torch.stack([_outer(fz, sy, sx), _outer(sz, fy, sx), _outer(sz, sy, fx)], -1),
         inside=inside,
     )
-    _cache[:] = [(points.detach().clone(), tuple(shape[:4]), result)]
+    if memo is not None:
+        memo["corners"] = result
     return result
 
 
@@ -87,13 +89,16 @@ def _mixed(d2: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 
 class TrilinearImpl(Protocol):
-    def forward(self, volume: torch.Tensor, points: torch.Tensor) -> torch.Tensor: ...
+    """The three computations; ``memo`` is per-chain scratch an implementation may use (the reference keeps the
+    points' corners there)."""
+
+    def forward(self, volume: torch.Tensor, points: torch.Tensor, memo: dict | None = None) -> torch.Tensor: ...
 
     def backward(self, volume: torch.Tensor, points: torch.Tensor, grad_out: torch.Tensor, need_volume: bool,
-                 need_points: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]: ...
+                 need_points: bool, memo: dict | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]: ...
 
     def double_backward(self, volume: torch.Tensor, points: torch.Tensor, grad_out: torch.Tensor,
-                        gg_volume: torch.Tensor | None, gg_points: torch.Tensor | None
+                        gg_volume: torch.Tensor | None, gg_points: torch.Tensor | None, memo: dict | None = None
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
 
 
@@ -102,9 +107,9 @@ def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.einsum("mc,mc->m", a, b)[:, None]
 
 
-def _forward(volume: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+def _forward(volume: torch.Tensor, points: torch.Tensor, memo: dict | None = None) -> torch.Tensor:
     c = volume.shape[-1]
-    cor, flat = corners(points, volume.shape), volume.reshape(-1, c)
+    cor, flat = corners(points, volume.shape, memo), volume.reshape(-1, c)
     out, rows_k = volume.new_zeros(cor.rows.shape[1], c), volume.new_empty(cor.rows.shape[1], c)
     for k in range(8):
         out.addcmul_(cor.weight[k].to(volume.dtype), torch.index_select(flat, 0, cor.rows[k], out=rows_k))
@@ -112,9 +117,9 @@ def _forward(volume: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
 
 
 def _backward(volume: torch.Tensor, points: torch.Tensor, grad_out: torch.Tensor, need_volume: bool,
-              need_points: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+              need_points: bool, memo: dict | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     c = volume.shape[-1]
-    cor, flat, g = corners(points, volume.shape), volume.reshape(-1, c), grad_out.reshape(-1, c)
+    cor, flat, g = corners(points, volume.shape, memo), volume.reshape(-1, c), grad_out.reshape(-1, c)
     g_volume = torch.zeros_like(flat) if need_volume else None
     g_points = points.new_zeros(g.shape[0], 3) if need_points else None
     buf = torch.empty_like(g)
@@ -129,11 +134,11 @@ def _backward(volume: torch.Tensor, points: torch.Tensor, grad_out: torch.Tensor
 
 
 def _double_backward(volume: torch.Tensor, points: torch.Tensor, grad_out: torch.Tensor,
-                     gg_volume: torch.Tensor | None, gg_points: torch.Tensor | None
+                     gg_volume: torch.Tensor | None, gg_points: torch.Tensor | None, memo: dict | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of <gg_volume, g_volume> + <gg_points, g_points> w.r.t. grad_out, volume and points."""
     c = volume.shape[-1]
-    cor, flat, g = corners(points, volume.shape), volume.reshape(-1, c), grad_out.reshape(-1, c)
+    cor, flat, g = corners(points, volume.shape, memo), volume.reshape(-1, c), grad_out.reshape(-1, c)
     ggv = None if gg_volume is None else gg_volume.reshape(-1, c)
     ggp = None if gg_points is None else gg_points.reshape(-1, 3) * cor.inside
     d_grad, d_volume = torch.zeros_like(g), torch.zeros_like(flat)
@@ -161,14 +166,15 @@ class TrilinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, volume: torch.Tensor, points: torch.Tensor, impl: TrilinearImpl) -> torch.Tensor:  # noqa: ANN001
         ctx.save_for_backward(volume, points)
-        ctx.impl = impl
-        return impl.forward(volume, points)
+        ctx.impl, ctx.memo = impl, {}  # the memo serves this chain's backward and double backward
+        return impl.forward(volume, points, ctx.memo)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):  # noqa: ANN001, ANN205
         volume, points = ctx.saved_tensors
         need_volume, need_points = ctx.needs_input_grad[:2]
-        g_volume, g_points = TrilinearBackward.apply(volume, points, grad_out, ctx.impl, need_volume, need_points)
+        g_volume, g_points = TrilinearBackward.apply(volume, points, grad_out, ctx.impl, need_volume, need_points,
+                                                     ctx.memo)
         return g_volume, g_points, None
 
 
@@ -176,17 +182,18 @@ class TrilinearBackward(torch.autograd.Function):
     """The backward as a function of (volume, points, grad_out), so that autograd can differentiate it."""
 
     @staticmethod
-    def forward(ctx, volume, points, grad_out, impl, need_volume, need_points):  # noqa: ANN001, ANN205
+    def forward(ctx, volume, points, grad_out, impl, need_volume, need_points, memo):  # noqa: ANN001, ANN205
         ctx.save_for_backward(volume, points, grad_out)
-        ctx.impl = impl
-        return impl.backward(volume, points, grad_out.contiguous(), need_volume, need_points)
+        ctx.impl, ctx.memo = impl, memo
+        return impl.backward(volume, points, grad_out.contiguous(), need_volume, need_points, memo)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gg_volume, gg_points):  # noqa: ANN001, ANN205
         volume, points, grad_out = ctx.saved_tensors
-        d_grad, d_volume, d_points = ctx.impl.double_backward(volume, points, grad_out, gg_volume, gg_points)
-        return d_volume, d_points, d_grad, None, None, None
+        d_grad, d_volume, d_points = ctx.impl.double_backward(volume, points, grad_out, gg_volume, gg_points,
+                                                              ctx.memo)
+        return d_volume, d_points, d_grad, None, None, None, None
 
 
 def trilinear_reference(volume: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -217,4 +224,4 @@ def trilinear_points_grad(volume: torch.Tensor, points: torch.Tensor, grad_out: 
     This is what ``autograd.grad(sdf, points)`` computes through :func:`trilinear`, minus the volume
     gradient that autograd would also build there and throw away: the renderer's SDF gradient uses it.
     """
-    return TrilinearBackward.apply(volume, points, grad_out, _impl(volume, points, backend), False, True)[1]
+    return TrilinearBackward.apply(volume, points, grad_out, _impl(volume, points, backend), False, True, {})[1]

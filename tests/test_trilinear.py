@@ -88,3 +88,36 @@ def test_triton_matches_reference(interpreter, shape: tuple[int, ...], points_pe
     names = ("out", "d_volume", "d_points", "dd_volume", "dd_points")
     for got, want, name in zip(results[0], results[1], names, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_corners_once_per_chain_never_across_calls_or_devices(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reference computes a chain's corners once (forward, backward and double backward share them), compares
+    no point values to find them, and never hands one call's corners to another (other values, other device)."""
+    import renderer.trilinear as tri
+
+    computed = []
+    real_corners = tri.corners
+
+    def counting(points: torch.Tensor, shape: tuple[int, ...], memo: dict | None = None) -> object:
+        computed.append(memo is None or "corners" not in memo)
+        return real_corners(points, shape, memo)
+
+    def no_equal(*args: object) -> bool:
+        raise AssertionError("corners must not be found by comparing point values")
+
+    monkeypatch.setattr(tri, "corners", counting)
+    monkeypatch.setattr(torch, "equal", no_equal)
+    gen = torch.Generator().manual_seed(0)
+    volume = torch.randn(1, 3, 4, 5, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+    points = (torch.rand(1, 7, 3, generator=gen, dtype=torch.float64) * 3).requires_grad_(True)
+    out = trilinear_reference(volume, points)
+    (g_points,) = torch.autograd.grad(out.sum(), points, create_graph=True)
+    g_points.square().sum().backward()
+    assert sum(computed) == 1 and len(computed) == 3  # forward, backward, double backward
+
+    points.data += 0.5  # what gradcheck does between calls: no version bump
+    moved = trilinear_reference(volume, points)
+    fresh = trilinear_reference(volume, points.detach().clone())
+    torch.testing.assert_close(moved, fresh)
+    on_meta = trilinear_reference(volume.detach().to("meta"), points.detach().to("meta"))
+    assert on_meta.device.type == "meta" and on_meta.shape == out.shape

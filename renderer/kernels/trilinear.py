@@ -168,7 +168,7 @@ def _f32(shape: torch.Size | tuple, like: torch.Tensor) -> torch.Tensor:
     return torch.zeros(shape, device=like.device, dtype=torch.float32)
 
 
-def _forward(volume: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+def _forward(volume: torch.Tensor, points: torch.Tensor, memo: dict | None = None) -> torch.Tensor:
     grid, meta = _launch(volume, points)
     out = _f32((*points.shape[:2], volume.shape[-1]), volume)
     _trilinear_fwd[grid](volume.contiguous(), points.contiguous(), out, **meta)
@@ -176,7 +176,7 @@ def _forward(volume: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
 
 
 def _backward(volume: torch.Tensor, points: torch.Tensor, grad_out: torch.Tensor, need_volume: bool,
-              need_points: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+              need_points: bool, memo: dict | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     grid, meta = _launch(volume, points)
     g_volume, g_points = _f32(volume.shape, volume), _f32(points.shape, points)
     _trilinear_bwd[grid](volume.contiguous(), points.contiguous(), grad_out.contiguous(), g_volume, g_points,
@@ -185,7 +185,7 @@ def _backward(volume: torch.Tensor, points: torch.Tensor, grad_out: torch.Tensor
 
 
 def _double_backward(volume: torch.Tensor, points: torch.Tensor, grad_out: torch.Tensor,
-                     gg_volume: torch.Tensor | None, gg_points: torch.Tensor | None
+                     gg_volume: torch.Tensor | None, gg_points: torch.Tensor | None, memo: dict | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     grid, meta = _launch(volume, points)
     d_grad, d_volume, d_points = _f32(grad_out.shape, grad_out), _f32(volume.shape, volume), _f32(points.shape, points)
@@ -196,4 +196,4 @@ def _double_backward(volume: torch.Tensor, points: torch.Tensor, grad_out: torch
     return d_grad.to(grad_out.dtype), d_volume.to(volume.dtype), d_points.to(points.dtype)
 
 
-TRITON_IMPL = SimpleNamespace(forward=_forward, backward=_backward, double_backward=_double_backward)
+TRITON_IMPL = SimpleNamespace(forward=_forward, backward=_backward, double_backward=_double_backward)  # memo unused
