@@ -234,16 +234,39 @@ def trilinear_parity() -> dict:
     return report
 
 
+def first_order_step(volume: torch.Tensor, points: torch.Tensor, sample: Callable) -> None:
+    sample(volume, points).square().mean().backward()
+
+
+def attempt(fn: Callable[[], float]) -> float | str:
+    """A timing, or the reason it could not be taken (the last line of the error)."""
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001  (named in the report, not skipped in silence)
+        return f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+
+
+def ratio(num: object, den: object) -> float | None:
+    return num / den if isinstance(num, float) and isinstance(den, float) else None
+
+
 def trilinear_timings() -> dict:
+    """Eikonal double backward (what the renderer needs) and, for a comparison grid_sample can join on every device,
+    forward + first-order backward."""
     report = {}
     for points in (1280 * 132, 10_240 * 132):
         volume, pts = trilinear_inputs(points)
-        row = {backend: timed(partial(eikonal_step, volume, pts, partial(trilinear, backend=backend)), repeats=10)
-               for backend in ("triton", "reference")}
         volume_cf = volume.detach().permute(0, 4, 1, 2, 3).contiguous().requires_grad_(True)
-        row["grid_sample"] = timed(partial(eikonal_step, volume_cf, pts, grid_sample_channels_first), repeats=10)
-        row["speedup_vs_reference"] = row["reference"] / row["triton"]
-        row["speedup_vs_grid_sample"] = row["grid_sample"] / row["triton"]
+        row = {}
+        for order, step in (("eikonal", eikonal_step), ("first_order", first_order_step)):
+            for backend in ("triton", "reference"):
+                row[f"{backend}_{order}"] = attempt(partial(timed, partial(step, volume, pts, partial(
+                    trilinear, backend=backend)), repeats=10))
+            row[f"grid_sample_{order}"] = attempt(partial(timed, partial(step, volume_cf, pts,
+                                                                         grid_sample_channels_first), repeats=10))
+            row[f"speedup_vs_reference_{order}"] = ratio(row[f"reference_{order}"], row[f"triton_{order}"])
+            row[f"speedup_vs_grid_sample_{order}"] = ratio(row[f"grid_sample_{order}"], row[f"triton_{order}"])
+        row["triton_eikonal_vs_grid_sample_first_order"] = ratio(row["grid_sample_first_order"], row["triton_eikonal"])
         report[f"{points}_points_64ch"] = row
     volume, pts = trilinear_inputs(1280 * 132)
     report["block_p_sweep_168960"] = sweep(trilinear_kernel, "BLOCK_P", (16, 32, 64, 128, 256),
@@ -259,33 +282,36 @@ def training_step(step: Callable, field: torch.nn.Module, volumes: tuple[torch.T
 
 
 def renderer_steps() -> dict:
-    """One renderer training step, all rays in one call: ours (Triton, reference) and the eager path."""
+    """One renderer training step, all rays in one call: ours (Triton, reference) and the eager path (and, where
+    grid_sample has no double backward, the eager path with a detached SDF gradient as a lower bound)."""
     import os
 
     report = {}
-    variants = (("triton", "ours", "triton"), ("reference", "ours", "reference"), ("eager", "eager", "reference"))
+    variants = (("triton", "ours", "triton", renderer_step.ours_step),
+                ("reference", "ours", "reference", renderer_step.ours_step),
+                ("eager", "eager", "reference", renderer_step.eager_step),
+                ("eager_detached_lower_bound", "eager", "reference", partial(renderer_step.eager_step,
+                                                                             second_order=False)))
     for rays in (1280, 10_240):
         row = {}
-        for name, variant, backend in variants:
+        for name, variant, backend, step in variants:
             field, volumes, bundle = renderer_step.make_inputs(variant, rays=rays, device=DEVICE)
-            step = partial(renderer_step.ours_step, chunk=None) if variant == "ours" else renderer_step.eager_step
+            step = partial(step, chunk=None) if variant == "ours" else step
             os.environ["PONDERBENCH_BACKEND"] = backend  # trilinear and compositing alike
             peak_memory_reset()
             try:
-                row[name] = timed(partial(training_step, step, field, volumes, bundle), repeats=5, warmup=2)
-                row[f"{name}_peak_gib"] = peak_memory_gib()
-            except torch.OutOfMemoryError:
-                row[name] = "out of memory"
+                row[name] = attempt(partial(timed, partial(training_step, step, field, volumes, bundle), repeats=5,
+                                            warmup=2))
+                row[f"{name}_peak_gib"] = peak_memory_gib() if isinstance(row[name], float) else None
             finally:
                 os.environ.pop("PONDERBENCH_BACKEND")
             del field, volumes, bundle
             if DEVICE == "cuda":
                 torch.cuda.empty_cache()
         for name in ("triton", "reference"):
-            if isinstance(row.get(name), float) and isinstance(row.get("eager"), float):
-                row[f"{name}_speedup_vs_eager"] = row["eager"] / row[name]
-                if row.get(f"{name}_peak_gib") and row.get("eager_peak_gib"):
-                    row[f"{name}_memory_vs_eager"] = row[f"{name}_peak_gib"] / row["eager_peak_gib"]
+            for base in ("eager", "eager_detached_lower_bound"):
+                row[f"{name}_speedup_vs_{base}"] = ratio(row[base], row[name])
+                row[f"{name}_memory_vs_{base}"] = ratio(row[f"{name}_peak_gib"], row[f"{base}_peak_gib"])
         report[f"{rays}_rays"] = row
     return report
 

@@ -71,8 +71,13 @@ def composite_cumprod(alpha: torch.Tensor, values: torch.Tensor) -> tuple[torch.
     return (weights[..., None] * values).sum(1), weights.sum(-1)
 
 
-def eager_step(field: VolumeField, volumes: tuple[torch.Tensor, ...], rays: RayBundle) -> float:
-    """The eager path: channels-first volume, grid_sample everywhere, cumprod transmittance."""
+def eager_step(field: VolumeField, volumes: tuple[torch.Tensor, ...], rays: RayBundle, second_order: bool = True
+               ) -> float:
+    """The eager path: channels-first volume, grid_sample everywhere, cumprod transmittance.
+
+    ``second_order=False`` detaches the SDF gradient (no eikonal or normal gradients flow back): less work than
+    PonderV2 does, for devices where grid_sample has no double backward (CUDA in torch 2.11), as a lower bound.
+    """
     (vol,) = volumes  # (1, C, Z, Y, X)
     lo, hi = vol.new_tensor(INDOOR_GRID.lo), vol.new_tensor(INDOOR_GRID.hi)
 
@@ -90,7 +95,7 @@ def eager_step(field: VolumeField, volumes: tuple[torch.Tensor, ...], rays: RayB
     samples: RaySamples = sampler(rays, lambda p: sdf_and_geometry(p)[0][..., 0], perturb=True)
     points = samples.points(rays).requires_grad_(True)
     sdf, geometry, feats = sdf_and_geometry(points)
-    gradients = torch.autograd.grad(sdf, points, torch.ones_like(sdf), create_graph=True)[0]
+    gradients = torch.autograd.grad(sdf, points, torch.ones_like(sdf), create_graph=second_order, retain_graph=True)[0]
     dirs = rays.directions[:, None, :].expand_as(points)
     rgb = torch.sigmoid(field.color_decoder(gradients, feats[..., 64:], geometry, dirs))
     # NeuS alpha with (R, S, 1) tensors, as PonderV2's SDFField.get_alpha

@@ -13,15 +13,13 @@ gradients themselves. The reference is :func:`renderer.volrend.composite_referen
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
 from renderer.volrend import ALPHA_MAX
 
-BLOCK_R = 64 if os.environ.get("TRITON_INTERPRET") == "1" else 16  # rays per program: fewer programs in the interpreter
+BLOCK_R = 64  # rays per program: the fastest of 8-128 on an H200 (results/perf/gpu_check.json)
 
 
 @triton.jit
