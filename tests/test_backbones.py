@@ -163,3 +163,12 @@ def test_entry_point_plugins_are_loaded(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     assert "plugin-linear" in registry.list_backbones("plugin-*")
     assert registry.get_backbone_config("plugin-linear").voxel_size == 0.05
+
+
+def test_config_follows_width_overrides() -> None:
+    """A ``channels=`` override changes the output width; the config (which sizes task heads) must say so."""
+    net = create_backbone("spunet-micro", channels=(16, 32, 16, 24), in_channels=4)
+    assert net.config.out_channels == 24 and net.config.in_channels == 4
+    coord, grid = np.zeros((5, 3), np.float32), np.arange(15).reshape(5, 3)
+    batch = PointBatch.collate([(coord, grid, np.ones((5, 4), np.float32))])
+    assert net(batch).shape == (5, net.config.out_channels)

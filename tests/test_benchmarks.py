@@ -254,3 +254,65 @@ def test_prediction_covers_every_point_with_few_fragments() -> None:
         pred = predict_scene(model, scene, 0.1, "outdoor", 3, torch.device("cpu"), tta=tta, max_fragments=4)
         assert pred.shape == (len(coord),) and len(calls) == (16 if tta else 4)
         assert len(set(pred[300:].tolist())) == 1, "the points of one voxel share its vote"
+
+
+def test_every_task_names_a_known_loader() -> None:
+    """Not-yet-runnable tasks too: their loader is a key of the one resolver, not a dataset folder name."""
+    from tasks.datasets import LOADERS
+
+    for task in list_tasks():
+        assert get_task(task).loader in LOADERS, task
+
+
+def test_typed_specs_refuse_unknown_types_and_positional_construction() -> None:
+    from dataclasses import replace
+
+    spec = get_task("scannet-semseg")
+    with pytest.raises(ValueError, match="task_type must be one of"):
+        replace(spec, task_type="segmentation")
+    with pytest.raises(ValueError, match="domain must be one of"):
+        replace(spec, domain="underwater")
+    with pytest.raises(TypeError):
+        type(spec)("x", 1)  # keyword-only
+
+
+def test_records_are_read_back_typed_and_checked(tmp_path: Path) -> None:
+    from bench.matrix.records import SCHEMA, RecordError
+
+    path = write_record(tmp_path, _record("scannet-semseg", "scratch", 0, 0.5))
+    assert RunRecord.from_json(path) == _record("scannet-semseg", "scratch", 0, 0.5)
+    raw = json.loads(path.read_text())
+    for change, message in (({"schema": SCHEMA + 1}, "schema"), ({"status": "great"}, "'status'"),
+                            ({"seed": "zero"}, "'seed'"), ({"colour": "blue"}, "unknown fields")):
+        path.write_text(json.dumps({**raw, **change}))
+        with pytest.raises(RecordError, match=rf"^{path}: .*{message}"):
+            RunRecord.from_json(path)
+
+
+def test_slurm_pretraining_is_a_job_and_its_failure_fails_the_runs(tiny_root: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ponder init's pre-training is submitted like the fine-tunes (never run on the login node), and a failed
+    pre-training gives failed records with its reason, not a fake export path."""
+    import submitit
+
+    import bench.matrix.runner as runner
+
+    submitted = []
+    real_submit = submitit.AutoExecutor.submit
+
+    def spy(self, fn, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        submitted.append(fn.__name__)
+        return real_submit(self, fn, *args, **kwargs)
+
+    def no_gpu(job: object) -> str:
+        raise RuntimeError("no GPU on this node")
+
+    monkeypatch.setattr(submitit.AutoExecutor, "submit", spy)
+    monkeypatch.setattr(runner, "pretrain", no_gpu)
+    runs = expand(backbones=["spunet-micro"], inits=["ponder"], tasks="semantickitti-semseg", seeds=[0, 1],
+                  data_roots=(str(tiny_root),), results=str(tmp_path), preset="tiny")
+    records = run_matrix(runs, executor="debug", progress=False)
+    assert submitted == ["pretrain_job", "execute", "execute"]
+    for record in records:
+        assert record.status == "failed" and record.init_path is None
+        assert record.error == "pre-training failed: RuntimeError: no GPU on this node"

@@ -76,3 +76,27 @@ def test_check_reports_absent_datasets_without_failing(tiny_root: Path, tmp_path
     out = capsys.readouterr().out
     assert "PROBLEMS" not in out and len(re.findall(r" absent ", out)) == 3  # s3dis, semantickitti, nuscenes
     assert main(["data", "check", str(tmp_path), "--require", "s3dis"]) == 1
+
+
+def test_pretrain_needs_a_mode_or_preset(capsys) -> None:
+    with pytest.raises(SystemExit, match=r"give --mode \(indoor, outdoor, image\)"):
+        main(["pretrain", "--data", "anywhere"])
+    with pytest.raises(SystemExit, match="unknown pre-training preset 'indor-mini'"):
+        main(["pretrain", "--preset", "indor-mini", "--data", "anywhere"])
+
+
+def test_written_files_follow_the_umask(tmp_path: Path) -> None:
+    """Atomic writes go through mkstemp (mode 0600); the result must have the mode a plain open would give."""
+    import os
+
+    from tasks.io import atomic_write
+
+    old = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "table.csv", lambda tmp: tmp.write_text("a,b\n"))
+        assert (tmp_path / "table.csv").stat().st_mode & 0o777 == 0o644
+        os.umask(0o077)
+        atomic_write(tmp_path / "private.json", lambda tmp: tmp.write_text("{}"))
+        assert (tmp_path / "private.json").stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
