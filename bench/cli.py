@@ -182,9 +182,10 @@ def _run(args: argparse.Namespace) -> int:
 def _leaderboard(args: argparse.Namespace) -> int:
     from bench.matrix.leaderboard import LeaderboardError, leaderboard
 
+    roots = tuple(Path(r) for r in _csv(args.results))
     try:
-        tables = leaderboard(Path(args.results), Path(args.out) if args.out else None)
-    except LeaderboardError as exc:
+        tables = leaderboard(roots, Path(args.out) if args.out else None, tuple(_csv(args.format)))
+    except (LeaderboardError, ValueError) as exc:
         raise SystemExit(f"ponderbench leaderboard: {exc}") from exc
     for name in ("overall", "gain", "status"):
         if name in tables:
@@ -263,8 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_run)
 
     board = sub.add_parser("leaderboard", help="tables and plots from the run records")
-    board.add_argument("--results", default="results")
-    board.add_argument("--out", help="output folder (default: RESULTS/tables)")
+    board.add_argument("--results", default="results",
+                       help="results folder(s), comma-separated: records of several machines are merged (a run found "
+                            "twice counts once if identical; differing copies are an error naming both files)")
+    board.add_argument("--out", help="output folder (default: the first RESULTS/tables)")
+    board.add_argument("--format", default=",".join(("md", "csv", "html", "png")),
+                       help="comma-separated subset of md,csv,html,png (default: all)")
     board.set_defaults(func=_leaderboard)
 
     lister = sub.add_parser("list", help="list what the suite knows")

@@ -207,8 +207,8 @@ def test_leaderboard_is_deterministic_and_refuses_ambiguity(tmp_path: Path) -> N
     shutil.rmtree(results / "runs" / "records" / "scannet-semseg@2")
     duplicate = results / "runs" / "records" / "copy" / "seed0.json"
     duplicate.parent.mkdir()
-    duplicate.write_text(json.dumps(asdict(_record("scannet-semseg", "scratch", 0, 0.4))))
-    with pytest.raises(LeaderboardError, match="duplicate"):
+    duplicate.write_text(json.dumps(asdict(_record("scannet-semseg", "scratch", 0, 0.41))))
+    with pytest.raises(LeaderboardError, match="with different content"):
         leaderboard(results, tmp_path / "t4")
     assert len(read_records(results)) == 8
 

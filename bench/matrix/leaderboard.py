@@ -1,14 +1,16 @@
-"""Leaderboard tables from the run records (pure pandas): deterministic, refusing ambiguous inputs.
+"""Leaderboard tables from the run records (pure pandas over :func:`bench.matrix.results.load_results`).
 
 Tables: one per task (backbone x init: mean +- std over seeds, n), an overall pivot (rows backbone + init,
 columns tasks, main scores), the gain of ``ponder`` pre-training over ``scratch`` per backbone and task, and
 the run status counts. The paper's numbers appear as a marked reference row, never as a result. Scores are
-shown in percent. Each table is written as Markdown, CSV and HTML, plus a PNG per task and one overall.
+shown in percent. Each table is written as Markdown, CSV and HTML, plus a PNG per task (``formats`` picks).
+Output is deterministic: fixed column order and dtypes, so that diffs between runs are readable.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import matplotlib
 
@@ -17,42 +19,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from bench.matrix.records import RecordError, read_records  # noqa: E402
+from bench.matrix.records import Status  # noqa: E402
+from bench.matrix.results import ResultsError, load_results  # noqa: E402
 from tasks.io import atomic_write  # noqa: E402
 from tasks.spec import get_task  # noqa: E402
 
 REFERENCE = "PonderV2 paper (reference)"
-KEY = ["task", "task_version", "backbone", "init", "protocol", "seed"]
-
-
-class LeaderboardError(ValueError):
-    """Records that cannot be tabulated without guessing (mixed task versions, duplicates)."""
-
-
-def records_frame(results: Path) -> pd.DataFrame:
-    """One row per record: the run key, status and main score, and the record's path (``_path``)."""
-    try:
-        rows = read_records(results)
-    except RecordError as exc:
-        raise LeaderboardError(str(exc)) from exc
-    columns = [*KEY, "status", "main_score", "main_value", "higher_is_better"]
-    frame = pd.DataFrame([{**{k: getattr(r, k) for k in columns}, "_path": str(path)} for path, r in rows],
-                         columns=[*columns, "_path"])
-    check(frame)
-    return frame
-
-
-def check(frame: pd.DataFrame) -> None:
-    versions = frame.groupby("task")["task_version"].nunique()
-    mixed = versions[versions > 1]
-    if len(mixed):
-        task = mixed.index[0]
-        found = sorted(frame.loc[frame.task == task, "task_version"].unique())
-        raise LeaderboardError(f"task {task} has records of versions {found}; re-run or move the old records "
-                               "before tabulating (numbers of different versions are not comparable)")
-    dup = frame[frame.duplicated(KEY, keep=False)]
-    if len(dup):
-        raise LeaderboardError("duplicate records for one run: " + ", ".join(sorted(dup["_path"])))
+FORMATS = ("md", "csv", "html", "png")
+LeaderboardError = ResultsError  # what the leaderboard refuses is what load_results refuses
 
 
 def _fmt(mean: float, std: float, n: int) -> str:
@@ -60,11 +34,13 @@ def _fmt(mean: float, std: float, n: int) -> str:
 
 
 def build_tables(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The tables from :func:`load_results`' frame."""
     ok = frame[frame.status == "ok"].copy()
     ok["score"] = ok["main_value"].astype(float) * 100
     stats = (ok.groupby(["task", "backbone", "init", "protocol"], sort=True)["score"]
              .agg(mean="mean", std="std", n="count").reset_index())
     stats["std"] = stats["std"].fillna(0.0)
+    stats["n"] = stats["n"].astype("Int64")
     tables: dict[str, pd.DataFrame] = {}
     for task, rows in stats.groupby("task", sort=True):
         spec = get_task(task)
@@ -74,7 +50,7 @@ def build_tables(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
         if spec.reference is not None:
             ref = pd.DataFrame([{"backbone": REFERENCE, "init": "", "protocol": spec.protocol,
                                  spec.main_score: f"{spec.reference:.1f}", "mean": spec.reference, "std": np.nan,
-                                 "n": np.nan}])
+                                 "n": pd.NA}]).astype({"n": "Int64"})
             table = pd.concat([table, ref], ignore_index=True)
         tables[f"task_{task}"] = table.reset_index(drop=True)
     if len(stats):
@@ -92,24 +68,34 @@ def build_tables(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
             gain["gain"] = gain["gain"].map(lambda g: "–" if np.isnan(g) else f"{round(g, 1) + 0.0:+.1f}")
             tables["gain"] = gain.pivot(index=["backbone", "protocol"], columns="task", values="gain").fillna(
                 "–").reset_index()
-    status = frame.groupby(["task", "status"]).size().unstack(fill_value=0).reset_index()
-    tables["status"] = status
+    status = frame.groupby(["task", "status"]).size().unstack(fill_value=0)
+    tables["status"] = status.reindex(columns=list(get_args(Status)), fill_value=0).astype("int64").reset_index()
     return tables
 
 
-def write_tables(tables: dict[str, pd.DataFrame], out: Path) -> list[Path]:
+def write_tables(tables: dict[str, pd.DataFrame], out: Path, formats: tuple[str, ...] = FORMATS) -> list[Path]:
+    """Each table as ``formats`` (md, csv, html; png plots the per-task tables) in ``out``."""
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown:
+        raise ValueError(f"unknown table formats {unknown}; choose from {', '.join(FORMATS)}")
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name, table in sorted(tables.items()):
         shown = table.drop(columns=[c for c in ("mean", "std") if c in table.columns and name != "status"])
-        for suffix, text in ((".md", shown.to_markdown(index=False)), (".csv", table.to_csv(index=False)),
-                             (".html", shown.to_html(index=False, na_rep="–"))):
-            path = out / f"{name}{suffix}"
+        for suffix in (f for f in ("md", "csv", "html") if f in formats):
+            text = _render(suffix, table, shown)
+            path = out / f"{name}.{suffix}"
             atomic_write(path, lambda tmp, text=text: tmp.write_text(text + ("\n" if not text.endswith("\n") else "")))
             written.append(path)
-        if name.startswith("task_"):
+        if name.startswith("task_") and "png" in formats:
             written.append(_plot_task(table, out / f"{name}.png", name[5:]))
     return written
+
+
+def _render(fmt: str, table: pd.DataFrame, shown: pd.DataFrame) -> str:
+    if fmt == "md":
+        return shown.to_markdown(index=False)
+    return table.to_csv(index=False) if fmt == "csv" else shown.to_html(index=False, na_rep="–")
 
 
 def _plot_task(table: pd.DataFrame, path: Path, task: str) -> Path:
@@ -130,7 +116,11 @@ def _plot_task(table: pd.DataFrame, path: Path, task: str) -> Path:
     return path
 
 
-def leaderboard(results: Path, out: Path | None = None) -> dict[str, pd.DataFrame]:
-    tables = build_tables(records_frame(results))
-    write_tables(tables, out or Path(results) / "tables")
+def leaderboard(results: Path | tuple[Path, ...], out: Path | None = None, formats: tuple[str, ...] = FORMATS
+                ) -> dict[str, pd.DataFrame]:
+    """Tables from the records of one results folder or several (merged), written to ``out`` (default: the first
+    folder's ``tables/``)."""
+    roots = (results,) if isinstance(results, str | Path) else tuple(results)
+    tables = build_tables(load_results(*roots))
+    write_tables(tables, Path(out) if out else Path(roots[0]) / "tables", formats)
     return tables

@@ -1,0 +1,115 @@
+"""Results as pandas: load_results / per_class, merging results folders, the README's snippets, stable tables."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench import load_results, per_class
+from bench.cli import main
+from bench.matrix.leaderboard import leaderboard
+from bench.matrix.records import RunRecord, write_record
+from bench.matrix.results import COLUMNS, ResultsError
+from tasks.spec import get_task
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _record(task: str, init: str, seed: int, value: float, **extra: object) -> RunRecord:
+    spec = get_task(task)
+    return RunRecord(task=task, task_version=spec.version, backbone="spunet-mini", init=init, protocol=spec.protocol,
+                     seed=seed, status="ok", main_score="mIoU", main_value=value,
+                     metrics={"mIoU": value, "allAcc": 0.9, "train_scenes": 8}, per_class={"wall": value, "sofa": None},
+                     wall_s=1.5, git_sha="abc", **extra)
+
+
+def _fill(results: Path, seeds: range = range(3)) -> None:
+    for seed in seeds:
+        write_record(results, _record("scannet-semseg", "scratch", seed, 0.40 + 0.01 * seed))
+        write_record(results, _record("scannet-semseg", "ponder", seed, 0.45 + 0.02 * seed))
+        write_record(results, _record("s3dis-area5-semseg", "scratch", seed, 0.30 + 0.01 * seed))
+    failed = RunRecord(task="scannet-insseg", task_version=1, backbone="spunet-mini", init="scratch", protocol="full",
+                       seed=0, status="not-runnable", main_score="mAP@50", error="instance heads come later")
+    write_record(results, failed)
+
+
+def test_load_results_is_flat_and_typed(tmp_path: Path) -> None:
+    _fill(tmp_path / "results")
+    runs = load_results(tmp_path / "results")
+    assert list(runs.columns) == [*COLUMNS, "allAcc", "mIoU", "train_scenes"]
+    assert len(runs) == 10 and runs["seed"].dtype == "int64" and runs["mIoU"].dtype == "float64"
+    assert str(runs["task"].dtype) == "string" and runs["peak_rss_bytes"].dtype == "Int64"
+    row = runs[(runs.task == "scannet-semseg") & (runs.init == "ponder") & (runs.seed == 2)].iloc[0]
+    assert row.mIoU == pytest.approx(0.49) and row.main_value == row.mIoU and row.version == 1
+    assert runs[runs.status == "not-runnable"].mIoU.isna().all()
+    classes = per_class(tmp_path / "results")
+    assert list(classes.columns) == ["task", "version", "backbone", "init", "protocol", "seed", "class", "score"]
+    assert len(classes) == 18 and classes.score.isna().sum() == 9
+
+
+def test_two_results_folders_merge(tmp_path: Path) -> None:
+    a, b = tmp_path / "machine-a", tmp_path / "machine-b"
+    _fill(a, range(2))
+    _fill(b, range(1, 3))  # seed 1 in both, identical
+    merged = load_results(a, b)
+    assert len(merged) == 10 and not merged.duplicated(["task", "backbone", "init", "protocol", "seed"]).any()
+    tables = leaderboard((a, b), tmp_path / "tables")
+    assert (tables["task_scannet-semseg"].n.dropna() == 3).all()
+    assert main(["leaderboard", "--results", f"{a},{b}", "--out", str(tmp_path / "cli"), "--format", "md,csv"]) == 0
+    suffixes = {p.suffix for p in (tmp_path / "cli").iterdir()}
+    assert suffixes == {".md", ".csv"}
+    conflicting = write_record(b, _record("scannet-semseg", "scratch", 1, 0.99))
+    with pytest.raises(ResultsError, match=rf"{a}.*seed1.json and {conflicting} hold the same run"):
+        load_results(a, b)
+
+
+def test_csv_tables_have_a_fixed_column_order(tmp_path: Path) -> None:
+    _fill(tmp_path / "results")
+    leaderboard(tmp_path / "results", tmp_path / "t", ("csv",))
+    status = pd.read_csv(tmp_path / "t" / "status.csv")
+    assert list(status.columns) == ["task", "ok", "failed", "skipped", "not-applicable", "not-runnable"]
+    task = pd.read_csv(tmp_path / "t" / "task_scannet-semseg.csv")
+    assert list(task.columns) == ["backbone", "init", "protocol", "mIoU", "mean", "std", "n"]
+    assert (tmp_path / "t" / "status.csv").read_text().splitlines()[1].startswith("s3dis-area5-semseg,3,0,0,0,0")
+
+
+def _snippet(name: str) -> str:
+    match = re.search(rf"<!-- snippet: {name} -->\n```python\n(.*?)```", README.read_text(), re.S)
+    assert match, f"README snippet {name!r} not found"
+    return match.group(1)
+
+
+def test_readme_snippets_run_and_match_the_leaderboard(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    _fill(tmp_path / "results")
+    os.chdir(tmp_path)
+    try:
+        scope: dict = {}
+        exec(compile(_snippet("overall"), "README.md:overall", "exec"), scope)  # noqa: S102
+        exec(compile(_snippet("seeds"), "README.md:seeds", "exec"), {})  # noqa: S102
+    finally:
+        os.chdir(Path(__file__).parent)
+    assert (tmp_path / "scannet-semseg-seeds.png").stat().st_size > 1000
+    ours = scope["overall"]
+    board = leaderboard(tmp_path / "results", tmp_path / "tables")["overall"].set_index("backbone / init")
+    for (backbone, init, protocol), row in ours.iterrows():
+        for task, cell in row.items():
+            assert board.loc[f"{backbone} / {init}", task] == cell, (backbone, init, protocol, task)
+    assert ours.loc[("spunet-mini", "ponder", "full"), "scannet-semseg"] == "47.0 ± 2.0"
+    capsys.readouterr()
+
+
+def test_unreadable_or_foreign_records_are_named(tmp_path: Path) -> None:
+    _fill(tmp_path / "results")
+    path = next((tmp_path / "results").rglob("seed0.json"))
+    path.write_text(json.dumps({**json.loads(path.read_text()), "schema": 99}))
+    with pytest.raises(ResultsError, match=rf"^{path}: record schema 99"):
+        load_results(tmp_path / "results")
+    shutil.rmtree(tmp_path / "results")
+    with pytest.raises(ResultsError, match="no results folder"):
+        load_results()
