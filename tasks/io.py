@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -62,7 +63,9 @@ def load_matrix(path: Path, shape: tuple[int, int]) -> np.ndarray:
     """Read a whitespace-separated text matrix (poses, intrinsics) of an exact shape."""
     require_file(path)
     try:
-        mat = np.loadtxt(path, dtype=np.float64, ndmin=2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # an empty file: reported below as a (0, 1) shape
+            mat = np.loadtxt(path, dtype=np.float64, ndmin=2)
     except ValueError as exc:
         raise DataFormatError(path, f"not a numeric text matrix ({exc})") from exc
     if mat.shape != shape:
@@ -70,20 +73,53 @@ def load_matrix(path: Path, shape: tuple[int, int]) -> np.ndarray:
     return mat
 
 
+def load_intrinsics(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """A pinhole intrinsics text matrix (3x3 or 4x4): finite, with positive focal lengths."""
+    mat = load_matrix(path, shape)
+    if not np.isfinite(mat).all() or not (mat[0, 0] > 0 and mat[1, 1] > 0):
+        raise DataFormatError(path, f"not a camera matrix (finite, fx > 0, fy > 0): {mat.tolist()}")
+    return mat
+
+
+def _container_problem(data: bytes) -> str | None:
+    """What is wrong with a JPEG/PNG file's framing, checked before OpenCV decodes it.
+
+    OpenCV decodes a truncated JPEG silently (grey at the bottom), and can take seconds on a PNG chunk whose
+    length runs past the end of the file.
+    """
+    # entropy-coded JPEG data stuffs every 0xFF, so FF D9 is only ever a marker; bytes after it (padding, vendor
+    # trailers) are legal and kept
+    if data[:2] == b"\xff\xd8" and data.rfind(b"\xff\xd9") < 2:
+        return "JPEG has no end-of-image marker (truncated)"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        pos = 8
+        while pos + 8 <= len(data) and data[pos + 4:pos + 8] != b"IEND":
+            pos += 12 + int.from_bytes(data[pos:pos + 4], "big")  # length, type, data, CRC
+        if pos + 12 > len(data):
+            return "PNG chunks run past the end of the file (truncated or corrupt)"
+    return None
+
+
 def load_image(path: Path, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
     """Read an image with OpenCV; colour images come back RGB uint8, 16-bit PNGs unchanged."""
-    require_file(path)
-    img = cv2.imread(str(path), flags)
+    data = require_file(path).read_bytes()
+    if problem := _container_problem(data):
+        raise DataFormatError(path, problem)
+    try:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), flags) if data else None
+    except cv2.error as exc:
+        raise DataFormatError(path, f"cannot be decoded as an image ({exc})") from exc
     if img is None:
         raise DataFormatError(path, "cannot be decoded as an image (corrupt or truncated)")
-    if img.ndim == 3:
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    return img
+    to_rgb = {3: cv2.COLOR_BGR2RGB, 4: cv2.COLOR_BGRA2RGBA}.get(img.shape[2]) if img.ndim == 3 else None
+    return img if to_rgb is None else cv2.cvtColor(img, to_rgb)
 
 
-def check_length(path: Path, arr: np.ndarray, n: int) -> np.ndarray:
+def check_length(path: Path, arr: np.ndarray, n: int, points: Path | None = None) -> np.ndarray:
+    """Check that a per-point file has ``n`` entries, as many as the ``points`` file (named in the error)."""
     if len(arr) != n:
-        raise DataFormatError(path, f"has {len(arr)} entries but the scene has {n} points")
+        source = f"{points.name} has" if points else "the scene has"
+        raise DataFormatError(path, f"has {len(arr)} entries but {source} {n} points")
     return arr
 
 
@@ -95,6 +131,14 @@ def check_labels(path: Path, labels: np.ndarray, num_classes: int, ignore_index:
             f"(e.g. {int(labels[bad][0])})"
         )
     return labels
+
+
+def check_range(path: Path, values: np.ndarray, what: str, low: float, high: float = np.inf) -> np.ndarray:
+    """Check that all ``values`` lie in ``[low, high]``."""
+    bad = (values < low) | (values > high)
+    if bad.any():
+        raise DataFormatError(path, f"{int(bad.sum())} {what} outside [{low}, {high}] (e.g. {values[bad][0]})")
+    return values
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import pickle
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -41,8 +43,9 @@ def general_to_challenge_lut() -> np.ndarray:
     return lut - 1
 
 
-def read_lidarseg_labels(path: Path, n_points: int, lut: np.ndarray) -> np.ndarray:
-    raw = check_length(path, load_binary(path, np.uint8), n_points)
+def read_lidarseg_labels(path: Path, n_points: int, lut: np.ndarray, points: Path | None = None) -> np.ndarray:
+    """uint8 general-class labels of the ``n_points`` points of the ``points`` file, mapped through ``lut``."""
+    raw = check_length(path, load_binary(path, np.uint8), n_points, points)
     if raw.max(initial=0) >= len(lut):
         raise DataFormatError(path, f"label {int(raw.max())} outside the {len(lut)} lidarseg classes")
     return lut[raw]
@@ -93,33 +96,52 @@ class NuScenesLidarSegDataset(SceneDataset):
     def nusc(self):  # noqa: ANN201 - the devkit class
         from nuscenes.nuscenes import NuScenes
 
-        if not (self.root / self.version).is_dir():
-            raise DataFormatError(self.root / self.version, "nuScenes table folder does not exist")
-        with contextlib.redirect_stdout(io.StringIO()):
-            return NuScenes(version=self.version, dataroot=str(self.root), verbose=False)
+        tables = self.root / self.version
+        if not tables.is_dir():
+            raise DataFormatError(tables, "nuScenes table folder does not exist")
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                return NuScenes(version=self.version, dataroot=str(self.root), verbose=False)
+        except Exception as exc:  # the devkit raises bare Exception, AssertionError, KeyError, JSON errors...
+            path = Path(exc.filename) if isinstance(exc, OSError) and exc.filename else _unreadable_table(tables)
+            raise DataFormatError(path or tables, f"nuScenes devkit cannot load the tables ({type(exc).__name__}: "
+                                  f"{exc})") from exc
+
+    @contextlib.contextmanager
+    def _table_lookups(self) -> Iterator[None]:
+        """Name the table folder when records are inconsistent (dangling tokens, missing or retyped fields)."""
+        try:
+            yield
+        except (KeyError, TypeError, AttributeError, IndexError) as exc:
+            raise DataFormatError(self.root / self.version, f"inconsistent nuScenes tables ({type(exc).__name__}: "
+                                  f"{exc})") from exc
 
     def _scene_names(self) -> list[str]:
         from nuscenes.utils.splits import create_splits_scenes
 
         wanted = set(create_splits_scenes()[SPLITS[self.version][self.split]])
         tokens = []
-        for scene in self.nusc.scene:
-            if scene["name"] not in wanted:
-                continue
-            token = scene["first_sample_token"]
-            while token:
-                tokens.append(token)
-                token = self.nusc.get("sample", token)["next"]
+        with self._table_lookups():
+            for scene in self.nusc.scene:
+                if scene["name"] not in wanted:
+                    continue
+                token = scene["first_sample_token"]
+                while token:
+                    tokens.append(token)
+                    token = self.nusc.get("sample", token)["next"]
         return tokens
 
     def load(self, name: str) -> Scene:
-        sd_token = self.nusc.get("sample", name)["data"]["LIDAR_TOP"]
-        sd = self.nusc.get("sample_data", sd_token)
-        points = read_lidar_points(self.root / sd["filename"])
-        segment = None
-        if hasattr(self.nusc, "lidarseg"):
-            label_file = self.root / self.nusc.get("lidarseg", sd_token)["filename"]
-            segment = read_lidarseg_labels(label_file, len(points), self.lut)
+        with self._table_lookups():
+            sd_token = self.nusc.get("sample", name)["data"]["LIDAR_TOP"]
+            points_file = self.root / self.nusc.get("sample_data", sd_token)["filename"]
+            label_file = (self.root / self.nusc.get("lidarseg", sd_token)["filename"]
+                          if hasattr(self.nusc, "lidarseg") else None)
+        for path, table in ((points_file, "sample_data"), (label_file, "lidarseg")):
+            if path is not None and not path.is_file():
+                raise DataFormatError(path, f"file is missing (listed in {self.version}/{table}.json)")
+        points = read_lidar_points(points_file)
+        segment = None if label_file is None else read_lidarseg_labels(label_file, len(points), self.lut, points_file)
         return Scene(name=name, coord=points[:, :3].copy(), strength=points[:, 3:4].copy(), segment=segment)
 
     def sensors(self, name: str) -> SensorSample:
@@ -167,10 +189,20 @@ def read_lidarseg_frames(folder: str | Path) -> list[Scene]:
     scenes = []
     for frame in frames:
         points = read_lidar_points(frame / "points.bin")
-        segment = read_lidarseg_labels(frame / "lidarseg.bin", len(points), lut)
+        segment = read_lidarseg_labels(frame / "lidarseg.bin", len(points), lut, frame / "points.bin")
         scenes.append(Scene(name=frame.name, coord=points[:, :3].copy(), strength=points[:, 3:4].copy(),
                             segment=segment))
     return scenes
+
+
+def _unreadable_table(folder: Path) -> Path | None:
+    """The first table of ``folder`` that is not valid JSON (the devkit's errors do not name it)."""
+    for path in sorted(folder.glob("*.json")):
+        try:
+            json.loads(path.read_bytes())
+        except ValueError:
+            return path
+    return None
 
 
 def read_mmdet3d_info(pkl: str | Path, index: int = 0) -> SensorSample:

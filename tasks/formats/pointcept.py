@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.errors import DataFormatError
-from tasks.io import check_labels, check_length, load_npy, save_npy
+from tasks.io import check_labels, check_length, check_range, load_npy, save_npy
 from tasks.structures import Scene
 
 
@@ -18,27 +18,41 @@ def read_scene_folder(folder: Path, segment_file: str, num_classes: int, name: s
     """
     if not folder.is_dir():
         raise DataFormatError(folder, "scene folder does not exist")
-    coord = load_npy(folder / "coord.npy", "f", 3).astype(np.float32)
+    coord_path = folder / "coord.npy"
+    coord = _float32(coord_path, load_npy(coord_path, "f", 3))
     n = len(coord)
     if n == 0:
-        raise DataFormatError(folder / "coord.npy", "scene has no points")
+        raise DataFormatError(coord_path, "scene has no points")
+
+    def per_point(key: str, kind: str, cols: int | None) -> np.ndarray:
+        path = folder / f"{key}.npy"
+        return check_length(path, load_npy(path, kind, cols), n, coord_path)
 
     def optional(key: str, kind: str, cols: int | None) -> np.ndarray | None:
-        path = folder / f"{key}.npy"
-        return check_length(path, load_npy(path, kind, cols), n) if path.exists() else None
+        return per_point(key, kind, cols) if (folder / f"{key}.npy").exists() else None
 
     color = optional("color", "fu", 3)  # uint8 in Pointcept's exports, float in some others
+    if color is not None:
+        check_range(folder / "color.npy", color, "colour values", 0, 255)
     normal = optional("normal", "f", 3)
-    seg_path = folder / f"{segment_file}.npy"
-    segment = check_labels(seg_path, check_length(seg_path, load_npy(seg_path, "iu"), n).astype(np.int64),
+    segment = check_labels(folder / f"{segment_file}.npy", per_point(segment_file, "iu", None).astype(np.int64),
                            num_classes)
     instance = optional("instance", "iu", None)
+    if instance is not None:
+        instance = check_range(folder / "instance.npy", instance.astype(np.int64), "instance ids", -1)
     return Scene(
         name=name or folder.name, coord=coord,
         color=None if color is None else color.astype(np.float32),
-        normal=None if normal is None else normal.astype(np.float32),
-        segment=segment, instance=None if instance is None else instance.astype(np.int64),
+        normal=None if normal is None else _float32(folder / "normal.npy", normal),
+        segment=segment, instance=instance,
     )
+
+
+def _float32(path: Path, arr: np.ndarray) -> np.ndarray:
+    """Cast to float32, refusing (float64) values beyond its range, which would become inf."""
+    if np.abs(arr).max(initial=0) > np.finfo(np.float32).max:
+        raise DataFormatError(path, "values overflow float32")
+    return arr.astype(np.float32)
 
 
 def write_scene_folder(folder: Path, arrays: dict[str, np.ndarray]) -> None:

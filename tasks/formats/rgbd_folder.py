@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tasks.errors import DataFormatError
 from tasks.formats.rgbd_frames import FramePaths, fuse_views, read_frames
-from tasks.io import load_matrix
+from tasks.io import load_intrinsics
 from tasks.structures import PosedViews, Scene
 
 
@@ -29,7 +29,7 @@ class RGBDFolder:
         if not poses:
             raise DataFormatError(self.path, "no frame-XXXXXX.pose.txt files")
         self.frames = [self._frame_paths(p) for p in poses]
-        self.intrinsics = load_matrix(self.path / "camera-intrinsics.txt", (3, 3))
+        self.intrinsics = load_intrinsics(self.path / "camera-intrinsics.txt", (3, 3))
 
     def _frame_paths(self, pose: Path) -> FramePaths:
         stem = pose.name[: -len(".pose.txt")]

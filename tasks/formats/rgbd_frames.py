@@ -50,6 +50,9 @@ def read_frames(frames: list[FramePaths], intrinsics: np.ndarray) -> PosedViews:
             log.warning("skipping frame %s: non-finite camera pose in %s", frame.name, frame.pose)
             continue
         depth = read_depth(frame.depth)
+        if depths and depth.shape != depths[0].shape:
+            raise DataFormatError(frame.depth.parent, f"depth images differ in size (one intrinsics serves all): "
+                                  f"{frame.depth.name} is {depth.shape}, frame {names[0]}'s is {depths[0].shape}")
         if not (depth > 0).any():
             log.warning("skipping frame %s: no valid depth in %s", frame.name, frame.depth)
             continue

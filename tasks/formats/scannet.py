@@ -21,7 +21,7 @@ from tasks.errors import DataFormatError
 from tasks.formats.base import SceneDataset
 from tasks.formats.pointcept import read_scene_folder, write_scene_folder
 from tasks.formats.rgbd_frames import FramePaths, read_frames
-from tasks.io import load_matrix, save_image, save_text
+from tasks.io import load_intrinsics, save_image, save_text
 from tasks.structures import PosedViews, Scene
 
 LABEL_SETS = {"segment20": len(SCANNET20), "segment200": len(SCANNET200)}
@@ -66,7 +66,7 @@ def read_scannet_frames(folder: Path, every: int = 1) -> PosedViews:
     ids = sorted((p.stem for p in pose_dir.glob("*.txt")), key=lambda s: int(s) if s.isdigit() else s)[::every]
     if not ids:
         raise DataFormatError(pose_dir, "no pose/N.txt files")
-    intrinsics = load_matrix(folder / "intrinsic" / "intrinsic_depth.txt", (4, 4))[:3, :3]
+    intrinsics = load_intrinsics(folder / "intrinsic" / "intrinsic_depth.txt", (4, 4))[:3, :3]
     frames = [FramePaths(i, folder / "color" / f"{i}.jpg", folder / "depth" / f"{i}.png", pose_dir / f"{i}.txt")
               for i in ids]
     return read_frames(frames, intrinsics)
@@ -99,12 +99,13 @@ def _matrix_text(mat: np.ndarray) -> str:
 
 def read_scannet_points_bin(path: str | Path) -> Scene:
     """A ScanNet scan exported as float32 (N, 6) x, y, z, r, g, b (the mmdetection3d demo layout)."""
-    from tasks.io import load_binary
+    from tasks.io import check_range, load_binary
 
     path = Path(path)
     arr = load_binary(path, np.float32, 6)
     if len(arr) == 0:
         raise DataFormatError(path, "scan has no points")
+    check_range(path, arr[:, 3:6], "colour values (not x, y, z, r, g, b records?)", 0, 255)
     return Scene(name=path.stem, coord=arr[:, :3].copy(), color=arr[:, 3:6].copy())
 
 

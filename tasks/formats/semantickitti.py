@@ -46,7 +46,7 @@ class SemanticKITTIDataset(SceneDataset):
         label_path = base / "labels" / f"{frame}.label"
         segment = instance = None
         if self.split != "test" or label_path.exists():
-            raw = check_length(label_path, load_binary(label_path, np.uint32), len(scan))
+            raw = check_length(label_path, load_binary(label_path, np.uint32), len(scan), scan_path)
             semantic = (raw & 0xFFFF).astype(np.int64)
             known = semantic < len(self.lut)
             known[known] = self.lut[semantic[known]] != -2
