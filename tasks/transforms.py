@@ -64,6 +64,19 @@ def voting_fragments(coord: np.ndarray, grid_size: float, max_fragments: int | N
     return parts, voxel_of
 
 
+def sphere_crop(coord: np.ndarray, limit: int | None, rng: np.random.Generator | None) -> np.ndarray:
+    """Sorted indices of at most ``limit`` points: the ones nearest a centre (Pointcept ``SphereCrop``).
+
+    The centre is a random point (``rng``), or the cloud's centre without one. Unlike a random subset, a crop
+    keeps the local point density, so the voxels a network trains on look like the ones it is evaluated on.
+    """
+    if not limit or len(coord) <= limit:
+        return np.arange(len(coord))
+    center = coord[rng.integers(len(coord))] if rng is not None else (coord.min(0) + coord.max(0)) / 2
+    distance = np.square(coord - center).sum(1)
+    return np.sort(np.argpartition(distance, limit - 1)[:limit])
+
+
 @dataclass(frozen=True)
 class Similarity:
     """x -> scale * R @ x + t, with R orthogonal (a reflection allowed for flips)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -29,7 +29,7 @@ from tasks.contract import Domain, in_channels, point_features, voxel_size
 from tasks.datasets import task_scenes
 from tasks.spec import TaskSpec
 from tasks.structures import Scene
-from tasks.transforms import Augment, grid_sample_train
+from tasks.transforms import Augment, grid_sample_train, sphere_crop
 
 log = logging.getLogger(__name__)
 
@@ -86,16 +86,15 @@ def task_part(spec: TaskSpec) -> TaskPart:
 
 def train_cloud(scene: Scene, domain: Domain, voxel: float, limit: int | None, rng: np.random.Generator
                 ) -> tuple[Cloud, Scene, np.ndarray]:
-    """An augmented, grid-sampled training cloud: (cloud, the augmented scene, indices of the chosen points)."""
+    """An augmented, grid-sampled training cloud, cropped to ``limit`` points around a random centre:
+    (cloud, the augmented scene, indices of the chosen points)."""
     outdoor = domain == "outdoor"
     augment = Augment(rotate_z=np.pi, scale=(0.95, 1.05) if outdoor else (0.9, 1.1), flip_p=0.5,
                       jitter_sigma=0.0 if outdoor else 0.005)
     scene = augment(scene, rng)
     sampled = grid_sample_train(scene.coord, voxel, rng)
-    index, grid = sampled.index, sampled.grid_coord
-    if limit and len(index) > limit:
-        pick = np.sort(rng.choice(len(index), limit, replace=False))
-        index, grid = index[pick], grid[pick]
+    crop = sphere_crop(scene.coord[sampled.index], limit, rng)  # a cap keeps local density (no random thinning)
+    index, grid = sampled.index[crop], sampled.grid_coord[crop]
     return (scene.coord[index], grid, point_features(scene, domain)[index]), scene, index
 
 
@@ -128,6 +127,18 @@ def finetune(spec: TaskSpec, backbone_name: str, data_root: str | Path, *, seed:
              recipe: FinetuneRecipe = FinetuneRecipe(), init: str | Path | None = None,  # noqa: B008
              linear_probe: bool = False, device: str = "cpu", progress: bool = False) -> dict[str, object]:
     """Train on the task's training split, evaluate on its eval split; returns the metrics and run facts."""
+    task_part(spec)  # a task without a pipeline is refused before any data is opened
+    train = task_scenes(spec, data_root, "train")
+    evaluation = task_scenes(spec, data_root, spec.eval_split)
+    return fit_and_evaluate(spec, backbone_name, train, evaluation, seed=seed, recipe=recipe, init=init,
+                            linear_probe=linear_probe, device=device, progress=progress)
+
+
+def fit_and_evaluate(spec: TaskSpec, backbone_name: str, train: Sequence[Scene], evaluation: Sequence[Scene], *,
+                     seed: int = 0, recipe: FinetuneRecipe = FinetuneRecipe(),  # noqa: B008
+                     init: str | Path | None = None, linear_probe: bool = False, device: str = "cpu",
+                     progress: bool = False) -> dict[str, object]:
+    """The engine on given scenes (any sized, indexable collections), e.g. training = evaluation in tests."""
     part = task_part(spec)
     config = get_backbone_config(backbone_name)
     if config.modality != "3d":
@@ -141,11 +152,8 @@ def finetune(spec: TaskSpec, backbone_name: str, data_root: str | Path, *, seed:
     ctx = FinetuneContext(spec=spec, recipe=recipe, domain=spec.domain, voxel=voxel, device=torch.device(device),
                           linear_probe=linear_probe)
     model = part.build(backbone, ctx).to(ctx.device)
-    train = task_scenes(spec, data_root, "train")
-    evaluation = task_scenes(spec, data_root, spec.eval_split)
     if len(train) == 0 or len(evaluation) == 0:
-        raise ValueError(f"task {spec.id}: {len(train)} training and {len(evaluation)} evaluation scenes under "
-                         f"{data_root}")
+        raise ValueError(f"task {spec.id}: {len(train)} training and {len(evaluation)} evaluation scenes")
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, nesterov=True,
                                 weight_decay=recipe.weight_decay)

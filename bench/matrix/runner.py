@@ -13,6 +13,7 @@ node); a pre-training that fails makes the runs that needed it ``failed`` record
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import threading
@@ -62,6 +63,7 @@ class RunSpec:
     linear_probe: bool = False
     device: str = "cpu"
     tta: bool = False
+    plugins: tuple[str, ...] = ()  # backbone plugins imported before the run (in whatever process runs it)
 
     @property
     def protocol(self) -> str:
@@ -87,6 +89,7 @@ class PretrainJob:
     results: str
     preset: str
     device: str = "cpu"
+    plugins: tuple[str, ...] = ()
 
     @property
     def run_dir(self) -> Path:
@@ -99,13 +102,53 @@ def data_root_for(dataset: str, roots: tuple[str, ...]) -> Path | None:
     return next((Path(r) for r in roots if (Path(r) / dataset).is_dir()), None)
 
 
-def expand(*, backbones: list[str], inits: list[str], tasks: str, seeds: list[int], data_roots: tuple[str, ...],
-           results: str, preset: str = "mini", overrides: Sequence[str] = (), linear_probe: bool = False,
-           device: str = "cpu", tta: bool = False) -> list[RunSpec]:
-    """Every combination, in a stable order; ``tasks`` is a comma-separated list of wildcard patterns."""
-    task_ids = list_tasks(tasks)
+def load_plugins(plugins: Sequence[str]) -> dict[str, dict[str, str]]:
+    """Import backbone plugins (idempotent); returns {spec: {path, sha256}} for the record."""
+    from backbones.registry import load_plugin
+
+    return {spec: {"path": (pl := load_plugin(spec)).path, "sha256": pl.sha256} for spec in plugins}
+
+
+def _close(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.4)
+    return f"; did you mean {', '.join(close)}?" if close else ""
+
+
+def resolve(*, backbones: Sequence[str], inits: Sequence[str], tasks: str) -> list[str]:
+    """Check every name before any work: unknown backbones, task patterns that match nothing and unknown inits are
+    errors (with close matches). Returns the task ids."""
+    from backbones.registry import get_backbone_config
+
+    if not backbones or not inits:
+        raise ValueError("give at least one backbone and one init")
+    for name in backbones:
+        get_backbone_config(name)  # KeyError with close matches
+    known = list_tasks()
+    task_ids = []
+    for pattern in (t.strip() for t in tasks.split(",") if t.strip()):
+        found = list_tasks(pattern)
+        if not found:
+            raise ValueError(f"no task matches {pattern!r}{_close(pattern, known)} (see `ponderbench list tasks`)")
+        task_ids += [t for t in found if t not in task_ids]
     if not task_ids:
         raise ValueError(f"no task matches {tasks!r}")
+    for init in inits:
+        if init not in ("scratch", "ponder") and not Path(init).exists():
+            raise ValueError(f"init {init!r} is neither scratch, ponder nor an existing export path"
+                             f"{_close(init, ['scratch', 'ponder'])}")
+    return sorted(task_ids)
+
+
+def expand(*, backbones: list[str], inits: list[str], tasks: str, seeds: list[int], data_roots: tuple[str, ...],
+           results: str, preset: str = "mini", overrides: Sequence[str] = (), linear_probe: bool = False,
+           device: str = "cpu", tta: bool = False, plugins: Sequence[str] = ()) -> list[RunSpec]:
+    """Every combination, in a stable order; ``tasks`` is a comma-separated list of wildcard patterns.
+
+    Every name is resolved first (plugins imported, backbones, task patterns, inits, preset, overrides), so a typo
+    stops the command before any work instead of becoming a failed record per run.
+    """
+    load_plugins(plugins)
+    task_ids = resolve(backbones=backbones, inits=inits, tasks=tasks)
     if preset not in FINETUNE_PRESETS:
         raise KeyError(f"unknown fine-tuning preset {preset!r}; choose from {', '.join(sorted(FINETUNE_PRESETS))}")
     get_finetune_recipe(preset, list(overrides))  # a bad override fails here, before any work
@@ -118,7 +161,7 @@ def expand(*, backbones: list[str], inits: list[str], tasks: str, seeds: list[in
                     runs.append(RunSpec(task=task, backbone=backbone, init=label, seed=seed,
                                         data_roots=tuple(data_roots), results=results, preset=preset,
                                         overrides=tuple(overrides), init_path=path, linear_probe=linear_probe,
-                                        device=device, tta=tta))
+                                        device=device, tta=tta, plugins=tuple(plugins)))
     return runs
 
 
@@ -161,7 +204,8 @@ def execute(run: RunSpec) -> RunRecord:
     record = RunRecord(task=spec.id, task_version=spec.version, backbone=run.backbone, init=run.init,
                        protocol=run.protocol, seed=run.seed, status="failed", main_score=spec.main_score,
                        higher_is_better=spec.higher_is_better, init_path=run.init_path, finetune_preset=run.preset,
-                       finetune_recipe=asdict(recipe), git_sha=git_sha(), packages=package_versions())
+                       finetune_recipe=asdict(recipe), git_sha=git_sha(), packages=package_versions(),
+                       plugins=load_plugins(run.plugins))
     root = data_root_for(spec.dataset, run.data_roots)
     if not spec.runnable:
         record.status, record.error = "not-runnable", spec.note
@@ -182,7 +226,7 @@ def execute(run: RunSpec) -> RunRecord:
             record.per_class = result.pop("per_class")
             record.metrics = result
             record.main_value = result[spec.main_score]
-            record.init_sha256 = result.get("init_sha256")
+            record.init_sha256 = result.pop("init_sha256")
             record.peak_rss_bytes = memory.peak
         except NotApplicable as exc:
             record.status, record.error = "not-applicable", str(exc)
@@ -216,6 +260,7 @@ def pretrain(job: PretrainJob) -> str:
     from bench.pretrain.engine import Pretrainer
     from bench.recipes import get_recipe
 
+    load_plugins(job.plugins)
     export = job.run_dir / "backbone.pt"
     if export.is_file() and (job.run_dir / "backbone.json").is_file():
         return str(export)
@@ -268,7 +313,7 @@ def pretrain_jobs(runs: list[RunSpec]) -> dict[PretrainJob, list[RunSpec]]:
         if run.init != "ponder" or run.init_path or not spec.runnable:
             continue
         job = PretrainJob(backbone=run.backbone, domain=spec.domain, data_roots=run.data_roots, results=run.results,
-                          preset=run.preset, device=run.device)
+                          preset=run.preset, device=run.device, plugins=run.plugins)
         needed.setdefault(job, []).append(run)
     return needed
 

@@ -23,7 +23,7 @@ from tasks.contract import HOLDOUT_EVERY, OUTDOOR_EXTENT, UNIT_BOX, grid_spec, p
 from tasks.datasets import open_dataset
 from tasks.errors import DataFormatError
 from tasks.structures import PosedViews, Scene
-from tasks.transforms import Augment, grid_sample_train, normalize_to_unit_cube
+from tasks.transforms import Augment, grid_sample_train, normalize_to_unit_cube, sphere_crop
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ def _camera_sample(scene: Scene, recipe, voxel_size: float, rng: np.random.Gener
                             preview=_camera_preview(views, recipe.render_size) if with_preview else None)
     if recipe.mode == "image":
         return _with_images(sample, views, recipe, rng)
-    keep = _subset(len(full), recipe.max_points, rng)
+    keep = sphere_crop(full.coord, recipe.max_points, rng)
     keep = keep[rng.random(len(keep)) >= recipe.mask_ratio] if augment else keep  # RandomDropout masking
     if len(keep) == 0:
         raise UnusableScene(f"{scene.name}: no point left after masking")
@@ -170,6 +170,7 @@ def _camera_sample(scene: Scene, recipe, voxel_size: float, rng: np.random.Gener
 
 
 def _subset(n: int, limit: int | None, rng: np.random.Generator) -> np.ndarray:
+    """A random subset (of rays: render targets, not network input, which is cropped instead)."""
     return np.sort(rng.choice(n, size=limit, replace=False)) if limit and n > limit else np.arange(n)
 
 
@@ -241,7 +242,7 @@ def _outdoor_sample(scene: Scene, recipe, voxel_size: float, rng: np.random.Gene
         raise UnusableScene(f"{scene.name}: no LiDAR return inside the volume")
     targets = inside[_subset(len(inside), recipe.lidar_rays, rng)]
     rays = lidar_rays(scene.coord[targets])
-    keep = inside[_subset(len(inside), recipe.max_points, rng)]
+    keep = inside[sphere_crop(scene.coord[inside], recipe.max_points, rng)]
     if augment and recipe.mask_ratio > 0:
         blocks = np.floor(scene.coord[keep, :2] / recipe.mask_block).astype(np.int64)
         _, block_id = np.unique(blocks, axis=0, return_inverse=True)
