@@ -1,19 +1,25 @@
 """One registry for 3D and 2D backbones, timm-style: a decorator, ``create_backbone`` and ``list_backbones``.
 
 Third-party packages register backbones through the ``ponderbench.backbones`` entry-point group: each
-entry point names a module whose import runs ``@register_backbone`` decorators. ``"timm:<model>"`` names
-any timm image model without registering it first.
+entry point names a module whose import runs ``@register_backbone`` decorators. A researcher with one file
+uses :func:`load_plugin` (``ponderbench --plugin my_nets.py``) instead. ``"timm:<model>"`` names any timm
+image model without registering it first.
 """
 
 from __future__ import annotations
 
 import difflib
 import fnmatch
+import hashlib
+import importlib
+import importlib.util
 import logging
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import cache
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -76,6 +82,44 @@ def _load_plugins() -> None:
             ep.load()
         except Exception:  # a broken plugin must not hide the built-in backbones
             log.exception("could not load backbone plugin %s", ep.value)
+
+
+@dataclass(frozen=True)
+class Plugin:
+    """A module imported for its ``@register_backbone`` entries: where it came from, and the sha256 of its file."""
+
+    spec: str  # as the user gave it: a .py path or a dotted module name
+    path: str
+    sha256: str
+
+
+_plugins: dict[str, Plugin] = {}
+
+
+def load_plugin(spec: str) -> Plugin:
+    """Import a plugin once: a ``.py`` file by path, or a module by its dotted name (importable from sys.path)."""
+    if spec in _plugins:
+        return _plugins[spec]
+    _load_plugins()  # built-ins first, so a plugin that re-registers a built-in name fails clearly
+    if spec.endswith(".py") or "/" in spec:
+        path = Path(spec).expanduser().resolve()
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: backbone plugin file not found")
+        name = f"ponderbench_plugin_{hashlib.sha256(str(path).encode()).hexdigest()[:12]}_{path.stem}"
+        module_spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[name] = module  # so that classes it defines can be pickled to worker processes
+        try:
+            module_spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    else:
+        module = importlib.import_module(spec)
+        path = Path(module.__file__ or spec)
+    _plugins[spec] = Plugin(spec, str(path), hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "")
+    get_backbone_config.cache_clear()
+    return _plugins[spec]
 
 
 def list_backbones(pattern: str = "*", modality: str | None = None) -> list[str]:

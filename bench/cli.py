@@ -146,23 +146,26 @@ def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def _run(args: argparse.Namespace) -> int:
-    from bench.matrix.leaderboard import leaderboard
+def _usage_error(command: str, exc: Exception) -> int:
+    """A name that does not resolve: say so and exit 2, before any work."""
+    print(f"ponderbench {command}: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
+    return 2
+
+
+def _matrix(args: argparse.Namespace, backbones: list[str]) -> tuple[list, list]:
+    """Expand and run the matrix the arguments describe; returns (runs, records)."""
     from bench.matrix.runner import expand, run_matrix
 
     roots = tuple(_csv(args.data))
+    runs = expand(backbones=backbones, inits=_csv(args.inits), tasks=args.tasks,
+                  seeds=[int(s) for s in _csv(args.seeds)], data_roots=roots, results=args.results,
+                  preset=args.preset, overrides=args.overrides, linear_probe=args.linear_probe, device=args.device,
+                  tta=args.tta, plugins=_plugin_paths(args.plugin))
     if args.data == DEFAULT_DATA and not Path(DEFAULT_DATA).is_dir():
         from tasks.synth.suite import synthesize
 
         print(f"no {DEFAULT_DATA}: generating the mini suite first")
         synthesize(DEFAULT_DATA, "mini", seed=0)
-    try:
-        runs = expand(backbones=_csv(args.backbones), inits=_csv(args.inits), tasks=args.tasks,
-                      seeds=[int(s) for s in _csv(args.seeds)], data_roots=roots, results=args.results,
-                      preset=args.preset, overrides=args.overrides, linear_probe=args.linear_probe, device=args.device,
-                      tta=args.tta)
-    except (KeyError, ValueError) as exc:
-        raise SystemExit(f"ponderbench run: {exc.args[0] if isinstance(exc, KeyError) else exc}") from exc
     slurm = {k: v for k, v in {"slurm_partition": args.slurm_partition, "gpus_per_node": args.gpus_per_node,
                                "timeout_min": args.timeout_min, "cpus_per_task": args.cpus_per_task}.items() if v}
     records = run_matrix(runs, args.executor, args.workers, args.overwrite, slurm, progress=not args.no_progress)
@@ -172,11 +175,58 @@ def _run(args: argparse.Namespace) -> int:
         if r.status == "failed":
             print(f"  FAILED {r.task} {r.backbone} {r.init} seed {r.seed}: "
                   f"{(r.error or '').strip().splitlines()[-1]}")
+    return runs, records
+
+
+def _run(args: argparse.Namespace) -> int:
+    from bench.matrix.leaderboard import leaderboard
+
+    try:
+        _matrix(args, _csv(args.backbones))
+    except (KeyError, ValueError, FileNotFoundError) as exc:
+        return _usage_error("run", exc)
     tables = leaderboard(Path(args.results))
     if "overall" in tables:
         print(tables["overall"].to_string(index=False))
     print(f"tables written to {Path(args.results) / 'tables'}")
     return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from bench.matrix.compare import paired, write_comparison
+    from bench.matrix.results import load_results
+    from bench.perf.cost import measure_in_fresh_process
+
+    if args.new == args.against:
+        return _usage_error("compare", ValueError(f"compare {args.new!r} with another backbone"))
+    try:
+        runs, _ = _matrix(args, [args.new, args.against])
+    except (KeyError, ValueError, FileNotFoundError) as exc:
+        return _usage_error("compare", exc)
+    frame = load_results(args.results)
+    wanted = {(r.task, r.backbone, r.init, r.protocol, r.seed) for r in runs}
+    frame = frame[[k in wanted for k in zip(frame.task, frame.backbone, frame.init, frame.protocol, frame.seed,
+                                            strict=True)]]
+    scores = paired(frame, args.new, args.against)
+    cost = pd.DataFrame([{"backbone": name, **measure_in_fresh_process(name, _plugin_paths(args.plugin))}
+                         for name in (args.new, args.against)])
+    cost = cost.assign(params=lambda d: d.params.map(lambda n: f"{n / 1e6:.2f}M"),
+                       points_per_s=lambda d: d.points_per_s.map(lambda v: f"{v:,.0f}"),
+                       peak_rss_mib=lambda d: d.peak_rss_mib.map(lambda v: f"{v:,.0f}"))
+    name = f"compare_{args.new}_vs_{args.against}".replace(":", "_").replace("/", "_")
+    out = Path(args.results) / "tables"
+    write_comparison({name: scores, f"{name}_cost": cost}, out)
+    print(f"## {args.new} vs {args.against}: mean ± std over seeds (%), paired differences {args.new} - "
+          f"{args.against}\n{scores.to_string(index=False)}\n")
+    print(f"## cost (forward + backward on a {cost.points.iloc[0]}-voxel generated room)\n"
+          f"{cost.to_string(index=False)}")
+    print(f"tables written to {out / name}.md / .csv")
+    return 0
+
+
+def _plugin_paths(plugins: list[str]) -> tuple[str, ...]:
+    """Plugin files as absolute paths (worker processes and Slurm jobs may run elsewhere); module names as given."""
+    return tuple(str(Path(p).resolve()) if p.endswith(".py") or "/" in p else p for p in plugins)
 
 
 def _leaderboard(args: argparse.Namespace) -> int:
@@ -193,10 +243,45 @@ def _leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _matrix_parser(seeds: str, inits: str) -> argparse.ArgumentParser:
+    """The options run and compare share (a parser of its own for each: parents share their actions)."""
+    matrix = argparse.ArgumentParser(add_help=False)
+    matrix.add_argument("--data", default=DEFAULT_DATA, help="data root(s), comma-separated; each task uses the "
+                                                             f"first that holds its dataset (default: {DEFAULT_DATA}, "
+                                                             "generated when missing)")
+    matrix.add_argument("--inits", default=inits,
+                        help="scratch, ponder (pre-train first, or reuse the export in RESULTS) or export paths")
+    matrix.add_argument("--tasks", default="*", help="comma-separated wildcard patterns (`ponderbench list tasks`)")
+    matrix.add_argument("--seeds", default=seeds, help="comma-separated seeds")
+    matrix.add_argument("--preset", default="mini", choices=("mini", "reference", "tiny"),
+                        help="fine-tuning recipe (and the pre-training recipe of the ponder init)")
+    matrix.add_argument("--linear-probe", action="store_true", help="freeze the backbone (linear probing)")
+    matrix.add_argument("--tta", action="store_true", help="test-time augmentation: vote over four rotations")
+    matrix.add_argument("--results", default="results", help="results folder (records, pre-training, tables)")
+    matrix.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    matrix.add_argument("--executor", default="local", choices=("local", "slurm", "debug"),
+                        help="local processes, Slurm through submitit, or submitit's in-process debug executor")
+    matrix.add_argument("--workers", type=int, default=1, help="local: parallel processes")
+    matrix.add_argument("--overwrite", action="store_true", help="redo runs that already have an ok record")
+    matrix.add_argument("--slurm-partition")
+    matrix.add_argument("--gpus-per-node", type=int)
+    matrix.add_argument("--cpus-per-task", type=int)
+    matrix.add_argument("--timeout-min", type=int, default=None)
+    matrix.add_argument("--no-progress", action="store_true")
+    matrix.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="fine-tuning recipe overrides, typed like pretrain's, e.g. epochs=20 lr=0.02 "
+                             "max_points=None (`ponderbench list recipes`)")
+    return matrix
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ponderbench", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True)
+    plugins = argparse.ArgumentParser(add_help=False)
+    plugins.add_argument("--plugin", action="append", default=[], metavar="FILE_OR_MODULE",
+                         help="import this .py file or dotted module first, for its @register_backbone entries "
+                              "(repeatable; worker processes and Slurm jobs import it too)")
 
     data = sub.add_parser("data", help="generate and validate datasets").add_subparsers(dest="action", required=True)
     synth = data.add_parser("synth", help="write the embedded mini datasets in their real on-disk formats")
@@ -215,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="fail when this dataset is absent (absent datasets are otherwise only reported)")
     check.set_defaults(func=_data_check)
 
-    pre = sub.add_parser("pretrain", help="pre-train a backbone by neural rendering (PonderV2)",
+    pre = sub.add_parser("pretrain", parents=[plugins], help="pre-train a backbone by neural rendering (PonderV2)",
                          description="Pre-train a backbone by rendering. Modes: indoor (3D backbone, RGB-D views), "
                                      "outdoor (3D backbone, LiDAR), image (2D backbone, multi-view images). "
                                      "Multi-GPU / multi-node: launch with torchrun.")
@@ -231,39 +316,25 @@ def build_parser() -> argparse.ArgumentParser:
                      help="recipe overrides, e.g. epochs=10 lr=1e-3 losses.rgb=5 backbone=spunet-micro")
     pre.set_defaults(func=_pretrain)
 
-    run = sub.add_parser("run", help="run the benchmark matrix (default: the mini suite's whole matrix)",
+    run = sub.add_parser("run", parents=[plugins, _matrix_parser(seeds="0", inits="scratch,ponder")],
+                         help="run the benchmark matrix (default: the mini suite's whole matrix)",
                          description="Fine-tune and evaluate backbones x inits x tasks x seeds; one JSON record per "
                                      "run under RESULTS/runs/records; finished runs are skipped. Ends with the "
-                                     "leaderboard.")
-    run.add_argument("--data", default=DEFAULT_DATA, help="data root(s), comma-separated; each task uses the first "
-                                                          f"that holds its dataset (default: {DEFAULT_DATA}, "
-                                                          "generated when missing)")
+                                     "leaderboard. Every name is resolved first: a typo exits 2 before any work.")
     run.add_argument("--backbones", default="spunet-mini", help="comma-separated registry names")
-    run.add_argument("--inits", default="scratch,ponder",
-                     help="scratch, ponder (pre-train first, or reuse the export in RESULTS) or export paths")
-    run.add_argument("--tasks", default="*", help="comma-separated wildcard patterns (`ponderbench list tasks`)")
-    run.add_argument("--seeds", default="0", help="comma-separated seeds")
-    run.add_argument("--preset", default="mini", choices=("mini", "reference", "tiny"),
-                     help="fine-tuning recipe (and the pre-training recipe of the ponder init)")
-    run.add_argument("--linear-probe", action="store_true", help="freeze the backbone (linear probing)")
-    run.add_argument("--tta", action="store_true", help="test-time augmentation: vote over four rotations")
-    run.add_argument("--results", default="results", help="results folder (records, pre-training, tables)")
-    run.add_argument("--device", default="cuda" if _cuda() else "cpu")
-    run.add_argument("--executor", default="local", choices=("local", "slurm", "debug"),
-                     help="local processes, Slurm through submitit, or submitit's in-process debug executor")
-    run.add_argument("--workers", type=int, default=1, help="local: parallel processes")
-    run.add_argument("--overwrite", action="store_true", help="redo runs that already have an ok record")
-    run.add_argument("--slurm-partition")
-    run.add_argument("--gpus-per-node", type=int)
-    run.add_argument("--cpus-per-task", type=int)
-    run.add_argument("--timeout-min", type=int, default=None)
-    run.add_argument("--no-progress", action="store_true")
-    run.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                     help="fine-tuning recipe overrides, typed like pretrain's, e.g. epochs=20 lr=0.02 max_points=None "
-                          "(`ponderbench list recipes`)")
     run.set_defaults(func=_run)
 
-    board = sub.add_parser("leaderboard", help="tables and plots from the run records")
+    compare = sub.add_parser("compare", parents=[plugins, _matrix_parser(seeds="0,1,2", inits="scratch")],
+                             help="compare a backbone with another",
+                             description="Run what is missing for both backbones (finished runs are reused), then "
+                                         "print and write a side-by-side table: mean ± std per task, the paired "
+                                         "difference per seed and whether it exceeds the seed noise, and each "
+                                         "backbone's parameters, throughput and peak memory.")
+    compare.add_argument("new", help="the backbone to compare (e.g. one registered by --plugin)")
+    compare.add_argument("--against", default="spunet-mini", help="the backbone to compare with")
+    compare.set_defaults(func=_compare)
+
+    board = sub.add_parser("leaderboard", parents=[plugins], help="tables and plots from the run records")
     board.add_argument("--results", default="results",
                        help="results folder(s), comma-separated: records of several machines are merged (a run found "
                             "twice counts once if identical; differing copies are an error naming both files)")
@@ -272,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="comma-separated subset of md,csv,html,png (default: all)")
     board.set_defaults(func=_leaderboard)
 
-    lister = sub.add_parser("list", help="list what the suite knows")
+    lister = sub.add_parser("list", parents=[plugins], help="list what the suite knows")
     lister.add_argument("what", choices=("backbones", "datasets", "suites", "tasks", "recipes"))
     lister.add_argument("pattern", nargs="?", default="*", help="wildcard filter for backbones, e.g. 'spunet*'")
     lister.set_defaults(func=_list)
@@ -283,6 +354,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)  # a deprecation notice timm's import triggers
+    if getattr(args, "plugin", None):
+        from backbones.registry import load_plugin
+
+        try:
+            for plugin in _plugin_paths(args.plugin):
+                load_plugin(plugin)
+        except (ImportError, FileNotFoundError, ValueError) as exc:
+            return _usage_error(args.command, exc)
     return args.func(args)
 
 

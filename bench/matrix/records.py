@@ -58,6 +58,7 @@ class RunRecord:
     peak_rss_bytes: int | None = None
     git_sha: str = ""
     packages: dict = field(default_factory=dict)
+    plugins: dict = field(default_factory=dict)  # backbone plugins: {spec: {path, sha256}}
     python: str = field(default_factory=platform.python_version)
     schema: int = SCHEMA
 

@@ -307,11 +307,15 @@ def _map(fn: Callable, items: list, executor: Executor, workers: int, slurm: dic
 
 def pretrain_jobs(runs: list[RunSpec]) -> dict[PretrainJob, list[RunSpec]]:
     """The pre-trainings the ``ponder`` runs need, each with the runs that wait for it."""
+    from backbones.registry import get_backbone_config
+
     needed: dict[PretrainJob, list[RunSpec]] = {}
     for run in runs:
         spec = get_task(run.task)
         if run.init != "ponder" or run.init_path or not spec.runnable:
             continue
+        if get_backbone_config(run.backbone).modality != "3d":
+            continue  # a 2D backbone on a point-cloud task: the run is recorded as not-applicable
         job = PretrainJob(backbone=run.backbone, domain=spec.domain, data_roots=run.data_roots, results=run.results,
                           preset=run.preset, device=run.device, plugins=run.plugins)
         needed.setdefault(job, []).append(run)

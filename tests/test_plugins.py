@@ -1,0 +1,83 @@
+"""Adding a backbone from one file: --plugin, fail-fast name resolution, and `ponderbench compare`."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench.cli import main
+from bench.matrix.records import RunRecord, record_files
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "custom_backbone.py"
+
+
+@pytest.fixture
+def plugin(tmp_path: Path) -> Path:
+    """A researcher's one file: the README's example under a name of its own."""
+    path = tmp_path / "my_nets.py"
+    path.write_text(EXAMPLE.read_text().replace('"pointmlp-tiny"', '"tmp-mlp"'))
+    return path
+
+
+def _args(tiny_root: Path, results: Path, *extra: str) -> list[str]:
+    return ["--data", str(tiny_root), "--tasks", "semantickitti-semseg", "--preset", "tiny", "--seeds", "0,1",
+            "--inits", "scratch", "--results", str(results), "--no-progress", *extra]
+
+
+def test_one_file_runs_and_compares(tiny_root: Path, tmp_path: Path, plugin: Path, capsys) -> None:  # noqa: ANN001
+    results = tmp_path / "results"
+    assert main(["run", "--plugin", str(plugin), "--backbones", "tmp-mlp", *_args(tiny_root, results)]) == 0
+    records = [RunRecord.from_json(f) for f in record_files(results)]
+    assert {r.status for r in records} == {"ok"} and len(records) == 2
+    digest = hashlib.sha256(plugin.read_bytes()).hexdigest()
+    assert records[0].plugins == {str(plugin): {"path": str(plugin), "sha256": digest}}
+    overall = pd.read_csv(results / "tables" / "overall.csv")
+    assert "tmp-mlp / scratch" in set(overall["backbone / init"])
+
+    capsys.readouterr()
+    assert main(["compare", "tmp-mlp", "--against", "spunet-micro", "--plugin", str(plugin),
+                 *_args(tiny_root, results)]) == 0
+    out = capsys.readouterr().out
+    assert "2 runs: 2 ok" not in out and "4 runs: 4 ok" in out  # the two tmp-mlp runs were reused
+    table = pd.read_csv(results / "tables" / "compare_tmp-mlp_vs_spunet-micro.csv")
+    assert list(table.columns) == ["task", "init", "protocol", "tmp-mlp", "spunet-micro", "difference per seed",
+                                   "mean difference", "seeds", "beyond seed noise"]
+    assert table.loc[0, "seeds"] == 2 and re.fullmatch(r"[+-]\d+\.\d, [+-]\d+\.\d", table.loc[0, "difference per seed"])
+    cost = pd.read_csv(results / "tables" / "compare_tmp-mlp_vs_spunet-micro_cost.csv")
+    assert list(cost.backbone) == ["tmp-mlp", "spunet-micro"] and (cost.points > 0).all()
+
+
+def test_plugins_reach_worker_processes(tiny_root: Path, tmp_path: Path, plugin: Path) -> None:
+    results = tmp_path / "results"
+    assert main(["run", "--plugin", str(plugin), "--backbones", "tmp-mlp", "--workers", "2",
+                 *_args(tiny_root, results)]) == 0
+    assert {RunRecord.from_json(f).status for f in record_files(results)} == {"ok"}
+
+
+@pytest.mark.parametrize(("words", "message"), [
+    (["--backbones", "spunet-mnii"], "unknown backbone 'spunet-mnii'; did you mean spunet-mini"),
+    (["--backbones", "spunet-micro", "--tasks", "scanet-semseg"], "no task matches 'scanet-semseg'; did you mean"),
+    (["--backbones", "spunet-micro", "--inits", "scrach"], "init 'scrach' is neither scratch, ponder"),
+    (["--backbones", "spunet-micro", "epoch=3"], "has no field 'epoch'"),
+    (["--plugin", "no_such_file.py"], "no_such_file.py: backbone plugin file not found"),
+])
+def test_a_typo_exits_2_before_any_work(tiny_root: Path, tmp_path: Path, words: list[str], message: str,
+                                         capsys) -> None:  # noqa: ANN001
+    results = tmp_path / "results"
+    args = ["run", "--data", str(tiny_root), "--results", str(results), "--no-progress", *words]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+    assert not results.exists()
+
+
+def test_a_2d_backbone_on_a_point_cloud_task_is_not_applicable(tiny_root: Path, tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    assert main(["run", "--backbones", "timm:resnet18", "--inits", "ponder", "--data", str(tiny_root), "--tasks",
+                 "semantickitti-semseg", "--preset", "tiny", "--results", str(results), "--no-progress"]) == 0
+    (record,) = [RunRecord.from_json(f) for f in record_files(results)]
+    assert record.status == "not-applicable" and "2D backbone" in record.error
+    assert not (results / "runs" / "pretrain").exists()
