@@ -17,10 +17,15 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "custom_backbone.py
 
 @pytest.fixture
 def plugin(tmp_path: Path) -> Path:
-    """A researcher's one file: the README's example under a name of its own."""
+    """A researcher's one file: the README's example under a name of its own (one per test: the registry is
+    process-wide, and two files registering one name is an error)."""
     path = tmp_path / "my_nets.py"
-    path.write_text(EXAMPLE.read_text().replace('"pointmlp-tiny"', '"tmp-mlp"'))
+    path.write_text(EXAMPLE.read_text().replace('"pointmlp-tiny"', f'"tmp-mlp-{tmp_path.name[-12:]}"'))
     return path
+
+
+def _name(plugin: Path) -> str:
+    return f"tmp-mlp-{plugin.parent.name[-12:]}"
 
 
 def _args(tiny_root: Path, results: Path, *extra: str) -> list[str]:
@@ -30,30 +35,31 @@ def _args(tiny_root: Path, results: Path, *extra: str) -> list[str]:
 
 def test_one_file_runs_and_compares(tiny_root: Path, tmp_path: Path, plugin: Path, capsys) -> None:  # noqa: ANN001
     results = tmp_path / "results"
-    assert main(["run", "--plugin", str(plugin), "--backbones", "tmp-mlp", *_args(tiny_root, results)]) == 0
+    name = _name(plugin)
+    assert main(["run", "--plugin", str(plugin), "--backbones", name, *_args(tiny_root, results)]) == 0
     records = [RunRecord.from_json(f) for f in record_files(results)]
     assert {r.status for r in records} == {"ok"} and len(records) == 2
     digest = hashlib.sha256(plugin.read_bytes()).hexdigest()
     assert records[0].plugins == {str(plugin): {"path": str(plugin), "sha256": digest}}
     overall = pd.read_csv(results / "tables" / "overall.csv")
-    assert "tmp-mlp / scratch" in set(overall["backbone / init"])
+    assert f"{name} / scratch" in set(overall["backbone / init"])
 
     capsys.readouterr()
-    assert main(["compare", "tmp-mlp", "--against", "spunet-micro", "--plugin", str(plugin),
+    assert main(["compare", name, "--against", "spunet-micro", "--plugin", str(plugin),
                  *_args(tiny_root, results)]) == 0
     out = capsys.readouterr().out
     assert "2 runs: 2 ok" not in out and "4 runs: 4 ok" in out  # the two tmp-mlp runs were reused
-    table = pd.read_csv(results / "tables" / "compare_tmp-mlp_vs_spunet-micro.csv")
-    assert list(table.columns) == ["task", "init", "protocol", "tmp-mlp", "spunet-micro", "difference per seed",
+    table = pd.read_csv(results / "tables" / f"compare_{name}_vs_spunet-micro.csv")
+    assert list(table.columns) == ["task", "init", "protocol", name, "spunet-micro", "difference per seed",
                                    "mean difference", "seeds", "beyond seed noise"]
     assert table.loc[0, "seeds"] == 2 and re.fullmatch(r"[+-]\d+\.\d, [+-]\d+\.\d", table.loc[0, "difference per seed"])
-    cost = pd.read_csv(results / "tables" / "compare_tmp-mlp_vs_spunet-micro_cost.csv")
-    assert list(cost.backbone) == ["tmp-mlp", "spunet-micro"] and (cost.points > 0).all()
+    cost = pd.read_csv(results / "tables" / f"compare_{name}_vs_spunet-micro_cost.csv")
+    assert list(cost.backbone) == [name, "spunet-micro"] and (cost.points > 0).all()
 
 
 def test_plugins_reach_worker_processes(tiny_root: Path, tmp_path: Path, plugin: Path) -> None:
     results = tmp_path / "results"
-    assert main(["run", "--plugin", str(plugin), "--backbones", "tmp-mlp", "--workers", "2",
+    assert main(["run", "--plugin", str(plugin), "--backbones", _name(plugin), "--workers", "2",
                  *_args(tiny_root, results)]) == 0
     assert {RunRecord.from_json(f).status for f in record_files(results)} == {"ok"}
 
