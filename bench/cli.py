@@ -212,7 +212,7 @@ def _compare(args: argparse.Namespace) -> int:
                          for name in (args.new, args.against)])
     cost = cost.assign(params=lambda d: d.params.map(lambda n: f"{n / 1e6:.2f}M"),
                        points_per_s=lambda d: d.points_per_s.map(lambda v: f"{v:,.0f}"),
-                       peak_rss_mib=lambda d: d.peak_rss_mib.map(lambda v: f"{v:,.0f}"))
+                       step_peak_mib=lambda d: d.step_peak_mib.map(lambda v: f"{v:,.0f}"))
     name = f"compare_{args.new}_vs_{args.against}".replace(":", "_").replace("/", "_")
     out = Path(args.results) / "tables"
     write_comparison({name: scores, f"{name}_cost": cost}, out)

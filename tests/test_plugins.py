@@ -87,3 +87,15 @@ def test_a_2d_backbone_on_a_point_cloud_task_is_not_applicable(tiny_root: Path, 
     (record,) = [RunRecord.from_json(f) for f in record_files(results)]
     assert record.status == "not-applicable" and "2D backbone" in record.error
     assert not (results / "runs" / "pretrain").exists()
+
+
+def test_ponder_pretrains_a_new_backbone_without_extra_code(tiny_root: Path, tmp_path: Path, plugin: Path) -> None:
+    """``--inits ponder`` renders with the plugin's backbone (it returns per-point features) and fine-tunes the
+    export."""
+    results = tmp_path / "results"
+    assert main(["run", "--plugin", str(plugin), "--backbones", _name(plugin), "--inits", "ponder", "--data",
+                 str(tiny_root), "--tasks", "semantickitti-semseg", "--preset", "tiny", "--results", str(results),
+                 "--no-progress"]) == 0
+    (record,) = [RunRecord.from_json(f) for f in record_files(results)]
+    assert record.status == "ok" and record.init_sha256
+    assert (results / "runs" / "pretrain" / f"outdoor-{_name(plugin)}-tiny" / "backbone.json").is_file()

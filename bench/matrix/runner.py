@@ -170,11 +170,12 @@ def _label(path: str) -> str:
     return f"export:{(p if p.is_dir() else p.parent).name}"
 
 
-class _PeakRSS:
-    """Peak resident memory of this process while a run lasts (sampled every 20 ms)."""
+class PeakRSS:
+    """Peak resident memory of this process while a block runs (sampled every 20 ms; ``start`` is the RSS at entry)."""
 
-    def __enter__(self) -> _PeakRSS:
-        self.peak, self._stop = self._rss(), threading.Event()
+    def __enter__(self) -> PeakRSS:
+        self.start = self.peak = self._rss()
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self
@@ -219,7 +220,7 @@ def execute(run: RunSpec) -> RunRecord:
         record.data_root, record.data_fingerprint = str(root), data_fingerprint(root / spec.dataset)
         start = time.perf_counter()
         try:
-            with _PeakRSS() as memory:
+            with PeakRSS() as memory:
                 result = finetune(spec, run.backbone, root, seed=run.seed, recipe=recipe, init=run.init_path,
                                   linear_probe=run.linear_probe, device=run.device)
             record.status = "ok"

@@ -1,14 +1,15 @@
-"""What a 3D backbone costs: parameters, forward + backward throughput and peak memory on a fixed generated scene.
+"""What a 3D backbone costs: parameters, forward + backward throughput and the memory a step adds, on a fixed
+generated scene.
 
-Run in a fresh process (``python -m bench.perf.cost NAME [--plugin FILE]``, one JSON line), so that the peak
-resident memory is the backbone's own and not what an earlier one left behind.
+Run in a fresh process (``python -m bench.perf.cost NAME [--plugin FILE]``, one JSON line), so that no earlier
+backbone's memory is counted. ``step_peak_mib``: peak resident memory while the steps run, above the resident
+memory before them (the scene, torch and the weights).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -25,6 +26,7 @@ def measure(name: str) -> dict[str, float]:
 
     from backbones.registry import count_parameters, create_backbone
     from backbones.structures import PointBatch
+    from bench.matrix.runner import PeakRSS
     from tasks.contract import in_channels, point_features, voxel_size
     from tasks.structures import Scene
     from tasks.synth.indoor import make_room, room_cloud
@@ -40,14 +42,15 @@ def measure(name: str) -> dict[str, float]:
     sampled = grid_sample_train(scene.coord, voxel_size("indoor", net.config.voxel_size), rng)
     batch = PointBatch.collate([(scene.coord[sampled.index], sampled.grid_coord,
                                  point_features(scene, "indoor")[sampled.index])])
-    net(batch).square().mean().backward()  # warm-up
-    start = time.perf_counter()
-    for _ in range(STEPS):
-        net.zero_grad(set_to_none=True)
-        net(batch).square().mean().backward()
-    seconds = (time.perf_counter() - start) / STEPS
+    with PeakRSS() as memory:
+        net(batch).square().mean().backward()  # warm-up
+        start = time.perf_counter()
+        for _ in range(STEPS):
+            net.zero_grad(set_to_none=True)
+            net(batch).square().mean().backward()
+        seconds = (time.perf_counter() - start) / STEPS
     return {"params": count_parameters(net), "points": len(sampled.index), "points_per_s": len(sampled.index) / seconds,
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "step_peak_mib": (memory.peak - memory.start) / 2**20}
 
 
 def measure_in_fresh_process(name: str, plugins: tuple[str, ...] = ()) -> dict[str, float]:
