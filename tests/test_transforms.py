@@ -87,3 +87,20 @@ def test_dropout_and_jitter(tiny_root: Path) -> None:
         scene, np.random.default_rng(0))
     assert 0.4 < len(out) / len(scene) < 0.6
     assert len(out.segment) == len(out)
+
+
+def test_a_point_cap_is_a_sphere_crop_that_keeps_local_density() -> None:
+    """Capping points must not thin them: inside the crop every point of the cloud is kept, so the voxels a network
+    trains on are as dense as the ones it is evaluated on (random thinning made them 5x sparser)."""
+    from tasks.transforms import sphere_crop
+
+    rng = np.random.default_rng(0)
+    cloud = (rng.random((20_000, 3)) * [10.0, 10.0, 3.0]).astype(np.float32)
+    keep = sphere_crop(cloud, 4000, np.random.default_rng(1))
+    assert len(keep) == 4000 and np.all(np.diff(keep) > 0)
+    center = cloud[np.random.default_rng(1).integers(len(cloud))]
+    radius = np.linalg.norm(cloud[keep] - center, axis=1).max()
+    inside = np.flatnonzero(np.linalg.norm(cloud - center, axis=1) < radius)
+    assert set(inside.tolist()) <= set(keep.tolist())  # nothing inside the sphere was dropped
+    np.testing.assert_array_equal(sphere_crop(cloud, None, rng), np.arange(len(cloud)))
+    np.testing.assert_array_equal(sphere_crop(cloud, 30_000, rng), np.arange(len(cloud)))
