@@ -15,20 +15,23 @@ from scipy import stats
 from tasks.io import atomic_write
 
 
-def paired(frame: pd.DataFrame, new: str, against: str) -> pd.DataFrame:
-    """Per (task, init, protocol): both backbones' mean ± std and the paired differences ``new - against``.
+def paired(frame: pd.DataFrame, new: str, against: str, column: str = "backbone") -> pd.DataFrame:
+    """Per (task, the other of backbone/init, protocol): ``new`` and ``against`` (values of ``column``) as
+    mean ± std, and the paired differences ``new - against`` over the seeds both ran.
 
-    ``frame`` is :func:`bench.matrix.results.load_results`' frame; scores in percent.
+    ``frame`` is :func:`bench.matrix.results.load_results`' frame; scores in percent. ``column="backbone"``
+    compares two backbones (``ponderbench compare``), ``column="init"`` two initialisations (the leaderboard's
+    gain of pre-training).
     """
-    ok = frame[(frame.status == "ok") & frame.backbone.isin([new, against])].assign(
+    other = "init" if column == "backbone" else "backbone"
+    ok = frame[(frame.status == "ok") & frame[column].isin([new, against])].assign(
         score=lambda d: d.main_value.astype(float) * 100)
     rows = []
-    for (task, init, protocol), group in ok.groupby(["task", "init", "protocol"], sort=True):
-        by = group.pivot_table(index="seed", columns="backbone", values="score")
-        row = {"task": task, "init": init, "protocol": protocol}
+    for (task, second, protocol), group in ok.groupby(["task", other, "protocol"], sort=True):
+        by = group.pivot_table(index="seed", columns=column, values="score")
+        row = {"task": task, other: second, "protocol": protocol}
         for name in (new, against):
-            values = by[name].dropna() if name in by else pd.Series(dtype=float)
-            row[name] = _mean_std(values)
+            row[name] = _mean_std(by[name].dropna() if name in by else pd.Series(dtype=float))
         both = by.dropna() if {new, against} <= set(by.columns) else by.iloc[0:0]
         diff = (both[new] - both[against]) if len(both) else pd.Series(dtype=float)
         row["difference per seed"] = ", ".join(f"{d:+.1f}" for d in diff) or "–"
@@ -36,7 +39,7 @@ def paired(frame: pd.DataFrame, new: str, against: str) -> pd.DataFrame:
         row["seeds"] = len(diff)
         row["beyond seed noise"] = _beyond_noise(diff.to_numpy())
         rows.append(row)
-    columns = ["task", "init", "protocol", new, against, "difference per seed", "mean difference", "seeds",
+    columns = ["task", other, "protocol", new, against, "difference per seed", "mean difference", "seeds",
                "beyond seed noise"]
     return pd.DataFrame(rows, columns=columns)
 

@@ -1,9 +1,10 @@
 """Leaderboard tables from the run records (pure pandas over :func:`bench.matrix.results.load_results`).
 
 Tables: one per task (backbone x init: mean +- std over seeds, n), an overall pivot (rows backbone + init,
-columns tasks, main scores), the gain of ``ponder`` pre-training over ``scratch`` per backbone and task, and
-the run status counts. The paper's numbers appear as a marked reference row, never as a result. Scores are
-shown in percent. Each table is written as Markdown, CSV and HTML, plus a PNG per task (``formats`` picks).
+columns tasks, main scores), the gain of ``ponder`` pre-training over ``scratch`` per backbone and task (paired
+over seeds, marked ``*`` where it exceeds the seed noise), and the run status counts. The paper's numbers
+appear as a marked reference row, never as a result. Scores are shown in percent. Each table is written as
+Markdown, CSV and HTML, plus a PNG per task (``formats`` picks).
 Output is deterministic: fixed column order and dtypes, so that diffs between runs are readable.
 """
 
@@ -19,6 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from bench.matrix.compare import paired  # noqa: E402
 from bench.matrix.records import Status  # noqa: E402
 from bench.matrix.results import ResultsError, load_results  # noqa: E402
 from tasks.io import atomic_write  # noqa: E402
@@ -62,15 +64,20 @@ def build_tables(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
                 for t in overall.columns}
         overall.loc[REFERENCE] = pd.Series(refs)
         tables["overall"] = overall.reset_index().rename(columns={"row": "backbone / init"})
-        means = stats.pivot_table(index=["backbone", "protocol", "task"], columns="init", values="mean")
-        if {"scratch", "ponder"} <= set(means.columns):
-            gain = (means["ponder"] - means["scratch"]).rename("gain").reset_index()
-            gain["gain"] = gain["gain"].map(lambda g: "–" if np.isnan(g) else f"{round(g, 1) + 0.0:+.1f}")
-            tables["gain"] = gain.pivot(index=["backbone", "protocol"], columns="task", values="gain").fillna(
-                "–").reset_index()
+        if {"scratch", "ponder"} <= set(stats["init"]):
+            tables["gain"] = gain_table(frame)
     status = frame.groupby(["task", "status"]).size().unstack(fill_value=0)
     tables["status"] = status.reindex(columns=list(get_args(Status)), fill_value=0).astype("int64").reset_index()
     return tables
+
+
+def gain_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """ponder - scratch per backbone, protocol and task: the mean paired difference over seeds ± its sd, with
+    ``*`` where it exceeds the seed noise (paired t-test, p < 0.05; see :mod:`bench.matrix.compare`)."""
+    pairs = paired(frame, "ponder", "scratch", column="init")
+    pairs = pairs[pairs.seeds > 0]
+    pairs["cell"] = pairs["mean difference"] + pairs["beyond seed noise"].map(lambda b: " *" if b == "yes" else "")
+    return pairs.pivot(index=["backbone", "protocol"], columns="task", values="cell").fillna("–").reset_index()
 
 
 def write_tables(tables: dict[str, pd.DataFrame], out: Path, formats: tuple[str, ...] = FORMATS) -> list[Path]:
