@@ -48,10 +48,11 @@ def _data_check(args: argparse.Namespace) -> int:
 def _print_check(root: Path, datasets: list[str] | None, max_scenes: int | None, required: tuple[str, ...]) -> int:
     from tasks.check import check_root, failures
 
+    names = list(dict.fromkeys([*datasets, *required])) if datasets else None
     try:
-        reports = check_root(root, [*(datasets or []), *required] if datasets else None, max_scenes)
+        reports = check_root(root, names, max_scenes, required)
     except KeyError as exc:
-        raise SystemExit(f"ponderbench data check: {exc.args[0]}") from exc
+        return _usage_error("data check", exc)
     table = pd.DataFrame([{
         "dataset": r.dataset, "status": r.status if r.present or r.dataset not in required else "MISSING",
         **{f"{s} scenes": r.splits.get(s, 0) for s in ("train", "val")}, "points": r.points, "path": str(r.path),
@@ -152,15 +153,20 @@ def _usage_error(command: str, exc: Exception) -> int:
     return 2
 
 
-def _matrix(args: argparse.Namespace, backbones: list[str]) -> tuple[list, list]:
-    """Expand and run the matrix the arguments describe; returns (runs, records)."""
-    from bench.matrix.runner import expand, run_matrix
+def _expand(args: argparse.Namespace, backbones: list[str]) -> list:
+    """The runs the arguments describe; every name resolved (raises KeyError/ValueError/FileNotFoundError)."""
+    from bench.matrix.runner import expand
 
-    roots = tuple(_csv(args.data))
-    runs = expand(backbones=backbones, inits=_csv(args.inits), tasks=args.tasks,
-                  seeds=[int(s) for s in _csv(args.seeds)], data_roots=roots, results=args.results,
+    return expand(backbones=backbones, inits=_csv(args.inits), tasks=args.tasks,
+                  seeds=[int(s) for s in _csv(args.seeds)], data_roots=tuple(_csv(args.data)), results=args.results,
                   preset=args.preset, overrides=args.overrides, linear_probe=args.linear_probe, device=args.device,
                   tta=args.tta, plugins=_plugin_paths(args.plugin))
+
+
+def _execute(args: argparse.Namespace, runs: list) -> list:
+    """Run the matrix (generating the mini suite first when it is the default and missing); print the counts."""
+    from bench.matrix.runner import run_matrix
+
     if args.data == DEFAULT_DATA and not Path(DEFAULT_DATA).is_dir():
         from tasks.synth.suite import synthesize
 
@@ -175,17 +181,22 @@ def _matrix(args: argparse.Namespace, backbones: list[str]) -> tuple[list, list]
         if r.status == "failed":
             print(f"  FAILED {r.task} {r.backbone} {r.init} seed {r.seed}: "
                   f"{(r.error or '').strip().splitlines()[-1]}")
-    return runs, records
+    return records
 
 
 def _run(args: argparse.Namespace) -> int:
     from bench.matrix.leaderboard import leaderboard
+    from bench.matrix.results import ResultsError
 
     try:
-        _matrix(args, _csv(args.backbones))
+        runs = _expand(args, _csv(args.backbones))
     except (KeyError, ValueError, FileNotFoundError) as exc:
         return _usage_error("run", exc)
-    tables = leaderboard(Path(args.results))
+    _execute(args, runs)
+    try:
+        tables = leaderboard(Path(args.results))
+    except ResultsError as exc:
+        raise SystemExit(f"ponderbench run: the runs are done, but the tables cannot be made: {exc}") from exc
     if "overall" in tables:
         print(tables["overall"].to_string(index=False))
     print(f"tables written to {Path(args.results) / 'tables'}")
@@ -193,33 +204,35 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from bench.matrix.compare import paired, write_comparison
-    from bench.matrix.results import load_results
+    from bench.matrix.compare import paired
+    from bench.matrix.leaderboard import write_tables
+    from bench.matrix.results import ResultsError, load_results
     from bench.perf.cost import measure_in_fresh_process
 
     if args.new == args.against:
         return _usage_error("compare", ValueError(f"compare {args.new!r} with another backbone"))
     try:
-        runs, _ = _matrix(args, [args.new, args.against])
+        runs = _expand(args, [args.new, args.against])
     except (KeyError, ValueError, FileNotFoundError) as exc:
         return _usage_error("compare", exc)
-    frame = load_results(args.results)
+    _execute(args, runs)
+    try:
+        frame = load_results(args.results)
+    except ResultsError as exc:
+        raise SystemExit(f"ponderbench compare: the runs are done, but the table cannot be made: {exc}") from exc
     wanted = {(r.task, r.backbone, r.init, r.protocol, r.seed) for r in runs}
     frame = frame[[k in wanted for k in zip(frame.task, frame.backbone, frame.init, frame.protocol, frame.seed,
                                             strict=True)]]
     scores = paired(frame, args.new, args.against)
     cost = pd.DataFrame([{"backbone": name, **measure_in_fresh_process(name, _plugin_paths(args.plugin))}
                          for name in (args.new, args.against)])
-    cost = cost.assign(params=lambda d: d.params.map(lambda n: f"{n / 1e6:.2f}M"),
-                       points_per_s=lambda d: d.points_per_s.map(lambda v: f"{v:,.0f}"),
-                       step_peak_mib=lambda d: d.step_peak_mib.map(lambda v: f"{v:,.0f}"))
     name = f"compare_{args.new}_vs_{args.against}".replace(":", "_").replace("/", "_")
     out = Path(args.results) / "tables"
-    write_comparison({name: scores, f"{name}_cost": cost}, out)
+    write_tables({name: scores, f"{name}_cost": cost}, out, ("md", "csv"))
     print(f"## {args.new} vs {args.against}: mean ± std over seeds (%), paired differences {args.new} - "
           f"{args.against}\n{scores.to_string(index=False)}\n")
-    print(f"## cost (forward + backward on a {cost.points.iloc[0]}-voxel generated room)\n"
-          f"{cost.to_string(index=False)}")
+    shown = cost.to_string(index=False, float_format="{:,.0f}".format)
+    print(f"## cost (forward + backward on a generated room; memory a step adds, MiB)\n{shown}")
     print(f"tables written to {out / name}.md / .csv")
     return 0
 
@@ -268,10 +281,14 @@ def _matrix_parser(seeds: str, inits: str) -> argparse.ArgumentParser:
     matrix.add_argument("--cpus-per-task", type=int)
     matrix.add_argument("--timeout-min", type=int, default=None)
     matrix.add_argument("--no-progress", action="store_true")
-    matrix.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+    return matrix
+
+
+def _add_overrides(parser: argparse.ArgumentParser) -> None:
+    """The fine-tuning overrides: last, after a command's own positionals."""
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="fine-tuning recipe overrides, typed like pretrain's, e.g. epochs=20 lr=0.02 "
                              "max_points=None (`ponderbench list recipes`)")
-    return matrix
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -322,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "run under RESULTS/runs/records; finished runs are skipped. Ends with the "
                                      "leaderboard. Every name is resolved first: a typo exits 2 before any work.")
     run.add_argument("--backbones", default="spunet-mini", help="comma-separated registry names")
+    _add_overrides(run)
     run.set_defaults(func=_run)
 
     compare = sub.add_parser("compare", parents=[plugins, _matrix_parser(seeds="0,1,2", inits="scratch")],
@@ -332,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          "backbone's parameters, throughput and peak memory.")
     compare.add_argument("new", help="the backbone to compare (e.g. one registered by --plugin)")
     compare.add_argument("--against", default="spunet-mini", help="the backbone to compare with")
+    _add_overrides(compare)
     compare.set_defaults(func=_compare)
 
     board = sub.add_parser("leaderboard", parents=[plugins], help="tables and plots from the run records")

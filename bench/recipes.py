@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal, get_args, get_type_hints
 
 from renderer.losses import LossWeights
-from tasks.contract import HOLDOUT_EVERY, Domain
+from tasks.contract import Domain
 
 Mode = Literal["indoor", "outdoor", "image"]  # 3D + RGB-D views | LiDAR | 2D backbone on multi-view images
 MODES: tuple[Mode, ...] = get_args(Mode)
@@ -29,7 +29,7 @@ class PretrainRecipe:
     # input
     mask_ratio: float = 0.8  # indoor: RandomDropout of points; outdoor: block masking; image: patch masking
     mask_block: float = 2.0  # outdoor: block edge in metres; image: patch edge in pixels is 32
-    max_points: int | None = None  # cap on input points per scene (random subset)
+    max_points: int | None = None  # cap on input points per scene (a sphere crop; rays end inside it)
     image_size: tuple[int, int] = (256, 352)  # image mode: (H, W) the views are resized to
     # rays
     views: int = 5
@@ -59,7 +59,6 @@ class PretrainRecipe:
     # outputs
     render_every: int = 100  # steps between rendered-vs-real pictures (0: never)
     render_size: tuple[int, int] = (48, 64)
-    holdout_every: int = HOLDOUT_EVERY  # frame folders: the contract's held-out rule (depth-error check)
 
     @property
     def domain(self) -> Domain:
@@ -105,20 +104,19 @@ class FinetuneRecipe:
     pct_start: float = 0.05
     lovasz_weight: float = 1.0
     max_points: int | None = None  # cap on training points per scene (after grid sampling)
-    outdoor_voxel: float = 0.05  # metres; indoor uses the backbone's voxel
     tta: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
-        if self.lr <= 0 or self.outdoor_voxel <= 0:
-            raise ValueError(f"lr and outdoor_voxel must be > 0, got {self.lr} and {self.outdoor_voxel}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
 
 
 FINETUNE_PRESETS: dict[str, FinetuneRecipe] = {
     "reference": FinetuneRecipe(),
-    "mini": FinetuneRecipe(epochs=6, batch_size=2, lr=0.05, max_points=10_000, outdoor_voxel=0.1),
-    "tiny": FinetuneRecipe(epochs=2, batch_size=2, lr=0.05, max_points=3_000, outdoor_voxel=0.2),  # tests
+    "mini": FinetuneRecipe(epochs=6, batch_size=2, lr=0.05, max_points=10_000),
+    "tiny": FinetuneRecipe(epochs=2, batch_size=2, lr=0.05, max_points=3_000),  # tests
 }
 
 

@@ -72,9 +72,10 @@ def check_dataset(name: str, root: Path, max_scenes: int | None = None) -> Datas
     return report
 
 
-def check_root(root: str | Path, datasets: list[str] | None = None, max_scenes: int | None = None
-               ) -> list[DatasetReport]:
-    unknown = sorted(set(datasets or ()) - set(CHECKS))
+def check_root(root: str | Path, datasets: list[str] | None = None, max_scenes: int | None = None,
+               required: tuple[str, ...] = ()) -> list[DatasetReport]:
+    """Reports of ``datasets`` (default: all) under ``root``; unknown names (``required`` too) raise KeyError."""
+    unknown = sorted((set(datasets or ()) | set(required)) - set(CHECKS))
     if unknown:
         raise KeyError(f"unknown dataset(s) {unknown}; known: {', '.join(CHECKS)}")
     return [check_dataset(name, Path(root), max_scenes) for name in (datasets or list(CHECKS))]

@@ -64,17 +64,33 @@ def voting_fragments(coord: np.ndarray, grid_size: float, max_fragments: int | N
     return parts, voxel_of
 
 
-def sphere_crop(coord: np.ndarray, limit: int | None, rng: np.random.Generator | None) -> np.ndarray:
-    """Sorted indices of at most ``limit`` points: the ones nearest a centre (Pointcept ``SphereCrop``).
+@dataclass(frozen=True)
+class Crop:
+    """The points a :func:`sphere_crop` keeps (sorted indices) and the sphere they lie in."""
 
-    The centre is a random point (``rng``), or the cloud's centre without one. Unlike a random subset, a crop
-    keeps the local point density, so the voxels a network trains on look like the ones it is evaluated on.
+    index: np.ndarray
+    center: np.ndarray  # (3,)
+    radius: float  # inf when nothing was cropped
+
+    def contains(self, points: np.ndarray) -> np.ndarray:
+        return np.square(points - self.center).sum(-1) <= self.radius**2
+
+
+def sphere_crop(coord: np.ndarray, limit: int | None, rng: np.random.Generator,
+                candidates: np.ndarray | None = None) -> Crop:
+    """At most ``limit`` points: the ones nearest a random centre (Pointcept ``SphereCrop``), drawn from the cloud
+    or from ``candidates`` (e.g. where rendering rays end, so that the crop has targets).
+
+    Unlike a random subset, a crop keeps the local point density, so the voxels a network trains on look like
+    the ones it is evaluated on.
     """
     if not limit or len(coord) <= limit:
-        return np.arange(len(coord))
-    center = coord[rng.integers(len(coord))] if rng is not None else (coord.min(0) + coord.max(0)) / 2
+        return Crop(np.arange(len(coord)), np.zeros(3), float("inf"))
+    pool = coord if candidates is None or len(candidates) == 0 else candidates
+    center = pool[rng.integers(len(pool))]
     distance = np.square(coord - center).sum(1)
-    return np.sort(np.argpartition(distance, limit - 1)[:limit])
+    index = np.sort(np.argpartition(distance, limit - 1)[:limit])
+    return Crop(index, center, float(np.sqrt(distance[index].max())))
 
 
 @dataclass(frozen=True)

@@ -74,3 +74,19 @@ def test_one_nuscenes_version_rule(tmp_path) -> None:  # noqa: ANN001
     assert nuscenes_version(tmp_path, "v1.0-mini") == "v1.0-mini"
     with pytest.raises(DataFormatError, match="v1.0-test: nuScenes table folder not found"):
         nuscenes_version(tmp_path, "v1.0-test")
+
+
+@pytest.mark.parametrize("domain", ["indoor", "outdoor"])
+def test_a_cropped_pretraining_input_gets_rays_that_end_inside_the_crop(domain: str) -> None:
+    """With a cap on input points, the rendering targets must lie where the input still has features."""
+    import torch
+
+    scene = _scene(domain)
+    recipe = replace(get_recipe(f"{domain}-mini"), mask_ratio=0.0, max_points=1500, backbone="spunet-micro")
+    sample = build_sample(scene, recipe, voxel_size(domain, 0.02), 0, 0, augment=False)
+    coord = sample.points.coord
+    ends = sample.rays.origins + sample.rays.directions * sample.rays.depth[:, None]
+    nearest = torch.cdist(ends, coord).min(dim=1).values
+    spacing = torch.cdist(coord, coord).topk(2, largest=False).values[:, 1].median()
+    assert len(sample.rays) > 0 and len(coord) <= 1500
+    assert (nearest <= 20 * spacing).all(), f"{int((nearest > 20 * spacing).sum())} rays end far from the input"

@@ -93,7 +93,7 @@ def train_cloud(scene: Scene, domain: Domain, voxel: float, limit: int | None, r
                       jitter_sigma=0.0 if outdoor else 0.005)
     scene = augment(scene, rng)
     sampled = grid_sample_train(scene.coord, voxel, rng)
-    crop = sphere_crop(scene.coord[sampled.index], limit, rng)  # a cap keeps local density (no random thinning)
+    crop = sphere_crop(scene.coord[sampled.index], limit, rng).index  # a cap keeps local density, never thins
     index, grid = sampled.index[crop], sampled.grid_coord[crop]
     return (scene.coord[index], grid, point_features(scene, domain)[index]), scene, index
 
@@ -148,7 +148,7 @@ def fit_and_evaluate(spec: TaskSpec, backbone_name: str, train: Sequence[Scene],
     rng = np.random.default_rng(seed)
     backbone = create_backbone(backbone_name, in_channels=channels)
     init_sha = load_export(backbone, init, backbone_name, channels) if init else None
-    voxel = recipe.outdoor_voxel if spec.domain == "outdoor" else voxel_size(spec.domain, config.voxel_size)
+    voxel = voxel_size(spec.domain, config.voxel_size)  # the contract's: what pre-training used
     ctx = FinetuneContext(spec=spec, recipe=recipe, domain=spec.domain, voxel=voxel, device=torch.device(device),
                           linear_probe=linear_probe)
     model = part.build(backbone, ctx).to(ctx.device)

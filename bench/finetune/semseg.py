@@ -42,7 +42,8 @@ class SemanticSegmentation:
             matrix.update(scene.segment, predict_scene(model, scene, ctx.voxel, ctx.domain, len(ctx.spec.classes),
                                                        ctx.device, ctx.recipe.tta))
         scores = matrix.scores(ctx.spec.classes)
-        return {**scores, "per_class": scores.pop("per_class_iou"), "eval_points": int(matrix.matrix.sum())}
+        per_class = scores.pop("per_class_iou")
+        return {**scores, "per_class": per_class, "eval_points": int(matrix.matrix.sum())}
 
 
 def predict_scene(model: torch.nn.Module, scene: Scene, voxel: float, domain: str, num_classes: int,

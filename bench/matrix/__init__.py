@@ -1,1 +1,1 @@
-"""The benchmark matrix: runner and executors, typed run records, the leaderboard."""
+"""The benchmark matrix: runner and executors, typed run records, results as pandas, the leaderboard, comparisons."""

@@ -75,8 +75,8 @@ def gain_table(frame: pd.DataFrame) -> pd.DataFrame:
     """ponder - scratch per backbone, protocol and task: the mean paired difference over seeds ± its sd, with
     ``*`` where it exceeds the seed noise (paired t-test, p < 0.05; see :mod:`bench.matrix.compare`)."""
     pairs = paired(frame, "ponder", "scratch", column="init")
-    pairs = pairs[pairs.seeds > 0]
-    pairs["cell"] = pairs["mean difference"] + pairs["beyond seed noise"].map(lambda b: " *" if b == "yes" else "")
+    pairs = pairs[pairs.seeds > 0].assign(
+        cell=lambda d: d["mean difference"] + d["beyond seed noise"].map(lambda b: " *" if b == "yes" else ""))
     return pairs.pivot(index=["backbone", "protocol"], columns="task", values="cell").fillna("–").reset_index()
 
 

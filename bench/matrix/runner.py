@@ -40,6 +40,7 @@ from bench.matrix.records import (
 )
 from bench.recipes import FINETUNE_PRESETS, FinetuneRecipe, get_finetune_recipe
 from tasks.contract import Domain
+from tasks.datasets import expected_path
 from tasks.spec import get_task, list_tasks
 
 log = logging.getLogger(__name__)
@@ -151,6 +152,8 @@ def expand(*, backbones: list[str], inits: list[str], tasks: str, seeds: list[in
     task_ids = resolve(backbones=backbones, inits=inits, tasks=tasks)
     if preset not in FINETUNE_PRESETS:
         raise KeyError(f"unknown fine-tuning preset {preset!r}; choose from {', '.join(sorted(FINETUNE_PRESETS))}")
+    if any(o.partition("=")[0].strip() == "tta" for o in overrides):
+        raise ValueError("test-time augmentation is the --tta flag (it changes the protocol), not a recipe override")
     get_finetune_recipe(preset, list(overrides))  # a bad override fails here, before any work
     runs = []
     for task in task_ids:
@@ -205,14 +208,20 @@ def execute(run: RunSpec) -> RunRecord:
     record = RunRecord(task=spec.id, task_version=spec.version, backbone=run.backbone, init=run.init,
                        protocol=run.protocol, seed=run.seed, status="failed", main_score=spec.main_score,
                        higher_is_better=spec.higher_is_better, init_path=run.init_path, finetune_preset=run.preset,
-                       finetune_recipe=asdict(recipe), git_sha=git_sha(), packages=package_versions(),
-                       plugins=load_plugins(run.plugins))
+                       finetune_recipe=asdict(recipe), git_sha=git_sha(), packages=package_versions())
     root = data_root_for(spec.dataset, run.data_roots)
-    if not spec.runnable:
+    plugin_error = None
+    try:  # on a worker or a Slurm node the plugins are imported here, and may fail there
+        record.plugins = load_plugins(run.plugins)
+    except Exception:  # noqa: BLE001  (recorded like any failing run)
+        plugin_error = f"backbone plugin could not be imported:\n{traceback.format_exc()[-3000:]}"
+    if plugin_error:
+        record.error = plugin_error
+    elif not spec.runnable:
         record.status, record.error = "not-runnable", spec.note
     elif root is None:
         record.status = "skipped"
-        record.expected_path = " or ".join(str(Path(r) / spec.dataset) for r in run.data_roots)
+        record.expected_path = " or ".join(str(expected_path(spec, r)) for r in run.data_roots)
         record.error = f"data not found: {record.expected_path}"
     elif run.pretrain_error is not None:
         record.status, record.error = "failed", f"pre-training failed: {run.pretrain_error}"

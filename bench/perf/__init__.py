@@ -1,1 +1,2 @@
-"""Performance tooling shared by the benchmarks and the GPU check: the eager PonderV2-style baseline, the GPU check."""
+"""Performance tooling: the eager PonderV2-style baseline, the GPU check, the backbone cost probe (imported by the
+benchmarks and by ``ponderbench compare``)."""

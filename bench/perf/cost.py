@@ -53,9 +53,13 @@ def measure(name: str) -> dict[str, float]:
             "step_peak_mib": (memory.peak - memory.start) / 2**20}
 
 
-def measure_in_fresh_process(name: str, plugins: tuple[str, ...] = ()) -> dict[str, float]:
+def measure_in_fresh_process(name: str, plugins: tuple[str, ...] = ()) -> dict[str, float | str]:
+    """:func:`measure` in a child process; a failure comes back as ``{"error": its last line}``."""
     args = [sys.executable, "-m", "bench.perf.cost", name, *(f"--plugin={p}" for p in plugins)]
-    out = subprocess.run(args, capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[2])
+    out = subprocess.run(args, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
+    if out.returncode:
+        lines = out.stderr.strip().splitlines() or [f"exit code {out.returncode}"]
+        return {"error": lines[-1]}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -19,7 +19,7 @@ import torch
 from backbones.structures import GridSpec, PointBatch
 from renderer.rays import RayBundle, near_far_from_box, sample_rays
 from tasks.classes import SCANNET20
-from tasks.contract import HOLDOUT_EVERY, OUTDOOR_EXTENT, UNIT_BOX, grid_spec, point_features, split_heldout
+from tasks.contract import OUTDOOR_EXTENT, UNIT_BOX, grid_spec, point_features, split_heldout
 from tasks.datasets import open_dataset
 from tasks.errors import DataFormatError
 from tasks.structures import PosedViews, Scene
@@ -55,7 +55,7 @@ class SceneSource:
         return self.loader(index)
 
 
-def open_source(path: str | Path, mode: str, holdout_every: int = HOLDOUT_EVERY) -> SceneSource:
+def open_source(path: str | Path, mode: str) -> SceneSource:
     """Recognise the layout at ``path``: a 7-Scenes-style RGB-D folder, a Pointcept ScanNet root, SemanticKITTI,
     a nuScenes root (v1.0-*), or a folder of loose lidarseg frames (``frameNN/points.bin``).
 
@@ -71,7 +71,7 @@ def open_source(path: str | Path, mode: str, holdout_every: int = HOLDOUT_EVERY)
     wants_views = mode in ("indoor", "image")
     if (path / "camera-intrinsics.txt").is_file():
         folder = RGBDFolder(path)
-        train, held = split_heldout(list(range(len(folder))), holdout_every)
+        train, held = split_heldout(list(range(len(folder))))
         scene = folder.scene(index=train)
         heldout = [replace(scene, views=folder.views(held))] if held else []
         return SceneSource(path, "rgbd", [scene.name], lambda i: scene, (), heldout)
@@ -86,10 +86,9 @@ def open_source(path: str | Path, mode: str, holdout_every: int = HOLDOUT_EVERY)
             data = open_dataset("nuscenes", path, "train")
             return SceneSource(path, "nuscenes", data.names, data.__getitem__)
         if any(path.glob("*/points.bin")):
-            from tasks.formats.nuscenes import read_lidarseg_frames
-
-            train, held = split_heldout(read_lidarseg_frames(path), holdout_every)
-            return SceneSource(path, "lidar-frames", [f.name for f in train], train.__getitem__, (), held)
+            train, held = (open_dataset("lidarseg-frames", path, split) for split in ("train", "val"))
+            return SceneSource(path, "lidar-frames", train.names, train.__getitem__, (),
+                               [held[i] for i in range(len(held))])
     needs = "RGB-D views (an RGB-D folder or a ScanNet root with rgbd/)" if wants_views else "LiDAR sweeps"
     raise DataFormatError(path, f"no pre-training data for mode '{mode}': it needs {needs}")
 
@@ -158,13 +157,19 @@ def _camera_sample(scene: Scene, recipe, voxel_size: float, rng: np.random.Gener
                             preview=_camera_preview(views, recipe.render_size) if with_preview else None)
     if recipe.mode == "image":
         return _with_images(sample, views, recipe, rng)
-    keep = sphere_crop(full.coord, recipe.max_points, rng)
+    ends = (rays.origins + rays.directions * rays.depth[:, None]).numpy()
+    crop = sphere_crop(full.coord, recipe.max_points, rng, candidates=ends)  # centred where a ray ends
+    looking = crop.contains(ends)
+    sample.rays = rays[torch.from_numpy(looking)]  # rays must end where the (cropped) input has features
+    if len(sample.rays) == 0:
+        raise UnusableScene(f"{scene.name}: no ray ends inside the input crop")
+    keep = crop.index
     keep = keep[rng.random(len(keep)) >= recipe.mask_ratio] if augment else keep  # RandomDropout masking
     if len(keep) == 0:
         raise UnusableScene(f"{scene.name}: no point left after masking")
     coord = full.coord[keep]
     sampled = grid_sample_train(coord, voxel_size * norm.scale, rng)
-    feat = point_features(full, "indoor")[keep][sampled.index]
+    feat = point_features(full.subset(keep[sampled.index]), "indoor")
     sample.points = PointBatch.collate([(coord[sampled.index], sampled.grid_coord, feat)])
     return sample
 
@@ -240,9 +245,9 @@ def _outdoor_sample(scene: Scene, recipe, voxel_size: float, rng: np.random.Gene
     inside = np.flatnonzero(((scene.coord > lo) & (scene.coord < hi)).all(1) & (rng_dist > 1.0))
     if len(inside) == 0:
         raise UnusableScene(f"{scene.name}: no LiDAR return inside the volume")
-    targets = inside[_subset(len(inside), recipe.lidar_rays, rng)]
+    keep = inside[sphere_crop(scene.coord[inside], recipe.max_points, rng).index]
+    targets = keep[_subset(len(keep), recipe.lidar_rays, rng)]  # returns inside the input crop, before masking
     rays = lidar_rays(scene.coord[targets])
-    keep = inside[sphere_crop(scene.coord[inside], recipe.max_points, rng)]
     if augment and recipe.mask_ratio > 0:
         blocks = np.floor(scene.coord[keep, :2] / recipe.mask_block).astype(np.int64)
         _, block_id = np.unique(blocks, axis=0, return_inverse=True)
@@ -252,7 +257,7 @@ def _outdoor_sample(scene: Scene, recipe, voxel_size: float, rng: np.random.Gene
         raise UnusableScene(f"{scene.name}: no point left after block masking")
     coord = scene.coord[keep]
     sampled = grid_sample_train(coord - lo.astype(np.float32), voxel_size, rng)
-    feat = point_features(scene, "outdoor")[keep][sampled.index]
+    feat = point_features(scene.subset(keep[sampled.index]), "outdoor")
     points = PointBatch.collate([(coord[sampled.index], sampled.grid_coord, feat)])
     preview = _lidar_preview(scene.coord, recipe.render_size) if with_preview else None
     return PretrainSample(scene.name, spec, rays, points=points, preview=preview)

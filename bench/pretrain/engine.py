@@ -88,7 +88,7 @@ class Pretrainer:
         self.device = torch.device(device)
         self.progress = progress and self.rank == 0
         torch.manual_seed(recipe.seed)  # identical initial weights on every rank
-        self.source: SceneSource = open_source(self.data, recipe.mode, recipe.holdout_every)
+        self.source: SceneSource = open_source(self.data, recipe.mode)
         config = get_backbone_config(recipe.backbone)
         self.voxel = voxel_size(recipe.domain, config.voxel_size)
         self.model = PonderModel(recipe, self.source.class_names).to(self.device)
@@ -134,7 +134,7 @@ class Pretrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.epoch = state["step"], state["epoch"]
-        torch.set_rng_state(state["torch_rng"])  # samples draw from their own seeded generators (pretrain_data)
+        torch.set_rng_state(state["torch_rng"])  # samples draw from their own seeded generators (bench.pretrain.data)
         if self.rank == 0:  # forget the steps of the epoch that was interrupted
             lines = self._read_losses()
             atomic_write(self.run_dir / "losses.jsonl", lambda tmp: tmp.write_text(
