@@ -258,6 +258,8 @@ def _leaderboard(args: argparse.Namespace) -> int:
 
 def _matrix_parser(seeds: str, inits: str) -> argparse.ArgumentParser:
     """The options run and compare share (a parser of its own for each: parents share their actions)."""
+    from bench.recipes import FINETUNE_PRESETS
+
     matrix = argparse.ArgumentParser(add_help=False)
     matrix.add_argument("--data", default=DEFAULT_DATA, help="data root(s), comma-separated; each task uses the "
                                                              f"first that holds its dataset (default: {DEFAULT_DATA}, "
@@ -266,7 +268,7 @@ def _matrix_parser(seeds: str, inits: str) -> argparse.ArgumentParser:
                         help="scratch, ponder (pre-train first, or reuse the export in RESULTS) or export paths")
     matrix.add_argument("--tasks", default="*", help="comma-separated wildcard patterns (`ponderbench list tasks`)")
     matrix.add_argument("--seeds", default=seeds, help="comma-separated seeds")
-    matrix.add_argument("--preset", default="mini", choices=("mini", "reference", "tiny"),
+    matrix.add_argument("--preset", default="mini", choices=sorted(FINETUNE_PRESETS),
                         help="fine-tuning recipe (and the pre-training recipe of the ponder init)")
     matrix.add_argument("--linear-probe", action="store_true", help="freeze the backbone (linear probing)")
     matrix.add_argument("--tta", action="store_true", help="test-time augmentation: vote over four rotations")
