@@ -5,9 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from tasks.datasets import open_dataset
 from tasks.errors import DataFormatError
 from tasks.formats.scannet import read_scannet_frames
+from tasks.structures import Scene
 
 
 @dataclass
@@ -38,6 +41,7 @@ CHECKS: dict[str, tuple[str, str]] = {
     "nuscenes": ("nuscenes", "nuscenes"),
 }
 SPLITS = ("train", "val")
+INSTANCE_CHECKED = ("scannet", "scannet200", "s3dis")  # Pointcept's instance.npy: one id per object, -1 for none
 
 
 def check_dataset(name: str, root: Path, max_scenes: int | None = None) -> DatasetReport:
@@ -58,10 +62,14 @@ def check_dataset(name: str, root: Path, max_scenes: int | None = None) -> Datas
         read = 0
         for scene_name in dataset.names[:max_scenes]:
             try:
-                report.points += len(dataset.load(scene_name))
+                scene = dataset.load(scene_name)
+                report.points += len(scene)
                 read += 1
             except (DataFormatError, ValueError) as exc:
                 report.problems.append(f"{split}/{scene_name}: {exc}")
+                continue
+            if name in INSTANCE_CHECKED:
+                report.problems += [f"{split}/{scene_name}: {p}" for p in instance_problems(scene)]
         report.splits[split] = read
     if name == "scannet" and (report.path / "rgbd").is_dir():
         for scene in sorted((report.path / "rgbd").iterdir())[:max_scenes]:
@@ -70,6 +78,18 @@ def check_dataset(name: str, root: Path, max_scenes: int | None = None) -> Datas
             except DataFormatError as exc:
                 report.problems.append(f"rgbd/{scene.name}: {exc}")
     return report
+
+
+def instance_problems(scene: Scene) -> list[str]:
+    """Instance ids that do not name one object: an id whose labelled points carry several classes."""
+    if scene.instance is None or scene.segment is None:
+        return []
+    labelled = (scene.instance >= 0) & (scene.segment >= 0)
+    pairs = np.unique(np.stack([scene.instance[labelled], scene.segment[labelled]], 1), axis=0)
+    ids, counts = np.unique(pairs[:, 0], return_counts=True)
+    mixed = ids[counts > 1]
+    return [f"instance ids {mixed[:5].tolist()}{' ...' if len(mixed) > 5 else ''} span several classes "
+            f"({len(mixed)} of {len(ids)} instances)"] if len(mixed) else []
 
 
 def check_root(root: str | Path, datasets: list[str] | None = None, max_scenes: int | None = None,

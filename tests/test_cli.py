@@ -100,3 +100,16 @@ def test_written_files_follow_the_umask(tmp_path: Path) -> None:
         assert (tmp_path / "private.json").stat().st_mode & 0o777 == 0o600
     finally:
         os.umask(old)
+
+
+def test_check_validates_instance_ids(tiny_copy: Path, capsys) -> None:
+    """An instance id whose points carry two classes is not one object: data check names the scene."""
+    scene = tiny_copy / "scannet" / "train" / "scene0000_00"
+    instance, segment = np.load(scene / "instance.npy"), np.load(scene / "segment20.npy")
+    label = {int(i): int(segment[instance == i][0]) for i in np.unique(instance[instance >= 0])}
+    first = min(label)
+    other = next(i for i in sorted(label) if label[i] != label[first])  # an object of another class
+    instance[instance == other] = first
+    np.save(scene / "instance.npy", instance)
+    assert main(["data", "check", str(tiny_copy), "--datasets", "scannet"]) == 1
+    assert f"train/scene0000_00: instance ids [{first}] span several classes" in capsys.readouterr().out
