@@ -96,12 +96,17 @@ class Plugin:
 _plugins: dict[str, Plugin] = {}
 
 
+def is_plugin_file(spec: str) -> bool:
+    """Whether a plugin spec names a file (else a dotted module name)."""
+    return spec.endswith(".py") or "/" in spec
+
+
 def load_plugin(spec: str) -> Plugin:
     """Import a plugin once: a ``.py`` file by path, or a module by its dotted name (importable from sys.path)."""
     if spec in _plugins:
         return _plugins[spec]
     _load_plugins()  # built-ins first, so a plugin that re-registers a built-in name fails clearly
-    if spec.endswith(".py") or "/" in spec:
+    if is_plugin_file(spec):
         path = Path(spec).expanduser().resolve()
         if not path.is_file():
             raise FileNotFoundError(f"{path}: backbone plugin file not found")

@@ -239,7 +239,9 @@ def _compare(args: argparse.Namespace) -> int:
 
 def _plugin_paths(plugins: list[str]) -> tuple[str, ...]:
     """Plugin files as absolute paths (worker processes and Slurm jobs may run elsewhere); module names as given."""
-    return tuple(str(Path(p).resolve()) if p.endswith(".py") or "/" in p else p for p in plugins)
+    from backbones.registry import is_plugin_file
+
+    return tuple(str(Path(p).resolve()) if is_plugin_file(p) else p for p in plugins)
 
 
 def _leaderboard(args: argparse.Namespace) -> int:

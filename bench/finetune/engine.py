@@ -44,10 +44,13 @@ class FinetuneContext:
 
     spec: TaskSpec
     recipe: FinetuneRecipe
-    domain: Domain
     voxel: float
     device: torch.device
     linear_probe: bool
+
+    @property
+    def domain(self) -> Domain:
+        return self.spec.domain
 
 
 class TaskPart(Protocol):
@@ -149,7 +152,7 @@ def fit_and_evaluate(spec: TaskSpec, backbone_name: str, train: Sequence[Scene],
     backbone = create_backbone(backbone_name, in_channels=channels)
     init_sha = load_export(backbone, init, backbone_name, channels) if init else None
     voxel = voxel_size(spec.domain, config.voxel_size)  # the contract's: what pre-training used
-    ctx = FinetuneContext(spec=spec, recipe=recipe, domain=spec.domain, voxel=voxel, device=torch.device(device),
+    ctx = FinetuneContext(spec=spec, recipe=recipe, voxel=voxel, device=torch.device(device),
                           linear_probe=linear_probe)
     model = part.build(backbone, ctx).to(ctx.device)
     if len(train) == 0 or len(evaluation) == 0:

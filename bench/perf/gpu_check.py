@@ -42,6 +42,7 @@ from renderer.kernels import composite as composite_kernel
 from renderer.kernels import trilinear as trilinear_kernel
 from renderer.trilinear import trilinear
 from renderer.volrend import composite, composite_reference
+from tasks.io import atomic_write
 
 REPO = Path(__file__).resolve().parents[2]
 TOLERANCE = {"rtol": 1e-4, "atol": 1e-4}  # tests/test_volrend.py and tests/test_trilinear.py (interpreter parity)
@@ -436,10 +437,7 @@ def main() -> None:
         report.setdefault("section_seconds", {})[name] = time.perf_counter() - start
         print(f"## {name} ({report['section_seconds'][name]:.1f} s)\n{json.dumps(report[name], indent=1)}",
               flush=True)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(report, indent=1))
-        tmp.replace(args.out)
+        atomic_write(args.out, lambda tmp: tmp.write_text(json.dumps(report, indent=1)))
 
 
 if __name__ == "__main__":
