@@ -85,7 +85,7 @@ SEG_METRICS = ("mIoU", "mAcc", "allAcc")
 
 
 def _semseg(id: str, title: str, dataset: str, loader: str, classes: tuple[str, ...], domain: Domain,
-            reference: float | None, protocol: Protocol = "full", value: float | None = None, version: int = 1,
+            reference: float | None, protocol: Protocol = "full", value: float | None = None, version: int = 2,
             note: str = "") -> TaskSpec:
     return register_task(TaskSpec(
         id=id, version=version, title=title, dataset=dataset, loader=loader, train_split="train", eval_split="val",
@@ -108,10 +108,15 @@ _semseg("scannet200-semseg", "ScanNet200 semantic segmentation, val", "scannet",
         "indoor", 32.3)
 _semseg("s3dis-area5-semseg", "S3DIS Area 5 semantic segmentation (13 classes)", "s3dis", "s3dis", S3DIS13,
         "indoor", 73.2)
-_not_yet("scannet-insseg", "ScanNet instance segmentation, val", "scannet", "scannet20", "insseg", "mAP@50",
-         SCANNET20, "indoor", 62.6, "instance heads come in a later issue")
-_not_yet("scannet200-insseg", "ScanNet200 instance segmentation, val", "scannet", "scannet200", "insseg", "mAP@50",
-         SCANNET200, "indoor", 30.5, "instance heads come in a later issue")
+INSSEG_METRICS = ("mAP", "AP50", "AP25")
+for id, title, loader, classes, ref in (
+        ("scannet-insseg", "ScanNet instance segmentation (18 classes), val", "scannet20", SCANNET20, 62.6),
+        ("scannet200-insseg", "ScanNet200 instance segmentation, val", "scannet200", SCANNET200, 30.5)):
+    register_task(TaskSpec(
+        id=id, version=2, title=title, dataset="scannet", loader=loader, train_split="train", eval_split="val",
+        task_type="insseg", classes=classes, ignore_index=-1, metrics=INSSEG_METRICS, main_score="AP50",
+        higher_is_better=True, protocol="full", protocol_value=None, domain="indoor", reference=ref,
+        note="PointGroup-style head; the ScanNet benchmark's AP over its instance classes (all but wall, floor)"))
 for pct, ref in ((1, 34.6), (5, None), (10, None), (20, 68.2)):
     _semseg(f"scannet-de-lr{pct}", f"ScanNet data-efficient: {pct}% of the training scenes", "scannet", "scannet20",
             SCANNET20, "indoor", ref, protocol="limited-reconstruction", value=pct / 100)

@@ -33,7 +33,7 @@ from tasks.transforms import Augment, grid_sample_train, sphere_crop
 
 log = logging.getLogger(__name__)
 
-BN_SCENES = 64  # training scenes (at most) over which BatchNorm statistics are recomputed before evaluation
+BN_SCENES = 16  # training scenes (at most) over which BatchNorm statistics are recomputed before evaluation
 
 Cloud = tuple[np.ndarray, np.ndarray, np.ndarray]  # coord, grid_coord, feat: one PointBatch.collate entry
 
@@ -47,6 +47,7 @@ class FinetuneContext:
     voxel: float
     device: torch.device
     linear_probe: bool
+    picture: Path | None = None  # where the part may draw its predictions on one evaluation scene
 
     @property
     def domain(self) -> Domain:
@@ -80,7 +81,8 @@ def register_task_type(task_type: str) -> Callable[[type], type]:
 
 
 def task_part(spec: TaskSpec) -> TaskPart:
-    import bench.finetune.semseg  # noqa: F401  (registers the built-in parts)
+    import bench.finetune.insseg  # noqa: F401  (registers the built-in parts)
+    import bench.finetune.semseg  # noqa: F401
 
     if not spec.runnable or spec.task_type not in TASK_TYPES:
         raise NotApplicable(f"task {spec.id} ({spec.task_type}) has no fine-tuning pipeline yet")
@@ -128,19 +130,20 @@ def precise_batchnorm(model: torch.nn.Module, clouds: list[Cloud], device: torch
 
 def finetune(spec: TaskSpec, backbone_name: str, data_root: str | Path, *, seed: int = 0,
              recipe: FinetuneRecipe = FinetuneRecipe(), init: str | Path | None = None,  # noqa: B008
-             linear_probe: bool = False, device: str = "cpu", progress: bool = False) -> dict[str, object]:
+             linear_probe: bool = False, device: str = "cpu", progress: bool = False, picture: Path | None = None
+             ) -> dict[str, object]:
     """Train on the task's training split, evaluate on its eval split; returns the metrics and run facts."""
     task_part(spec)  # a task without a pipeline is refused before any data is opened
     train = task_scenes(spec, data_root, "train")
     evaluation = task_scenes(spec, data_root, spec.eval_split)
     return fit_and_evaluate(spec, backbone_name, train, evaluation, seed=seed, recipe=recipe, init=init,
-                            linear_probe=linear_probe, device=device, progress=progress)
+                            linear_probe=linear_probe, device=device, progress=progress, picture=picture)
 
 
 def fit_and_evaluate(spec: TaskSpec, backbone_name: str, train: Sequence[Scene], evaluation: Sequence[Scene], *,
                      seed: int = 0, recipe: FinetuneRecipe = FinetuneRecipe(),  # noqa: B008
                      init: str | Path | None = None, linear_probe: bool = False, device: str = "cpu",
-                     progress: bool = False) -> dict[str, object]:
+                     progress: bool = False, picture: Path | None = None) -> dict[str, object]:
     """The engine on given scenes (any sized, indexable collections), e.g. training = evaluation in tests."""
     part = task_part(spec)
     config = get_backbone_config(backbone_name)
@@ -153,13 +156,14 @@ def fit_and_evaluate(spec: TaskSpec, backbone_name: str, train: Sequence[Scene],
     init_sha = load_export(backbone, init, backbone_name, channels) if init else None
     voxel = voxel_size(spec.domain, config.voxel_size)  # the contract's: what pre-training used
     ctx = FinetuneContext(spec=spec, recipe=recipe, voxel=voxel, device=torch.device(device),
-                          linear_probe=linear_probe)
+                          linear_probe=linear_probe, picture=picture)
     model = part.build(backbone, ctx).to(ctx.device)
     if len(train) == 0 or len(evaluation) == 0:
         raise ValueError(f"task {spec.id}: {len(train)} training and {len(evaluation)} evaluation scenes")
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, nesterov=True,
-                                weight_decay=recipe.weight_decay)
+    optimizer = (torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, nesterov=True,
+                                 weight_decay=recipe.weight_decay) if recipe.optimizer == "sgd" else
+                 torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay))
     steps_per_epoch = math.ceil(len(train) / recipe.batch_size)
     scheduler = one_cycle(optimizer, recipe.lr, recipe.epochs * steps_per_epoch, recipe.pct_start)
     model.train()

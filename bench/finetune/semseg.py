@@ -7,6 +7,8 @@ back to every point, optionally over four rotations (test-time augmentation).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -48,21 +50,37 @@ class SemanticSegmentation:
 
 def predict_scene(model: torch.nn.Module, scene: Scene, voxel: float, domain: str, num_classes: int,
                   device: torch.device, tta: bool = False, max_fragments: int = MAX_TEST_FRAGMENTS) -> np.ndarray:
-    """Class of every point of ``scene``: test-mode fragments voted per voxel, every point takes its voxel's vote.
+    """Class of every point of ``scene``: test-mode fragments voted per voxel, every point takes its voxel's vote."""
+    return point_outputs(model, scene, voxel, domain, device, lambda logits: logits.softmax(-1), tta,
+                         max_fragments).argmax(1)
+
+
+def point_outputs(model: torch.nn.Module, scene: Scene, voxel: float, domain: str, device: torch.device,
+                  readout: Callable[[object], torch.Tensor], tta: bool = False,
+                  max_fragments: int = MAX_TEST_FRAGMENTS, vectors: slice | None = None) -> np.ndarray:
+    """Per-point outputs (N, D) of a model over a whole scene: ``readout`` turns the model's output into (n, D)
+    rows, which are summed over the test-mode fragments of each voxel (and over four rotations with ``tta``)
+    and sent back to every point of the voxel. Columns ``vectors`` hold xyz vectors, rotated back to the
+    scene's frame.
 
     At most ``max_fragments`` fragments: real sweeps can hold thousands of returns in one voxel (the nuScenes
     samples have 3,165 in one 10 cm voxel), which would otherwise mean thousands of forward passes.
     """
-    votes = np.zeros((len(scene), num_classes), dtype=np.float32)
+    total: np.ndarray | None = None
     for angle in ((0.0, np.pi / 2, np.pi, 3 * np.pi / 2) if tta else (0.0,)):
-        view = rotation_z(angle).apply(scene) if angle else scene
+        turn = rotation_z(angle)
+        view = turn.apply(scene) if angle else scene
         feats = point_features(view, domain)
         fragments, voxel_of = voting_fragments(view.coord, voxel, max_fragments)
-        voxel_votes = np.zeros((len(fragments[0].index), num_classes), dtype=np.float32)
+        sums: np.ndarray | None = None
         for fragment in fragments:
             pick = fragment.index
             batch = PointBatch.collate([(view.coord[pick], fragment.grid_coord, feats[pick])]).to(device)
             with torch.no_grad():
-                voxel_votes += model(batch).softmax(-1).cpu().numpy()
-        votes += voxel_votes[voxel_of]
-    return votes.argmax(1)
+                rows = readout(model(batch)).float().cpu().numpy()
+            sums = rows if sums is None else sums + rows
+        per_point = sums[voxel_of]
+        if vectors is not None and angle:
+            per_point[:, vectors] = per_point[:, vectors] @ turn.rotation  # row vectors: R^T v
+        total = per_point if total is None else total + per_point
+    return total

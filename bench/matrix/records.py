@@ -91,14 +91,14 @@ class RunRecord:
         return cls(**raw)
 
 
-def _safe(text: str) -> str:
+def safe_name(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_.@" else "_" for c in text)
 
 
 def record_path(results: Path, task: str, task_version: int, backbone: str, init: str, protocol: str, seed: int
                 ) -> Path:
-    return (Path(results) / "runs" / "records" / f"{task}@{task_version}" / _safe(backbone) / _safe(init)
-            / _safe(protocol) / f"seed{seed}.json")
+    return (Path(results) / "runs" / "records" / f"{task}@{task_version}" / safe_name(backbone) / safe_name(init)
+            / safe_name(protocol) / f"seed{seed}.json")
 
 
 def write_record(results: Path, record: RunRecord) -> Path:

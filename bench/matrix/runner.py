@@ -36,6 +36,7 @@ from bench.matrix.records import (
     git_sha,
     package_versions,
     record_path,
+    safe_name,
     write_record,
 )
 from bench.recipes import FINETUNE_PRESETS, FinetuneRecipe, get_finetune_recipe
@@ -78,6 +79,11 @@ class RunSpec:
         spec = get_task(self.task)
         return record_path(Path(self.results), spec.id, spec.version, self.backbone, self.init, self.protocol,
                            self.seed)
+
+    def picture_path(self) -> Path:
+        """Where a task type that draws its predictions puts the picture: beside the tables."""
+        name = "_".join((self.task, self.backbone, self.init, self.protocol, f"seed{self.seed}"))
+        return Path(self.results) / "tables" / "predictions" / f"{safe_name(name)}.png"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -231,7 +237,7 @@ def execute(run: RunSpec) -> RunRecord:
         try:
             with PeakRSS() as memory:
                 result = finetune(spec, run.backbone, root, seed=run.seed, recipe=recipe, init=run.init_path,
-                                  linear_probe=run.linear_probe, device=run.device)
+                                  linear_probe=run.linear_probe, device=run.device, picture=run.picture_path())
             record.status = "ok"
             record.per_class = result.pop("per_class")
             record.metrics = result

@@ -14,7 +14,7 @@ import pandas as pd  # noqa: E402
 from tasks.io import atomic_write  # noqa: E402
 
 
-def _save(fig: plt.Figure, path: Path) -> None:
+def save_figure(fig: plt.Figure, path: Path) -> None:
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, bbox_inches="tight", format="png"))
     plt.close(fig)
 
@@ -30,7 +30,7 @@ def plot_losses(steps: pd.DataFrame, path: Path) -> None:
     ax.set_ylabel("weighted loss")
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_render(real_rgb: np.ndarray | None, rendered_rgb: np.ndarray | None, real_depth: np.ndarray,
@@ -53,4 +53,4 @@ def plot_render(real_rgb: np.ndarray | None, rendered_rgb: np.ndarray | None, re
             ax.set_title(f"{label} {name}", fontsize=9)
             ax.axis("off")
     fig.suptitle(title, fontsize=10)
-    _save(fig, path)
+    save_figure(fig, path)
