@@ -111,8 +111,8 @@ def spunet_v1m1(**overrides: object) -> SpUNet:
     return SpUNet(**overrides)  # type: ignore[arg-type]
 
 
-@register_backbone("spunet-mini", modality="3d", in_channels=6, out_channels=32, voxel_size=0.02,
-                   description="SpUNet with 1/4 of the widths and one block per stage, for CPU runs")
+@register_backbone("spunet-mini", modality="3d", in_channels=6, out_channels=32, voxel_size=0.1,
+                   description="SpUNet with 1/4 of the widths, one block per stage and 10 cm voxels, for CPU runs")
 def spunet_mini(**overrides: object) -> SpUNet:
     return SpUNet(**{"base_channels": 16, "channels": (16, 32, 64, 64, 64, 32, 32, 32), "layers": (1,) * 8,
                      **overrides})  # type: ignore[arg-type]

@@ -32,8 +32,7 @@ def test_registry_declares_the_eleven_benchmarks() -> None:
                 "nuscenes-det-fusion": 73.2}
     for task, reference in expected.items():
         assert get_task(task).reference == reference, task
-    assert set(list_tasks(runnable=False)) == {"scannet-insseg", "scannet200-insseg", "nuscenes-det-lidar",
-                                               "nuscenes-det-camera", "nuscenes-det-fusion"}
+    assert set(list_tasks(runnable=False)) == {"nuscenes-det-lidar", "nuscenes-det-camera", "nuscenes-det-fusion"}
     assert list_tasks("scannet-de-l*") == sorted(f"scannet-de-{p}" for p in
                                                  ("la20", "la50", "la100", "la200", "lr1", "lr5", "lr10", "lr20"))
     with pytest.raises(KeyError, match="unknown task"):
@@ -58,15 +57,23 @@ def test_miou_matches_nuscenes_devkit_on_random_predictions(seed: int) -> None:
         theirs.update(target + 1, prediction + 1)
     devkit_iou = np.array(theirs.get_per_class_iou())[1:]
     np.testing.assert_allclose(ours.iou(), devkit_iou, rtol=1e-12)
-    assert ours.scores()["mIoU"] == pytest.approx(theirs.get_mean_iou(), rel=1e-12)
+    # the devkit's mean counts class 7 (predicted, never true) as 0; ours averages the classes present
+    assert devkit_iou[7] == 0.0
+    assert ours.scores()["mIoU"] == pytest.approx(np.delete(devkit_iou, 7).mean(), rel=1e-12)
+    ours.update(np.full(100, 7), np.full(100, 7))
+    theirs.update(np.full(100, 8), np.full(100, 8))
+    assert ours.scores()["mIoU"] == pytest.approx(theirs.get_mean_iou(), rel=1e-12)  # all present: the same
 
 
 def test_metrics_by_hand() -> None:
-    matrix = ConfusionMatrix(3).update(np.array([0, 0, 1, 1, -1, 2]), np.array([0, 1, 1, 1, 2, 0]))
-    scores = matrix.scores(("a", "b", "c"))
-    assert scores["per_class_iou"] == {"a": 1 / 3, "b": 2 / 3, "c": 0.0}
+    matrix = ConfusionMatrix(4).update(np.array([0, 0, 1, 1, -1, 2]), np.array([0, 1, 1, 1, 2, 0]))
+    scores = matrix.scores(("a", "b", "c", "d"))
+    assert scores["per_class_iou"] == {"a": 1 / 3, "b": 2 / 3, "c": 0.0, "d": None}
     assert scores["mIoU"] == pytest.approx((1 / 3 + 2 / 3 + 0) / 3)
     assert scores["allAcc"] == pytest.approx(3 / 5) and scores["mAcc"] == pytest.approx((0.5 + 1 + 0) / 3)
+    only_predicted = ConfusionMatrix(3).update(np.array([0, 0, 1]), np.array([0, 2, 1])).scores()
+    assert only_predicted["per_class_iou"]["2"] == 0.0  # predicted, never true: IoU 0, as the devkit has it
+    assert only_predicted["mIoU"] == pytest.approx((1 / 2 + 1) / 2)  # the mean is over the classes present
     with pytest.raises(ValueError, match="outside"):
         ConfusionMatrix(3).update(np.array([0, 5]), np.array([0, 1]))
 
@@ -113,7 +120,7 @@ def test_finetune_learns_and_refuses_what_does_not_apply(tiny_root: Path, tmp_pa
     with pytest.raises(NotApplicable, match="2D backbone"):
         finetune(spec, "timm:resnet18", tiny_root)
     with pytest.raises(NotApplicable, match="no fine-tuning pipeline"):
-        finetune(get_task("scannet-insseg"), "spunet-micro", tiny_root)
+        finetune(get_task("nuscenes-det-lidar"), "spunet-micro", tiny_root)
 
 
 def test_load_export_checks_name_hash_and_channels(tmp_path: Path) -> None:
@@ -139,14 +146,14 @@ def test_load_export_checks_name_hash_and_channels(tmp_path: Path) -> None:
 def test_matrix_records_skips_and_resumes(tiny_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     results = tmp_path / "results"
     runs = expand(backbones=["spunet-micro"], inits=["scratch"],
-                  tasks="semantickitti-semseg,scannet-insseg,nuscenes-lidarseg-samples", seeds=[0, 1],
+                  tasks="semantickitti-semseg,nuscenes-det-lidar,nuscenes-lidarseg-samples", seeds=[0, 1],
                   data_roots=(str(tiny_root),), results=str(results), preset="tiny")
     assert len(runs) == 6
     records = run_matrix(runs, progress=False)
     by_task = {}
     for r in records:
         by_task.setdefault(r.task, set()).add(r.status)
-    assert by_task == {"semantickitti-semseg": {"ok"}, "scannet-insseg": {"not-runnable"},
+    assert by_task == {"semantickitti-semseg": {"ok"}, "nuscenes-det-lidar": {"not-runnable"},
                        "nuscenes-lidarseg-samples": {"skipped"}}
     missing = next(r for r in records if r.task == "nuscenes-lidarseg-samples")
     assert missing.expected_path == str(tiny_root / "nuscenes-lidarseg-samples")
@@ -173,7 +180,10 @@ def test_debug_executor_runs_through_submitit(tiny_root: Path, tmp_path: Path) -
     runs = expand(backbones=["spunet-micro"], inits=["scratch"], tasks="scannet-insseg", seeds=[0],
                   data_roots=(str(tiny_root),), results=str(tmp_path), preset="tiny")
     records = run_matrix(runs, executor="debug", progress=False)
-    assert records[0].status == "not-runnable"
+    assert records[0].status == "ok", records[0].error
+    assert records[0].main_score == "AP50" and records[0].main_value == records[0].metrics["AP50"]
+    assert {"mAP", "AP25", "semantic_mIoU"} <= set(records[0].metrics) and "chair" in records[0].per_class
+    assert runs[0].picture_path().is_file()  # the instance picture, beside the tables
     assert (tmp_path / "slurm").is_dir()
 
 

@@ -1,7 +1,9 @@
 """Semantic-segmentation metrics from one confusion matrix: mIoU, mAcc, allAcc and per-class IoU.
 
-Classes absent from both the ground truth and the predictions have no IoU (NaN) and are left out of the
-means, as in Pointcept's evaluator; ignored points (label -1) count nowhere.
+Per-class IoU follows nuscenes-devkit: a class absent from both the ground truth and the predictions has no IoU
+(NaN), one only predicted has 0. mIoU and mAcc average over the classes present in the ground truth: on a full
+benchmark split every class is present and this is the official mean; on a small split (the mini suite's few
+scenes) a class no scene contains does not count as a failure. Ignored points (label -1) count nowhere.
 """
 
 from __future__ import annotations
@@ -48,10 +50,11 @@ class ConfusionMatrix:
 
     def scores(self, class_names: tuple[str, ...] | None = None) -> dict[str, object]:
         iou, acc = self.iou(), self.accuracy()
+        present = self.matrix.sum(1) > 0
         total = self.matrix.sum()
         names = class_names or tuple(str(i) for i in range(self.num_classes))
         return {
-            "mIoU": float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan"),
+            "mIoU": float(np.nanmean(iou[present])) if present.any() else float("nan"),
             "mAcc": float(np.nanmean(acc)) if np.isfinite(acc).any() else float("nan"),
             "allAcc": float(np.diag(self.matrix).sum() / total) if total else float("nan"),
             "per_class_iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, iou, strict=True)},

@@ -27,6 +27,7 @@ class SuiteSize:
 
     scannet_scenes: tuple[int, int, int]  # train, val, test
     room_objects: int
+    room_size: tuple[float, float]  # range of a room's sides, metres
     point_density: float  # surface points per m^2
     views_per_room: int
     view_size: tuple[int, int]  # width, height
@@ -39,10 +40,12 @@ class SuiteSize:
 
 
 SUITES = {
-    "tiny": SuiteSize((2, 1, 1), 6, 150.0, 3, (64, 48), {1: 1, 2: 1, 5: 1}, {0: 2, 8: 1}, 256, (1, 1), 2,
+    "tiny": SuiteSize((2, 1, 1), 6, (4.0, 6.5), 150.0, 3, (64, 48), {1: 1, 2: 1, 5: 1}, {0: 2, 8: 1}, 256, (1, 1), 2,
                       (64, 36)),
-    "mini": SuiteSize((8, 3, 2), 12, 400.0, 8, (160, 120), {1: 2, 2: 1, 3: 1, 4: 1, 6: 1, 5: 2},
-                      {0: 8, 8: 3}, 1080, (2, 1), 4, (160, 90)),
+    # mini: enough training scenes that LR1/5/10/20 differ (1, 3, 6 and 12 of 60), sparse enough (100 points
+    # per m^2, spunet-mini's 10 cm voxels) that a from-scratch fine-tune learns them on 2 cores in about a minute
+    "mini": SuiteSize((60, 10, 2), 12, (4.0, 5.5), 100.0, 4, (160, 120), {1: 12, 2: 12, 3: 12, 4: 12, 6: 12, 5: 10},
+                      {0: 40, 8: 5}, 1080, (2, 1), 4, (160, 90)),
 }
 
 
@@ -95,7 +98,7 @@ def _write_scannet(root: Path, index: int, size: SuiteSize, rng: np.random.Gener
     n_train, n_val, _ = size.scannet_scenes
     split = "train" if index < n_train else "val" if index < n_train + n_val else "test"
     name = f"scene{index:04d}_00"
-    room = make_room(rng, size.room_objects)
+    room = make_room(rng, size.room_objects, size.room_size)
     cloud = room_cloud(room, size.point_density, rng)
     arrays = dict(coord=cloud.coord, color=cloud.color, normal=cloud.normal,
                   segment20=TO_SCANNET20[cloud.kind], segment200=TO_SCANNET200[cloud.kind], instance=cloud.instance)
@@ -106,7 +109,7 @@ def _write_scannet(root: Path, index: int, size: SuiteSize, rng: np.random.Gener
 
 
 def _write_s3dis(root: Path, area: int, index: int, size: SuiteSize, rng: np.random.Generator) -> None:
-    room = make_room(rng, size.room_objects)
+    room = make_room(rng, size.room_objects, size.room_size)
     cloud = room_cloud(room, size.point_density, rng)
     write_s3dis_room(root, area, f"office_{index + 1}", dict(
         coord=cloud.coord, color=cloud.color, normal=cloud.normal, segment=TO_S3DIS[cloud.kind],
