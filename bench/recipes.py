@@ -120,7 +120,7 @@ class FinetuneRecipe:
 FINETUNE_PRESETS: dict[str, FinetuneRecipe] = {
     "reference": FinetuneRecipe(),
     # mini: AdamW learns the mini suite in a few hundred steps, where SGD at Pointcept's rate needs thousands
-    "mini": FinetuneRecipe(epochs=8, batch_size=2, optimizer="adamw", lr=0.005, weight_decay=0.01,
+    "mini": FinetuneRecipe(epochs=10, batch_size=2, optimizer="adamw", lr=0.005, weight_decay=0.01,
                            max_points=12_000),
     "tiny": FinetuneRecipe(epochs=2, batch_size=2, optimizer="adamw", lr=0.005, weight_decay=0.01,
                            max_points=3_000),  # tests

@@ -102,6 +102,16 @@ def test_data_efficient_subsets_are_deterministic(tmp_path: Path) -> None:
     assert np.array_equal(a.segment[kept], scene.segment[kept])
 
 
+def test_the_mini_suite_makes_the_lr_tasks_different(tmp_path: Path) -> None:
+    """LR1/5/10/20 are four tasks on the mini suite, not one: its training split is large enough."""
+    from tasks.synth.suite import suite_size
+
+    names = [f"scene{i:04d}_00" for i in range(suite_size("mini").scannet_scenes[0])]
+    sizes = [len(limited_scenes(names, get_task(f"scannet-de-lr{pct}").protocol_value, tmp_path))
+             for pct in (1, 5, 10, 20)]
+    assert sizes == sorted(set(sizes)), sizes
+
+
 def test_task_scenes_apply_the_protocol(tiny_root: Path) -> None:
     full = task_scenes(get_task("scannet-semseg"), tiny_root, "train")
     lr = task_scenes(get_task("scannet-de-lr1"), tiny_root, "train")

@@ -48,7 +48,7 @@ INDOOR_CLASSES = (
     IndoorClass("toilet", "toilet", "toilet", "clutter", ((0.38, 0.45), (0.6, 0.7), (0.75, 0.8)), palette=(WHITE,)),
     IndoorClass("door", "door", "door", "door", ((0.8, 1.0), (0.06, 0.06), (2.0, 2.1)), "wall", 0.0,
                 palette=(WOOD, WHITE)),
-    IndoorClass("window", "window", "window", "window", ((0.9, 1.6), (0.08, 0.08), (1.0, 1.3)), "wall", 0.9,
+    IndoorClass("window", "window", "window", "window", ((0.9, 1.6), (0.2, 0.2), (1.0, 1.3)), "wall", 0.9,
                 palette=((0.62, 0.74, 0.85),)),
     IndoorClass("picture", "picture", "picture", "board", ((0.4, 0.9), (0.03, 0.03), (0.3, 0.7)), "wall", 1.4),
 )
@@ -100,13 +100,19 @@ def furniture_parts(name: str, w: float, d: float, h: float, rng: np.random.Gene
     if name == "cabinet":
         return [((0, 0, 0.04), (w - 0.06, d - 0.06, 0.08)), ((0, 0, (h + 0.08) / 2), (w, d, h - 0.08)),
                 ((0, -d / 2 - 0.01, 0.8 * h), (0.25 * w, 0.02, 0.02), METAL)]
-    if name == "door":  # a panel with a handle, out of the wall's plane
-        return [((0, 0, h / 2), (w, d, h)), ((0.4 * w, d / 2 + 0.03, 0.95), (0.12, 0.06, 0.03), METAL)]
-    if name == "window":  # a frame around a recessed pane
+    # Wall objects stand out of the wall by 10 cm or more, as casings and sills do: flush with it, they would
+    # share the wall's voxels at the mini suite's 10 cm and no network could tell them apart.
+    if name == "door":  # a panel with a handle inside a casing
+        c = 0.08
+        return [((0, 0, h / 2), (w, d, h)), ((0.4 * w, d / 2 + 0.03, 0.95), (0.12, 0.06, 0.03), METAL),
+                *[((sx * (w + c) / 2, 0, h / 2), (c, 0.24, h), WHITE) for sx in (-1, 1)],
+                ((0, 0, h + c / 2), (w + 2 * c, 0.24, c), WHITE)]
+    if name == "window":  # a deep frame around a recessed pane, over a sill
         f = 0.06
         return [((0, 0, h / 2), (w - 2 * f, d / 2, h - 2 * f)),
                 ((0, 0, f / 2), (w, d, f), WHITE), ((0, 0, h - f / 2), (w, d, f), WHITE),
-                ((-(w - f) / 2, 0, h / 2), (f, d, h), WHITE), (((w - f) / 2, 0, h / 2), (f, d, h), WHITE)]
+                ((-(w - f) / 2, 0, h / 2), (f, d, h), WHITE), (((w - f) / 2, 0, h / 2), (f, d, h), WHITE),
+                ((0, 0, -0.02), (w + 0.1, 0.3, 0.04), WHITE)]
     f = 0.04  # a picture: a dark frame around the canvas
     return [((0, 0, h / 2), (w - 2 * f, d, h - 2 * f)), ((0, 0, h / 2), (w, d - 0.01, h), DARK)]
 
