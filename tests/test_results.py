@@ -34,8 +34,9 @@ def _fill(results: Path, seeds: range = range(3)) -> None:
         write_record(results, _record("scannet-semseg", "scratch", seed, 0.40 + 0.01 * seed))
         write_record(results, _record("scannet-semseg", "ponder", seed, 0.45 + 0.02 * seed))
         write_record(results, _record("s3dis-area5-semseg", "scratch", seed, 0.30 + 0.01 * seed))
-    failed = RunRecord(task="scannet-insseg", task_version=1, backbone="spunet-mini", init="scratch", protocol="full",
-                       seed=0, status="not-runnable", main_score="mAP@50", error="instance heads come later")
+    failed = RunRecord(task="nuscenes-det-lidar", task_version=1, backbone="spunet-mini", init="scratch",
+                       protocol="full", seed=0, status="not-runnable", main_score="NDS",
+                       error="detection heads come in a later issue")
     write_record(results, failed)
 
 
@@ -46,7 +47,8 @@ def test_load_results_is_flat_and_typed(tmp_path: Path) -> None:
     assert len(runs) == 10 and runs["seed"].dtype == "int64" and runs["mIoU"].dtype == "float64"
     assert str(runs["task"].dtype) == "string" and runs["peak_rss_bytes"].dtype == "Int64"
     row = runs[(runs.task == "scannet-semseg") & (runs.init == "ponder") & (runs.seed == 2)].iloc[0]
-    assert row.mIoU == pytest.approx(0.49) and row.main_value == row.mIoU and row.version == 1
+    assert row.mIoU == pytest.approx(0.49) and row.main_value == row.mIoU
+    assert row.version == get_task("scannet-semseg").version
     assert runs[runs.status == "not-runnable"].mIoU.isna().all()
     classes = per_class(tmp_path / "results")
     assert list(classes.columns) == ["task", "version", "backbone", "init", "protocol", "seed", "class", "score"]
@@ -76,7 +78,8 @@ def test_csv_tables_have_a_fixed_column_order(tmp_path: Path) -> None:
     assert list(status.columns) == ["task", "ok", "failed", "skipped", "not-applicable", "not-runnable"]
     task = pd.read_csv(tmp_path / "t" / "task_scannet-semseg.csv")
     assert list(task.columns) == ["backbone", "init", "protocol", "mIoU", "mean", "std", "n"]
-    assert (tmp_path / "t" / "status.csv").read_text().splitlines()[1].startswith("s3dis-area5-semseg,3,0,0,0,0")
+    lines = (tmp_path / "t" / "status.csv").read_text().splitlines()
+    assert lines[1] == "nuscenes-det-lidar,0,0,0,0,1" and lines[2] == "s3dis-area5-semseg,3,0,0,0,0"
 
 
 def _snippet(name: str) -> str:
