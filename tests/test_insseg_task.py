@@ -14,7 +14,7 @@ from backbones.structures import PointBatch
 from bench.finetune import finetune
 from bench.finetune.engine import FinetuneContext
 from bench.finetune.insseg import InstanceSegmentation
-from bench.recipes import FINETUNE_PRESETS
+from bench.recipes import FINETUNE_PRESETS, FinetuneRecipe
 from tasks.classes import SCANNET20, SCANNET200
 from tasks.datasets import task_scenes
 from tasks.heads.instance import centre_offsets
@@ -47,7 +47,7 @@ def test_a_perfect_model_scores_ap_one_through_voting_clustering_and_the_evaluat
                                                                                     ) -> None:
     spec = get_task("scannet-insseg")
     scene = task_scenes(spec, tiny_root, "val")[0]
-    ctx = FinetuneContext(spec=spec, recipe=FINETUNE_PRESETS["tiny"].__class__(tta=tta), voxel=0.05,
+    ctx = FinetuneContext(spec=spec, recipe=FinetuneRecipe(tta=tta), voxel=0.05,
                           device=torch.device("cpu"), linear_probe=False)
     oracle = Oracle(scene.coord.astype(np.float64), scene.segment, scene.instance, len(spec.classes))
     result = InstanceSegmentation().evaluate(oracle, [scene], ctx)

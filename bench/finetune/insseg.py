@@ -55,8 +55,8 @@ class InstanceSegmentation:
             out = point_outputs(model, scene, ctx.voxel, ctx.domain, ctx.device,
                                 lambda o: torch.cat([o[0].softmax(-1), o[1]], 1), ctx.recipe.tta,
                                 vectors=slice(k, k + 3))
-            probs = out[:, :k] / out[:, :k].sum(1, keepdims=True)
-            offsets = out[:, k:] / out[:, :k].sum(1, keepdims=True)  # the probabilities sum to the vote count
+            votes = out[:, :k].sum(1, keepdims=True)  # each vote's probabilities sum to 1
+            probs, offsets = out[:, :k] / votes, out[:, k:] / votes
             matrix.update(scene.segment, probs.argmax(1))
             predicted.append((scene.segment, scene.instance,
                               cluster_instances(scene.coord, offsets, probs, stuff, ctx.voxel)))
