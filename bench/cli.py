@@ -167,7 +167,7 @@ def _expand(args: argparse.Namespace, backbones: list[str]) -> list:
 
     return expand(backbones=backbones, inits=_csv(args.inits), tasks=args.tasks,
                   seeds=[int(s) for s in _csv(args.seeds)], data_roots=tuple(_csv(args.data)), results=args.results,
-                  preset=args.preset, overrides=args.overrides, linear_probe=args.linear_probe, device=args.device,
+                  preset=args.preset, overrides=args.overrides, protocols=_csv(args.protocols), device=args.device,
                   tta=args.tta, plugins=_plugin_paths(args.plugin))
 
 
@@ -266,7 +266,7 @@ def _leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
-def _matrix_parser(seeds: str, inits: str) -> argparse.ArgumentParser:
+def _matrix_parser(seeds: str, inits: str, protocols: str) -> argparse.ArgumentParser:
     """The options run and compare share (a parser of its own for each: parents share their actions)."""
     from bench.recipes import FINETUNE_PRESETS
 
@@ -282,7 +282,9 @@ def _matrix_parser(seeds: str, inits: str) -> argparse.ArgumentParser:
     matrix.add_argument("--seeds", default=seeds, help="comma-separated seeds")
     matrix.add_argument("--preset", default="mini", choices=sorted(FINETUNE_PRESETS),
                         help="fine-tuning recipe (and the pre-training recipe of the ponder init)")
-    matrix.add_argument("--linear-probe", action="store_true", help="freeze the backbone (linear probing)")
+    matrix.add_argument("--protocols", default=protocols,
+                        help="comma-separated: finetune (backbone + head trained) and/or probe (a linear head on the "
+                             "frozen backbone; the scratch init is then named random: frozen random weights)")
     matrix.add_argument("--tta", action="store_true", help="test-time augmentation: vote over four rotations")
     matrix.add_argument("--results", default="results", help="results folder (records, pre-training, tables)")
     matrix.add_argument("--device", default="cuda" if _cuda() else "cpu")
@@ -349,7 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="recipe overrides, e.g. epochs=10 lr=1e-3 losses.rgb=5 backbone=spunet-micro")
     pre.set_defaults(func=_pretrain)
 
-    run = sub.add_parser("run", parents=[plugins, _matrix_parser(seeds="0", inits="scratch,ponder")],
+    matrix = _matrix_parser(seeds="0", inits="scratch,ponder", protocols="finetune,probe")
+    run = sub.add_parser("run", parents=[plugins, matrix],
                          help="run the benchmark matrix (default: the mini suite's whole matrix)",
                          description="Fine-tune and evaluate backbones x inits x tasks x seeds; one JSON record per "
                                      "run under RESULTS/runs/records; finished runs are skipped. Ends with the "
@@ -358,7 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overrides(run)
     run.set_defaults(func=_run)
 
-    compare = sub.add_parser("compare", parents=[plugins, _matrix_parser(seeds="0,1,2", inits="scratch")],
+    matrix = _matrix_parser(seeds="0,1,2", inits="scratch", protocols="finetune")
+    compare = sub.add_parser("compare", parents=[plugins, matrix],
                              help="compare a backbone with another",
                              description="Run what is missing for both backbones (finished runs are reused), then "
                                          "print and write a side-by-side table: mean ± std per task, the paired "

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from bench.finetune import NotApplicable, finetune, load_export
+from bench.finetune.engine import epoch_order
 from bench.matrix.leaderboard import LeaderboardError, leaderboard
 from bench.matrix.records import RunRecord, read_records, write_record
 from bench.matrix.runner import execute, expand, run_matrix
@@ -123,6 +124,61 @@ def test_task_scenes_apply_the_protocol(tiny_root: Path) -> None:
         task_scenes(get_task("scannet-semseg"), tiny_root / "nowhere", "train")
 
 
+def test_limited_reconstruction_trains_as_many_steps_as_the_full_split(tiny_root: Path) -> None:
+    recipe = replace(FINETUNE_PRESETS["tiny"], batch_size=1, epochs=1)
+    full = finetune(get_task("scannet-semseg"), "spunet-micro", tiny_root, recipe=recipe)
+    lr1 = finetune(get_task("scannet-de-lr1"), "spunet-micro", tiny_root, recipe=recipe)
+    assert (full["train_scenes"], lr1["train_scenes"]) == (2, 1)
+    assert full["steps"] == lr1["steps"] == 2
+
+
+def test_epoch_order_makes_whole_shuffled_passes() -> None:
+    order = epoch_order(np.random.default_rng(0), 3, 8)
+    assert len(order) == 8
+    assert sorted(order[:3]) == sorted(order[3:6]) == [0, 1, 2] and set(order[6:]) <= {0, 1, 2}
+
+
+def test_the_probe_normalises_frozen_features_on_the_task_data(tiny_root: Path) -> None:
+    """Before the head is fitted, the frozen backbone's BatchNorm statistics are recomputed on the training scenes
+    (labels unused); its weights stay as they were."""
+    from backbones.registry import create_backbone
+    from bench.finetune import engine
+
+    seen: list[torch.nn.Module] = []
+    original = engine.precise_batchnorm
+
+    def spy(module: torch.nn.Module, clouds: list, device: torch.device, keep: torch.nn.Module | None = None
+            ) -> None:
+        seen.append(module)
+        before = {k: v.clone() for k, v in module.state_dict().items() if "running" not in k and "num_batches" not in k}
+        original(module, clouds, device, keep)
+        assert all(torch.equal(v, module.state_dict()[k]) for k, v in before.items())
+
+    engine.precise_batchnorm = spy
+    try:
+        result = finetune(get_task("scannet-semseg"), "spunet-micro", tiny_root, recipe=FINETUNE_PRESETS["tiny"],
+                          linear_probe=True)
+    finally:
+        engine.precise_batchnorm = original
+    assert 0.0 <= result["mIoU"] <= 1.0
+    assert type(seen[0]) is type(create_backbone("spunet-micro"))  # the backbone alone, first
+    norms = [m for m in seen[0].modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    assert norms and all(float(m.running_var.mean()) != 1.0 for m in norms)  # not the initial statistics
+
+
+def test_protocols_expand_to_finetune_and_probe_runs(tmp_path: Path) -> None:
+    runs = expand(backbones=["spunet-micro"], inits=["scratch", "ponder"], tasks="scannet-semseg", seeds=[0],
+                  data_roots=("data",), results=str(tmp_path), protocols=["finetune", "probe"])
+    assert [(r.init, r.protocol) for r in runs] == [
+        ("scratch", "full"), ("ponder", "full"), ("random", "full+linear-probe"), ("ponder", "full+linear-probe")]
+    same = expand(backbones=["spunet-micro"], inits=["random", "scratch"], tasks="scannet-semseg", seeds=[0],
+                  data_roots=("data",), results=str(tmp_path), protocols=["probe"])
+    assert [r.init for r in same] == ["random"]  # scratch and random name one init
+    with pytest.raises(ValueError, match="unknown protocol 'prob'.*did you mean probe"):
+        expand(backbones=["spunet-micro"], inits=["scratch"], tasks="scannet-semseg", seeds=[0],
+               data_roots=("data",), results=str(tmp_path), protocols=["prob"])
+
+
 def test_finetune_learns_and_refuses_what_does_not_apply(tiny_root: Path, tmp_path: Path) -> None:
     spec = get_task("semantickitti-semseg")
     result = finetune(spec, "spunet-micro", tiny_root, seed=0, recipe=FINETUNE_PRESETS["tiny"])
@@ -197,9 +253,10 @@ def test_debug_executor_runs_through_submitit(tiny_root: Path, tmp_path: Path) -
     assert (tmp_path / "slurm").is_dir()
 
 
-def _record(task: str, init: str, seed: int, value: float, version: int = 1) -> RunRecord:
+def _record(task: str, init: str, seed: int, value: float, version: int = 1, probe: bool = False) -> RunRecord:
     spec = get_task(task)
-    return RunRecord(task=task, task_version=version, backbone="spunet-mini", init=init, protocol=spec.protocol,
+    protocol = spec.protocol + ("+linear-probe" if probe else "")
+    return RunRecord(task=task, task_version=version, backbone="spunet-mini", init=init, protocol=protocol,
                      seed=seed, status="ok", main_score="mIoU", main_value=value, metrics={"mIoU": value})
 
 
@@ -208,15 +265,20 @@ def test_leaderboard_is_deterministic_and_refuses_ambiguity(tmp_path: Path) -> N
     for seed, (a, b) in enumerate([(0.40, 0.50), (0.42, 0.52), (0.44, 0.48)]):
         write_record(results, _record("scannet-semseg", "scratch", seed, a))
         write_record(results, _record("scannet-semseg", "ponder", seed, b))
+        write_record(results, _record("scannet-semseg", "random", seed, 0.1 + seed / 100, probe=True))
+        write_record(results, _record("scannet-semseg", "ponder", seed, 0.15 + seed / 100, probe=True))
     write_record(results, _record("semantickitti-semseg", "scratch", 0, 0.3))
     tables = leaderboard(results, tmp_path / "t1")
     leaderboard(results, tmp_path / "t2")
     for path in sorted((tmp_path / "t1").iterdir()):
         assert path.read_bytes() == (tmp_path / "t2" / path.name).read_bytes(), path.name
     task = tables["task_scannet-semseg"]
-    assert list(task["mIoU"]) == ["50.0 ± 2.0", "42.0 ± 2.0", "77.0"]
+    assert list(task["mIoU"]) == ["50.0 ± 2.0", "16.0 ± 1.0", "11.0 ± 1.0", "42.0 ± 2.0", "77.0"]
     assert task.iloc[-1]["backbone"] == "PonderV2 paper (reference)"
-    assert tables["gain"].loc[0, "scannet-semseg"] == "+8.0 ± 3.5"  # diffs +10, +10, +4: within the noise (n=3)
+    gain = tables["gain"].set_index("against")
+    assert gain.loc["scratch", "scannet-semseg"] == "+8.0 ± 3.5"  # diffs +10, +10, +4: within the noise (n=3)
+    assert gain.loc["random", "scannet-semseg"] == "+5.0 ± 0.0 *"  # the probe: ponder vs frozen random weights
+    assert gain.loc["random", "protocol"] == "full+linear-probe"
     overall = tables["overall"].set_index("backbone / init")
     assert overall.loc["spunet-mini / scratch", "semantickitti-semseg"] == "30.0"
     assert overall.loc["spunet-mini / ponder", "semantickitti-semseg"] == "–"
@@ -230,7 +292,30 @@ def test_leaderboard_is_deterministic_and_refuses_ambiguity(tmp_path: Path) -> N
     duplicate.write_text(json.dumps(asdict(_record("scannet-semseg", "scratch", 0, 0.41))))
     with pytest.raises(LeaderboardError, match="with different content"):
         leaderboard(results, tmp_path / "t4")
-    assert len(read_records(results)) == 8
+    assert len(read_records(results)) == 14
+
+
+def test_the_report_is_one_self_contained_page(tmp_path: Path) -> None:
+    import re
+
+    results = tmp_path / "results"
+    for seed in range(2):
+        record = _record("scannet-semseg", "scratch", seed, 0.4 + seed / 10)
+        record.git_sha, record.data_fingerprint, record.finetune_preset = "abcdef1234567", "f" * 64, "mini"
+        write_record(results, record)
+        write_record(results, _record("scannet-semseg", "ponder", seed, 0.5 + seed / 10))
+    picture = results / "tables" / "predictions" / "scannet-semseg_spunet-mini_ponder_full_seed0.png"
+    picture.parent.mkdir(parents=True)
+    picture.write_bytes(b"\x89PNG fake")
+    leaderboard(results)
+    page = (results / "tables" / "index.html").read_text()
+    for part in ("Overall", "Gain of pre-training", "+10.0 ± 0.0 *", "PonderV2 paper (reference)", "Provenance",
+                 "abcdef1234", "ffffffffffff", "mini"):
+        assert part in page, part
+    sources = re.findall(r'src="([^"]*)"', page)
+    assert len(sources) == 2 and all(s.startswith("data:image/png;base64,") for s in sources)  # plot + picture
+    assert not re.search(r'href="(?!#)', page)  # nothing outside the page
+    assert not list((results / "tables").glob("task_*.html"))
 
 
 def test_linear_probe_trains_only_the_head() -> None:

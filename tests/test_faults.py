@@ -25,7 +25,8 @@ TASKS = "semantickitti-semseg,s3dis-area5-semseg"
 
 def _run_args(data: Path, results: Path) -> list[str]:
     return ["run", "--data", str(data), "--tasks", TASKS, "--inits", "scratch", "--preset", "tiny", "--seeds", "0,1",
-            "--backbones", "spunet-micro", "--results", str(results), "--no-progress", "--workers", "1", "epochs=6"]
+            "--backbones", "spunet-micro", "--results", str(results), "--no-progress", "--workers", "1", "--protocols",
+            "finetune", "epochs=6"]
 
 
 def _child(code: str, args: list[str]) -> subprocess.Popen:

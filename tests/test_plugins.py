@@ -38,11 +38,12 @@ def test_one_file_runs_and_compares(tiny_root: Path, tmp_path: Path, plugin: Pat
     name = _name(plugin)
     assert main(["run", "--plugin", str(plugin), "--backbones", name, *_args(tiny_root, results)]) == 0
     records = [RunRecord.from_json(f) for f in record_files(results)]
-    assert {r.status for r in records} == {"ok"} and len(records) == 2
+    assert {r.status for r in records} == {"ok"} and len(records) == 4  # run's default: fine-tune and probe
+    assert {(r.init, r.protocol) for r in records} == {("scratch", "full"), ("random", "full+linear-probe")}
     digest = hashlib.sha256(plugin.read_bytes()).hexdigest()
     assert records[0].plugins == {str(plugin): {"path": str(plugin), "sha256": digest}}
     overall = pd.read_csv(results / "tables" / "overall.csv")
-    assert f"{name} / scratch" in set(overall["backbone / init"])
+    assert {f"{name} / scratch", f"{name} / random (linear-probe)"} <= set(overall["backbone / init"])
 
     capsys.readouterr()
     assert main(["compare", name, "--against", "spunet-micro", "--plugin", str(plugin),
@@ -84,8 +85,9 @@ def test_a_2d_backbone_on_a_point_cloud_task_is_not_applicable(tiny_root: Path, 
     results = tmp_path / "results"
     assert main(["run", "--backbones", "timm:resnet18", "--inits", "ponder", "--data", str(tiny_root), "--tasks",
                  "semantickitti-semseg", "--preset", "tiny", "--results", str(results), "--no-progress"]) == 0
-    (record,) = [RunRecord.from_json(f) for f in record_files(results)]
-    assert record.status == "not-applicable" and "2D backbone" in record.error
+    records = [RunRecord.from_json(f) for f in record_files(results)]
+    assert len(records) == 2  # fine-tune and probe
+    assert all(r.status == "not-applicable" and "2D backbone" in r.error for r in records)
     assert not (results / "runs" / "pretrain").exists()
 
 
@@ -95,7 +97,7 @@ def test_ponder_pretrains_a_new_backbone_without_extra_code(tiny_root: Path, tmp
     results = tmp_path / "results"
     assert main(["run", "--plugin", str(plugin), "--backbones", _name(plugin), "--inits", "ponder", "--data",
                  str(tiny_root), "--tasks", "semantickitti-semseg", "--preset", "tiny", "--results", str(results),
-                 "--no-progress"]) == 0
+                 "--no-progress", "--protocols", "finetune"]) == 0
     (record,) = [RunRecord.from_json(f) for f in record_files(results)]
     assert record.status == "ok" and record.init_sha256
     assert (results / "runs" / "pretrain" / f"outdoor-{_name(plugin)}-tiny" / "backbone.json").is_file()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -104,47 +104,69 @@ def train_cloud(scene: Scene, domain: Domain, voxel: float, limit: int | None, r
 
 
 @torch.no_grad()
-def precise_batchnorm(model: torch.nn.Module, clouds: list[Cloud], device: torch.device) -> None:
-    """Recompute the BatchNorm statistics as exact averages over ``clouds`` (the training scenes).
+def precise_batchnorm(module: torch.nn.Module, clouds: list[Cloud], device: torch.device,
+                      keep: torch.nn.Module | None = None) -> None:
+    """Recompute the BatchNorm statistics of ``module`` (except those inside ``keep``) as exact averages over
+    ``clouds`` (training scenes). Labels are not used.
 
-    SpUNet's BatchNorm follows Pointcept (momentum 0.01): after a short fine-tuning its running statistics
-    are still mostly their initial values, and evaluation (which uses them) would be wrong. A frozen
-    backbone keeps its own statistics.
+    SpUNet's BatchNorm follows Pointcept (momentum 0.01): after a short training its running statistics are
+    still mostly their initial values, and evaluation (which uses them) would be wrong.
     """
-    frozen = getattr(model, "freeze_backbone", False)
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-             and not (frozen and any(m is b for b in model.backbone.modules()))]
+    inside = {id(m) for m in keep.modules()} if keep is not None else set()
+    norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+             and id(m) not in inside]
     if not norms:
         return
     saved = [m.momentum for m in norms]
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # cumulative average
-    model.train()
+    module.train()
     for cloud in clouds:
-        model(PointBatch.collate([cloud]).to(device))
+        module(PointBatch.collate([cloud]).to(device))
     for m, momentum in zip(norms, saved, strict=True):
         m.momentum = momentum
-    model.eval()
+    module.eval()
+
+
+def epoch_order(rng: np.random.Generator, scenes: int, draws: int) -> np.ndarray:
+    """``draws`` scene indices: whole shuffled passes over the ``scenes``, the last one cut short."""
+    passes = math.ceil(draws / scenes)
+    return np.concatenate([rng.permutation(scenes) for _ in range(passes)])[:draws]
 
 
 def finetune(spec: TaskSpec, backbone_name: str, data_root: str | Path, *, seed: int = 0,
              recipe: FinetuneRecipe = FinetuneRecipe(), init: str | Path | None = None,  # noqa: B008
              linear_probe: bool = False, device: str = "cpu", progress: bool = False, picture: Path | None = None
              ) -> dict[str, object]:
-    """Train on the task's training split, evaluate on its eval split; returns the metrics and run facts."""
+    """Train on the task's training split, evaluate on its eval split; returns the metrics and run facts.
+
+    A limited-reconstruction task (a fraction of the training scenes) trains for as many optimiser steps as the
+    full split would: the protocol measures what few scenes teach, not what few steps do.
+    """
     task_part(spec)  # a task without a pipeline is refused before any data is opened
     train = task_scenes(spec, data_root, "train")
     evaluation = task_scenes(spec, data_root, spec.eval_split)
+    steps = None
+    if spec.protocol == "limited-reconstruction":
+        full = task_scenes(replace(spec, protocol="full"), data_root, "train")
+        steps = math.ceil(len(full) / recipe.batch_size)
     return fit_and_evaluate(spec, backbone_name, train, evaluation, seed=seed, recipe=recipe, init=init,
-                            linear_probe=linear_probe, device=device, progress=progress, picture=picture)
+                            linear_probe=linear_probe, device=device, progress=progress, picture=picture,
+                            steps_per_epoch=steps)
 
 
 def fit_and_evaluate(spec: TaskSpec, backbone_name: str, train: Sequence[Scene], evaluation: Sequence[Scene], *,
                      seed: int = 0, recipe: FinetuneRecipe = FinetuneRecipe(),  # noqa: B008
                      init: str | Path | None = None, linear_probe: bool = False, device: str = "cpu",
-                     progress: bool = False, picture: Path | None = None) -> dict[str, object]:
-    """The engine on given scenes (any sized, indexable collections), e.g. training = evaluation in tests."""
+                     progress: bool = False, picture: Path | None = None, steps_per_epoch: int | None = None
+                     ) -> dict[str, object]:
+    """The engine on given scenes (any sized, indexable collections), e.g. training = evaluation in tests.
+
+    ``steps_per_epoch``: optimiser steps per epoch (default: one pass over ``train``). With ``linear_probe`` the
+    frozen backbone's BatchNorm statistics are first recomputed on the training scenes (no labels), the same for
+    every init: a probe reads features normalised for the task's data, not an init's leftover statistics.
+    """
     part = task_part(spec)
     config = get_backbone_config(backbone_name)
     if config.modality != "3d":
@@ -160,38 +182,40 @@ def fit_and_evaluate(spec: TaskSpec, backbone_name: str, train: Sequence[Scene],
     model = part.build(backbone, ctx).to(ctx.device)
     if len(train) == 0 or len(evaluation) == 0:
         raise ValueError(f"task {spec.id}: {len(train)} training and {len(evaluation)} evaluation scenes")
+    stats_rng = np.random.default_rng(seed + 1)
+    stats_clouds = [train_cloud(train[i], ctx.domain, voxel, recipe.max_points, stats_rng)[0]
+                    for i in sorted(stats_rng.permutation(len(train))[:BN_SCENES].tolist())]
+    if linear_probe:
+        precise_batchnorm(model.backbone, stats_clouds, ctx.device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = (torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, nesterov=True,
                                  weight_decay=recipe.weight_decay) if recipe.optimizer == "sgd" else
                  torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay))
-    steps_per_epoch = math.ceil(len(train) / recipe.batch_size)
+    steps_per_epoch = steps_per_epoch or math.ceil(len(train) / recipe.batch_size)
     scheduler = one_cycle(optimizer, recipe.lr, recipe.epochs * steps_per_epoch, recipe.pct_start)
     model.train()
     last_loss = float("nan")
-    for _ in tqdm(range(recipe.epochs), desc=f"{spec.id} {backbone_name}", disable=not progress):
-        order = rng.permutation(len(train))
-        for start in range(0, len(order), recipe.batch_size):
-            clouds, targets = [], []
-            for i in order[start:start + recipe.batch_size]:
-                cloud, scene, index = train_cloud(train[int(i)], ctx.domain, voxel, recipe.max_points, rng)
-                clouds.append(cloud)
-                targets.append(part.targets(scene, index))
-            output = model(PointBatch.collate(clouds).to(ctx.device))
-            loss = part.loss(output, np.concatenate(targets), ctx)
-            if loss is None:
-                scheduler.step()
-                continue
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"task {spec.id}: non-finite fine-tuning loss")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+    order = epoch_order(rng, len(train), recipe.epochs * steps_per_epoch * recipe.batch_size)
+    batches = order.reshape(-1, recipe.batch_size)
+    for batch in tqdm(batches, desc=f"{spec.id} {backbone_name}", disable=not progress):
+        clouds, targets = [], []
+        for i in batch:
+            cloud, scene, index = train_cloud(train[int(i)], ctx.domain, voxel, recipe.max_points, rng)
+            clouds.append(cloud)
+            targets.append(part.targets(scene, index))
+        output = model(PointBatch.collate(clouds).to(ctx.device))
+        loss = part.loss(output, np.concatenate(targets), ctx)
+        if loss is None:
             scheduler.step()
-            last_loss = float(loss.detach())
-    stats_rng = np.random.default_rng(seed + 1)
-    some = sorted(stats_rng.permutation(len(train))[:BN_SCENES].tolist())
-    precise_batchnorm(model, [train_cloud(train[i], ctx.domain, voxel, recipe.max_points, stats_rng)[0]
-                              for i in some], ctx.device)
+            continue
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"task {spec.id}: non-finite fine-tuning loss")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        last_loss = float(loss.detach())
+    precise_batchnorm(model, stats_clouds, ctx.device, keep=model.backbone if linear_probe else None)
     metrics = part.evaluate(model, evaluation, ctx)
     return {**metrics, "init_sha256": init_sha, "train_scenes": len(train), "eval_scenes": len(evaluation),
-            "final_train_loss": last_loss}
+            "final_train_loss": last_loss, "steps": len(batches)}

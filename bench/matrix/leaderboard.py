@@ -1,10 +1,11 @@
 """Leaderboard tables from the run records (pure pandas over :func:`bench.matrix.results.load_results`).
 
 Tables: one per task (backbone x init: mean +- std over seeds, n), an overall pivot (rows backbone + init,
-columns tasks, main scores), the gain of ``ponder`` pre-training over ``scratch`` per backbone and task (paired
-over seeds, marked ``*`` where it exceeds the seed noise), and the run status counts. The paper's numbers
-appear as a marked reference row, never as a result. Scores are shown in percent. Each table is written as
-Markdown, CSV and HTML, plus a PNG per task (``formats`` picks).
+columns tasks, main scores), the gain of ``ponder`` pre-training over ``scratch`` (or, probed, over frozen
+``random`` weights) per backbone, protocol and task (paired over seeds, marked ``*`` where it exceeds the seed
+noise), and the run status counts. The paper's numbers appear as a marked reference row, never as a result.
+Scores are shown in percent. Each table is written as Markdown and CSV, plus a PNG per task, and all of them on
+one self-contained HTML page, ``index.html`` (:mod:`bench.matrix.report`; ``formats`` picks).
 Output is deterministic: fixed column order and dtypes, so that diffs between runs are readable.
 """
 
@@ -22,11 +23,13 @@ import pandas as pd  # noqa: E402
 
 from bench.matrix.compare import paired  # noqa: E402
 from bench.matrix.records import Status  # noqa: E402
+from bench.matrix.report import write_report  # noqa: E402
 from bench.matrix.results import ResultsError, load_results  # noqa: E402
 from tasks.io import atomic_write  # noqa: E402
 from tasks.spec import get_task  # noqa: E402
 
 REFERENCE = "PonderV2 paper (reference)"
+BASELINES = ("scratch", "random")  # what ponder is compared with: fine-tuned from random init | frozen random init
 FORMATS = ("md", "csv", "html", "png")
 LeaderboardError = ResultsError  # what the leaderboard refuses is what load_results refuses
 
@@ -64,7 +67,7 @@ def build_tables(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
                 for t in overall.columns}
         overall.loc[REFERENCE] = pd.Series(refs)
         tables["overall"] = overall.reset_index().rename(columns={"row": "backbone / init"})
-        if {"scratch", "ponder"} <= set(stats["init"]):
+        if "ponder" in set(stats["init"]) and set(BASELINES) & set(stats["init"]):
             tables["gain"] = gain_table(frame)
     status = frame.groupby(["task", "status"]).size().unstack(fill_value=0)
     tables["status"] = status.reindex(columns=list(get_args(Status)), fill_value=0).astype("int64").reset_index()
@@ -72,16 +75,19 @@ def build_tables(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 
 def gain_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """ponder - scratch per backbone, protocol and task: the mean paired difference over seeds ± its sd, with
-    ``*`` where it exceeds the seed noise (paired t-test, p < 0.05; see :mod:`bench.matrix.compare`)."""
-    pairs = paired(frame, "ponder", "scratch", column="init")
+    """ponder - baseline per backbone, protocol and task, the baseline being ``scratch`` (fine-tuning) or
+    ``random`` (probe of frozen random weights): the mean paired difference over seeds ± its sd, with ``*``
+    where it exceeds the seed noise (paired t-test, p < 0.05; see :mod:`bench.matrix.compare`)."""
+    pairs = pd.concat([paired(frame, "ponder", base, column="init").assign(against=base) for base in BASELINES])
     pairs = pairs[pairs.seeds > 0].assign(
         cell=lambda d: d["mean difference"] + d["beyond seed noise"].map(lambda b: " *" if b == "yes" else ""))
-    return pairs.pivot(index=["backbone", "protocol"], columns="task", values="cell").fillna("–").reset_index()
+    table = pairs.pivot(index=["backbone", "protocol", "against"], columns="task", values="cell")
+    return table.fillna("–").reset_index()
 
 
 def write_tables(tables: dict[str, pd.DataFrame], out: Path, formats: tuple[str, ...] = FORMATS) -> list[Path]:
-    """Each table as ``formats`` (md, csv, html; png plots the per-task tables) in ``out``."""
+    """Each table as ``formats`` (md, csv; png plots the per-task tables) in ``out``; ``html`` is the one page
+    of :func:`bench.matrix.report.write_report`, written by :func:`leaderboard`."""
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
         raise ValueError(f"unknown table formats {unknown}; choose from {', '.join(FORMATS)}")
@@ -89,7 +95,7 @@ def write_tables(tables: dict[str, pd.DataFrame], out: Path, formats: tuple[str,
     written = []
     for name, table in sorted(tables.items()):
         shown = table.drop(columns=[c for c in ("mean", "std") if c in table.columns and name != "status"])
-        for suffix in (f for f in ("md", "csv", "html") if f in formats):
+        for suffix in (f for f in ("md", "csv") if f in formats):
             text = _render(suffix, table, shown)
             path = out / f"{name}.{suffix}"
             atomic_write(path, lambda tmp, text=text: tmp.write_text(text + ("\n" if not text.endswith("\n") else "")))
@@ -100,9 +106,7 @@ def write_tables(tables: dict[str, pd.DataFrame], out: Path, formats: tuple[str,
 
 
 def _render(fmt: str, table: pd.DataFrame, shown: pd.DataFrame) -> str:
-    if fmt == "md":
-        return shown.to_markdown(index=False)
-    return table.to_csv(index=False) if fmt == "csv" else shown.to_html(index=False, na_rep="–")
+    return shown.to_markdown(index=False) if fmt == "md" else table.to_csv(index=False)
 
 
 def _plot_task(table: pd.DataFrame, path: Path, task: str) -> Path:
@@ -128,6 +132,10 @@ def leaderboard(results: Path | tuple[Path, ...], out: Path | None = None, forma
     """Tables from the records of one results folder or several (merged), written to ``out`` (default: the first
     folder's ``tables/``)."""
     roots = (results,) if isinstance(results, str | Path) else tuple(results)
-    tables = build_tables(load_results(*roots))
-    write_tables(tables, Path(out) if out else Path(roots[0]) / "tables", formats)
+    frame = load_results(*roots)
+    tables = build_tables(frame)
+    folder = Path(out) if out else Path(roots[0]) / "tables"
+    write_tables(tables, folder, formats)
+    if "html" in formats:
+        write_report(tables, frame, folder)
     return tables

@@ -24,7 +24,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from tqdm import tqdm
 
@@ -48,13 +48,16 @@ log = logging.getLogger(__name__)
 
 PRETRAIN_DATA: dict[Domain, str] = {"indoor": "scannet", "outdoor": "semantickitti"}
 Executor = Literal["local", "slurm", "debug"]
+MatrixProtocol = Literal["finetune", "probe"]  # train backbone + head | a linear head on the frozen backbone
+PROTOCOLS: tuple[MatrixProtocol, ...] = get_args(MatrixProtocol)
+INITS = ("scratch", "ponder", "random")  # random: the scratch init's name under the probe (frozen random weights)
 
 
 @dataclass(frozen=True, kw_only=True)
 class RunSpec:
     task: str
     backbone: str
-    init: str  # scratch | ponder | a label for init_path
+    init: str  # scratch | ponder | random (probe of the frozen random init) | a label for init_path
     seed: int
     data_roots: tuple[str, ...]
     results: str
@@ -121,7 +124,8 @@ def _close(name: str, known: list[str]) -> str:
     return f"; did you mean {', '.join(close)}?" if close else ""
 
 
-def resolve(*, backbones: Sequence[str], inits: Sequence[str], tasks: str) -> list[str]:
+def resolve(*, backbones: Sequence[str], inits: Sequence[str], tasks: str,
+            protocols: Sequence[str] = ("finetune",)) -> list[str]:
     """Check every name before any work: unknown backbones, task patterns that match nothing and unknown inits are
     errors (with close matches). Returns the task ids."""
     from backbones.registry import get_backbone_config
@@ -140,22 +144,32 @@ def resolve(*, backbones: Sequence[str], inits: Sequence[str], tasks: str) -> li
     if not task_ids:
         raise ValueError(f"no task matches {tasks!r}")
     for init in inits:
-        if init not in ("scratch", "ponder") and not Path(init).exists():
-            raise ValueError(f"init {init!r} is neither scratch, ponder nor an existing export path"
-                             f"{_close(init, ['scratch', 'ponder'])}")
+        if init not in INITS and not Path(init).exists():
+            raise ValueError(f"init {init!r} is neither {', '.join(INITS)} nor an existing export path"
+                             f"{_close(init, list(INITS))}")
+    for protocol in protocols:
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}"
+                             f"{_close(protocol, list(PROTOCOLS))}")
+    if not protocols:
+        raise ValueError("give at least one protocol")
     return sorted(task_ids)
 
 
 def expand(*, backbones: list[str], inits: list[str], tasks: str, seeds: list[int], data_roots: tuple[str, ...],
-           results: str, preset: str = "mini", overrides: Sequence[str] = (), linear_probe: bool = False,
-           device: str = "cpu", tta: bool = False, plugins: Sequence[str] = ()) -> list[RunSpec]:
+           results: str, preset: str = "mini", overrides: Sequence[str] = (),
+           protocols: Sequence[str] = ("finetune",), device: str = "cpu", tta: bool = False,
+           plugins: Sequence[str] = ()) -> list[RunSpec]:
     """Every combination, in a stable order; ``tasks`` is a comma-separated list of wildcard patterns.
+
+    Under the ``probe`` protocol the randomly initialised backbone is frozen, so its runs are named ``random``
+    (``scratch`` and ``random`` name the same init: randomly initialised weights).
 
     Every name is resolved first (plugins imported, backbones, task patterns, inits, preset, overrides), so a typo
     stops the command before any work instead of becoming a failed record per run.
     """
     load_plugins(plugins)
-    task_ids = resolve(backbones=backbones, inits=inits, tasks=tasks)
+    task_ids = resolve(backbones=backbones, inits=inits, tasks=tasks, protocols=protocols)
     if preset not in FINETUNE_PRESETS:
         raise KeyError(f"unknown fine-tuning preset {preset!r}; choose from {', '.join(sorted(FINETUNE_PRESETS))}")
     if any(o.partition("=")[0].strip() == "tta" for o in overrides):
@@ -163,15 +177,23 @@ def expand(*, backbones: list[str], inits: list[str], tasks: str, seeds: list[in
     get_finetune_recipe(preset, list(overrides))  # a bad override fails here, before any work
     runs = []
     for task in task_ids:
-        for backbone in backbones:
-            for init in inits:
-                label, path = (init, None) if init in ("scratch", "ponder") else (_label(init), init)
-                for seed in seeds:
-                    runs.append(RunSpec(task=task, backbone=backbone, init=label, seed=seed,
-                                        data_roots=tuple(data_roots), results=results, preset=preset,
-                                        overrides=tuple(overrides), init_path=path, linear_probe=linear_probe,
-                                        device=device, tta=tta, plugins=tuple(plugins)))
+        for protocol in protocols:
+            probe = protocol == "probe"
+            for backbone in backbones:
+                for init in dict.fromkeys(_init_name(i, probe) for i in inits):
+                    label, path = (init, None) if init in INITS else (_label(init), init)
+                    for seed in seeds:
+                        runs.append(RunSpec(task=task, backbone=backbone, init=label, seed=seed,
+                                            data_roots=tuple(data_roots), results=results, preset=preset,
+                                            overrides=tuple(overrides), init_path=path, linear_probe=probe,
+                                            device=device, tta=tta, plugins=tuple(plugins)))
     return runs
+
+
+def _init_name(init: str, probe: bool) -> str:
+    if init in ("scratch", "random"):
+        return "random" if probe else "scratch"
+    return init
 
 
 def _label(path: str) -> str:
