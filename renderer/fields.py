@@ -70,18 +70,23 @@ class SplitInputMLP(nn.Module):
 
 
 class SDFDecoder(nn.Module):
-    """Volume features and position -> hidden (Softplus) -> SDF and geometry features, as two heads."""
+    """Volume features -> hidden (Softplus) -> SDF and geometry features, plus a linear skip from the features.
+
+    As PonderV2's indoor decoder computes it: the SDF depends on position only through the volume (its
+    position input is multiplied by zero), so the geometry must be in the features the backbone lifts. Its two
+    stacked linear maps before the activation are one linear map; this decoder has one (2.45x fewer
+    multiply-adds per sample for the same function).
+    """
 
     def __init__(self, in_dim: int, hidden: int, layers: int, geometry_features: int, beta: float) -> None:
         super().__init__()
-        self.trunk = SplitInputMLP([in_dim, 3], hidden, layers, 0, nn.Softplus(beta=beta))
-        self.sdf_head = nn.Linear(hidden, 1)
-        self.geometry_head = nn.Linear(hidden, geometry_features)
+        self.trunk = SplitInputMLP([in_dim], hidden, layers, 0, nn.Softplus(beta=beta))
+        self.head = nn.Linear(hidden, 1 + geometry_features)
+        self.skip = nn.Linear(in_dim, 1 + geometry_features, bias=False)
 
-    def forward(self, feats: torch.Tensor, xyz: torch.Tensor, geometry: bool = True
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        h = self.trunk(feats, xyz)
-        return self.sdf_head(h).squeeze(-1), self.geometry_head(h) if geometry else None
+    def forward(self, feats: torch.Tensor, geometry: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        out = self.head(self.trunk(feats)) + self.skip(feats)
+        return out[..., 0], out[..., 1:] if geometry else None
 
 
 class NeuSVariance(nn.Module):
@@ -133,8 +138,10 @@ class VolumeField(nn.Module):
         c = config
         self.sdf_decoder = SDFDecoder(c.sdf_channels, c.hidden, c.layers, c.geometry_features, c.softplus_beta)
         shared = [3, c.color_channels, c.geometry_features]  # SDF gradient, colour features, geometry features
-        self.color_decoder = SplitInputMLP([*shared, 3], c.hidden, c.layers, 3, nn.ReLU())  # + view direction
-        semantic = SplitInputMLP(shared, c.hidden, c.layers, c.semantic_dim, nn.ReLU()) if c.semantic_dim else None
+        # colour and semantics are linear in their inputs, as PonderV2's (n_blocks=0): a decoder with little
+        # capacity leaves the work to the volume, i.e. to the features the backbone learns
+        self.color_decoder = SplitInputMLP([*shared, 3], c.hidden, 1, 3, nn.Identity())  # + view direction
+        semantic = SplitInputMLP(shared, c.hidden, 1, c.semantic_dim, nn.Identity()) if c.semantic_dim else None
         self.semantic_decoder = semantic
         self.variance = NeuSVariance(config.variance_init)
         self._halves: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -180,23 +187,22 @@ class VolumeField(nn.Module):
     def sdf(self, points: torch.Tensor, batch_index: torch.Tensor, geometry: bool = True
             ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """SDF and (unless ``geometry`` is False, as when only sampling) the geometry features."""
-        return self.sdf_decoder(self._sample(points, batch_index, 0), points, geometry)
+        return self.sdf_decoder(self._sample(points, batch_index, 0), geometry)
 
     def sdf_and_gradient(self, points: torch.Tensor, batch_index: torch.Tensor, create_graph: bool
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """dSDF/dx = dSDF/dfeatures . dfeatures/dx (trilinear_points_grad) + the decoder's direct dSDF/dx."""
+        """dSDF/dx = dSDF/dfeatures . dfeatures/dx (trilinear_points_grad): the SDF sees x only through the volume."""
         points = points.detach()
         with torch.enable_grad():
             feats = self._sample(points, batch_index, 0)
             if not feats.requires_grad:  # a volume without gradient (inference): still differentiate the decoder
                 feats = feats.detach().requires_grad_(True)
-            xyz = points.requires_grad_(True)
-            sdf, geometry = self.sdf_decoder(feats, xyz)
-            d_feats, d_xyz = torch.autograd.grad(sdf, (feats, xyz), torch.ones_like(sdf), create_graph=create_graph)
-            d_index = self._per_scene(0, points.detach(), batch_index,
+            sdf, geometry = self.sdf_decoder(feats)
+            (d_feats,) = torch.autograd.grad(sdf, feats, torch.ones_like(sdf), create_graph=create_graph)
+            d_index = self._per_scene(0, points, batch_index,
                                       lambda v, p, g: trilinear_points_grad(v, p, g, self.backend), d_feats)
             lo, hi = points.new_tensor(self._spec.lo), points.new_tensor(self._spec.hi)
-            gradients = d_index * (points.new_tensor(self._spec.shape) / (hi - lo)) + d_xyz
+            gradients = d_index * (points.new_tensor(self._spec.shape) / (hi - lo))
         return sdf, geometry, gradients
 
     def color(self, points: torch.Tensor, batch_index: torch.Tensor, gradients: torch.Tensor,

@@ -20,7 +20,7 @@ class LossWeights:
     rgb: float = 10.0
     depth: float = 1.0
     sdf: float = 10.0  # near-surface band: SDF equals the distance to the observed depth
-    free_space: float = 1.0  # in front of the band: SDF equals the truncation
+    free_space: float = 1.0  # in front of the band: SDF at least the truncation
     eikonal: float = 0.01
     semantic: float = 0.1
     truncation: float = 0.05
@@ -72,9 +72,10 @@ def rendering_losses(render: RenderOutput, rays: RayBundle, weights: LossWeights
     """Weighted loss terms (only those the targets allow) and their sum under ``"total"``.
 
     RGB and depth: L1 over rays with valid depth. SDF band: L1 between the SDF and the distance to the
-    observed surface, for samples within ``truncation`` of it; free space: L1 to ``truncation`` for samples
-    in front of the band. Eikonal: (|grad SDF| - 1)^2 over all samples. Semantic: InfoNCE of the rendered
-    embedding against every class embedding (labels -1 ignored). ``counts`` defaults to this batch's.
+    observed surface, for samples within ``truncation`` of it; free space: relu(truncation - SDF) for samples
+    in front of the band (one-sided, as PonderV2's: free space may be farther from a surface than the band).
+    Eikonal: (|grad SDF| - 1)^2 over all samples. Semantic: InfoNCE of the rendered embedding against every
+    class embedding (labels -1 ignored). ``counts`` defaults to this batch's.
     """
     counts = counts or LossCounts.of(rays, render.samples.t, weights.truncation)
     terms: dict[str, torch.Tensor] = {}
@@ -86,7 +87,7 @@ def rendering_losses(render: RenderOutput, rays: RayBundle, weights: LossWeights
         band, front = _band_and_front(render.samples.t, rays.depth, weights.truncation)
         to_surface = rays.depth[:, None] - render.samples.t
         terms["sdf"] = _mean((render.sdf - to_surface).abs(), band & valid[:, None], counts.band)
-        terms["free_space"] = _mean((render.sdf - weights.truncation).abs(), front & valid[:, None], counts.front)
+        terms["free_space"] = _mean(F.relu(weights.truncation - render.sdf), front & valid[:, None], counts.front)
     terms["eikonal"] = (render.gradients.norm(dim=-1) - 1.0).square().sum() / max(counts.samples, 1)
     if render.semantic is not None and rays.label is not None and class_embeddings is not None:
         logits = F.normalize(render.semantic, dim=-1) @ F.normalize(class_embeddings, dim=-1).T / weights.temperature

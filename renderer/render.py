@@ -24,7 +24,7 @@ class RenderOutput:
     """Per-ray renders and the per-sample quantities the losses need."""
 
     rgb: torch.Tensor  # (R, 3)
-    depth: torch.Tensor  # (R,) expected distance along the ray
+    depth: torch.Tensor  # (R,) expected distance along the ray, normalised by the opacity
     normal: torch.Tensor  # (R, 3) composited unit SDF gradients
     opacity: torch.Tensor  # (R,)
     semantic: torch.Tensor | None  # (R, D)
@@ -60,6 +60,9 @@ def render_rays(field: SurfaceField, rays: RayBundle, sampler: NeuSSampler = Neu
         if semantic is not None:
             parts.append(semantic)
         out, opacity = composite(alpha, torch.cat(parts, -1), backend)
-    return RenderOutput(rgb=out[:, :3], depth=out[:, 3], normal=out[:, 4:7], opacity=opacity,
+    # depth as PonderV2 renders it: the weights' mean distance (not pulled to 0 by a ray's missing opacity),
+    # kept inside the ray's sampled range
+    depth = torch.minimum(torch.maximum(out[:, 3] / (opacity + 1e-10), samples.t[:, 0]), samples.t[:, -1])
+    return RenderOutput(rgb=out[:, :3], depth=depth, normal=out[:, 4:7], opacity=opacity,
                         semantic=out[:, 7:] if semantic is not None else None, samples=samples, sdf=sdf,
                         gradients=gradients)

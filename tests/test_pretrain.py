@@ -59,6 +59,8 @@ def test_every_mode_runs_end_to_end_on_the_tiny_suite(tiny_root: Path, tmp_path:
     assert set(meta["final_losses"]) == set(result.last_losses)
     weights = torch.load(run / "backbone.pt")
     assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
+    if case != "image":  # dataset roots report the depth error on validation scenes pre-training never saw
+        assert result.heldout_depth_error_before > 0 and result.heldout_depth_error_after > 0
 
 
 def test_resume_continues_exactly(tiny_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 from renderer.fields import FieldConfig, VolumeField, gradient_by_autograd, neus_alpha
 from renderer.losses import LossWeights, rendering_losses
 from renderer.rays import RayBundle, near_far_from_box, pixel_rays, sample_rays
-from renderer.render import render_rays
+from renderer.render import render_rays, sample_along
 from renderer.samplers import NeuSSampler, sample_pdf
 from renderer.semantic import class_embeddings, deterministic_embeddings, load_embeddings
 from renderer.step import render_and_backward
@@ -165,6 +166,29 @@ def test_volume_field_renders_and_every_loss_has_gradients() -> None:
     assert sdf_volume.grad[0].abs().sum() > 0 and sdf_volume.grad[1].abs().sum() > 0
 
 
+def test_render_path_follows_ponderv2() -> None:
+    """The SDF sees position only through the volume; free space is one-sided; depth is the weights' mean."""
+    torch.manual_seed(1)
+    field = VolumeField(FieldConfig(sdf_channels=4, color_channels=4, hidden=16, geometry_features=4))
+    spec = type(INDOOR_GRID)(INDOOR_GRID.lo, INDOOR_GRID.hi, (6, 6, 4))
+    flat = torch.ones(1, 4, 6, 6, 4)
+    field.bind(flat, flat, spec)
+    points = torch.rand(1, 5, 3) - 0.5
+    sdf, _, gradient = field.sdf_and_gradient(points, torch.zeros(1, dtype=torch.long), create_graph=False)
+    assert torch.allclose(sdf, sdf[0, 0].expand_as(sdf)) and gradient.abs().max() < 1e-6  # a constant volume
+
+    volume = torch.randn(1, 4, 6, 6, 4)
+    rays = rays_towards(torch.tensor([0.0, 0.0, -0.5]), torch.rand(16, 3) - 0.5)
+    rays = RayBundle(rays.origins, rays.directions, rays.near, rays.far, rays.batch_index,
+                     rgb=torch.rand(16, 3), depth=rays.near + 0.3)
+    out = render_rays(field.bind(volume, volume, spec), rays, NeuSSampler(12, 6))
+    assert ((out.depth >= out.samples.t[:, 0]) & (out.depth <= out.samples.t[:, -1])).all()
+    far = rendering_losses(replace(out, sdf=torch.full_like(out.sdf, 0.3)), rays)["free_space"]
+    near = rendering_losses(replace(out, sdf=torch.full_like(out.sdf, -0.1)), rays)["free_space"]
+    assert float(far) == 0.0  # farther from any surface than the band: nothing to correct
+    torch.testing.assert_close(near, torch.tensor(0.15))  # relu(0.05 - (-0.1)), weight 1
+
+
 def test_volume_field_rejects_a_volume_of_the_wrong_shape() -> None:
     field = VolumeField(FieldConfig(sdf_channels=4, color_channels=4, hidden=8, geometry_features=4))
     with pytest.raises(ValueError, match="expected a"):
@@ -271,9 +295,11 @@ def test_render_with_triton_kernels_matches_reference(interpreter, monkeypatch) 
     rays = RayBundle(rays.origins, rays.directions, rays.near, rays.far, rays.batch_index,
                      rgb=torch.rand(20, 3, generator=gen), depth=rays.near + 0.4)
     results = []
+    # the same samples for both: where a sample falls is a discontinuous function of the SDF's last bits
+    samples = sample_along(field.bind(sdf_volume, color_volume, spec), rays, NeuSSampler(12, 6))
     for backend in ("triton", "reference"):
         monkeypatch.setenv("PONDERBENCH_BACKEND", backend)
-        out = render_rays(field.bind(sdf_volume, color_volume, spec), rays, NeuSSampler(12, 6))
+        out = render_rays(field.bind(sdf_volume, color_volume, spec), rays, samples=samples)
         loss = rendering_losses(out, rays)["total"]
         results.append((out.rgb, out.depth, *torch.autograd.grad(loss, (sdf_volume, color_volume,
                                                                          field.variance.variance))))

@@ -88,7 +88,7 @@ def eager_step(field: VolumeField, volumes: tuple[torch.Tensor, ...], rays: RayB
 
     def sdf_and_geometry(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         feats = features(points)
-        sdf, geometry = field.sdf_decoder(feats[..., :64], points)
+        sdf, geometry = field.sdf_decoder(feats[..., :64])
         return sdf[..., None], geometry, feats
 
     sampler = NeuSSampler()

@@ -28,6 +28,7 @@ from tasks.transforms import Augment, grid_sample_train, normalize_to_unit_cube,
 log = logging.getLogger(__name__)
 
 HELDOUT_EPOCH = 2**31 - 1  # the seed key of held-out samples: never a training epoch
+HELDOUT_SCENES = 4  # validation scenes (sweeps) whose depth error a dataset root's pre-training reports
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
@@ -60,8 +61,8 @@ def open_source(path: str | Path, mode: str) -> SceneSource:
     a nuScenes root (v1.0-*), or a folder of loose lidarseg frames (``frameNN/points.bin``).
 
     Datasets are opened through :func:`tasks.datasets.open_dataset` (the resolver fine-tuning uses), so
-    pre-training trains on the training split only; frame folders hold out frames by the contract's rule,
-    the same frames the ``*-samples`` tasks evaluate on.
+    pre-training trains on the training split only and reports its depth error on a few validation scenes;
+    frame folders hold out frames by the contract's rule, the same frames the ``*-samples`` tasks evaluate on.
     """
     from tasks.formats.rgbd_folder import RGBDFolder
 
@@ -77,20 +78,30 @@ def open_source(path: str | Path, mode: str) -> SceneSource:
         return SceneSource(path, "rgbd", [scene.name], lambda i: scene, (), heldout)
     if (path / "train").is_dir() and wants_views:
         data = open_dataset("scannet20", path, "train", with_views=True)
-        return SceneSource(path, "scannet", data.names, data.__getitem__, SCANNET20)
+        return SceneSource(path, "scannet", data.names, data.__getitem__, SCANNET20,
+                           _heldout_scenes("scannet20", path, with_views=True))
     if not wants_views:
-        if (path / "sequences").is_dir():
-            data = open_dataset("semantickitti", path, "train")
-            return SceneSource(path, "semantickitti", data.names, data.__getitem__)
-        if any(path.glob("v1.0-*")):
-            data = open_dataset("nuscenes", path, "train")
-            return SceneSource(path, "nuscenes", data.names, data.__getitem__)
+        for kind, found in (("semantickitti", (path / "sequences").is_dir()), ("nuscenes", any(path.glob("v1.0-*")))):
+            if found:
+                data = open_dataset(kind, path, "train")
+                return SceneSource(path, kind, data.names, data.__getitem__, (), _heldout_scenes(kind, path))
         if any(path.glob("*/points.bin")):
             train, held = (open_dataset("lidarseg-frames", path, split) for split in ("train", "val"))
             return SceneSource(path, "lidar-frames", train.names, train.__getitem__, (),
                                [held[i] for i in range(len(held))])
     needs = "RGB-D views (an RGB-D folder or a ScanNet root with rgbd/)" if wants_views else "LiDAR sweeps"
     raise DataFormatError(path, f"no pre-training data for mode '{mode}': it needs {needs}")
+
+
+def _heldout_scenes(loader: str, path: Path, **options: object) -> list[Scene]:
+    """The first :data:`HELDOUT_SCENES` scenes of the dataset's validation split: scenes pre-training never sees,
+    on which its depth error is measured. None when the root has no validation split."""
+    try:
+        val = open_dataset(loader, path, "val", **options)
+    except (FileNotFoundError, DataFormatError) as exc:
+        log.info("no held-out scenes for %s: %s", path, exc)
+        return []
+    return [val[i] for i in range(min(HELDOUT_SCENES, len(val)))]
 
 
 # ----------------------------------------------------------------------------------------------- samples
