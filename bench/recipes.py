@@ -124,6 +124,16 @@ FINETUNE_PRESETS: dict[str, FinetuneRecipe] = {
                            max_points=12_000),
     "tiny": FinetuneRecipe(epochs=2, batch_size=2, optimizer="adamw", lr=0.005, weight_decay=0.01,
                            max_points=3_000),  # tests
+    # small: the mini suite and nets, trained longer (about an hour for run's default matrix on 2 cores)
+    "small": FinetuneRecipe(epochs=30, batch_size=2, optimizer="adamw", lr=0.005, weight_decay=0.01,
+                            max_points=12_000),
+}
+# the pre-training each fine-tuning preset's ponder init gets: (recipe preset of the domain, overrides)
+PRETRAIN_FOR_FINETUNE: dict[str, tuple[str, tuple[str, ...]]] = {
+    "reference": ("{domain}", ()),
+    "mini": ("{domain}-mini", ()),
+    "small": ("{domain}-mini", ("epochs=20",)),
+    "tiny": ("{domain}-mini", ("epochs=1", "max_points=3000", "render_every=0")),
 }
 
 
@@ -136,6 +146,12 @@ def _preset(presets: dict[str, Any], kind: str, preset: str | None, overrides: l
 def get_recipe(preset: str, overrides: list[str] | None = None) -> PretrainRecipe:
     """A pre-training preset with ``key=value`` overrides (values are Python literals; strings may be bare)."""
     return _preset(PRESETS, "pre-training", preset, overrides)
+
+
+def pretrain_recipe_for(preset: str, domain: Domain, backbone: str) -> PretrainRecipe:
+    """The pre-training of the ``ponder`` init under the fine-tuning ``preset``."""
+    name, overrides = PRETRAIN_FOR_FINETUNE[preset]
+    return get_recipe(name.format(domain=domain), [f"backbone={backbone}", *overrides])
 
 
 def get_finetune_recipe(preset: str, overrides: list[str] | None = None) -> FinetuneRecipe:

@@ -129,7 +129,10 @@ _semseg("nuscenes-lidarseg", "nuScenes lidar semantic segmentation (16 classes),
         NUSCENES16, "outdoor", 79.4)
 _semseg("nuscenes-lidarseg-samples", "Real nuScenes lidarseg sweeps (../shared/data): every 5th sweep held out",
         "nuscenes-lidarseg-samples", "lidarseg-frames", NUSCENES16, "outdoor", None,
-        note="ten real sweeps: a sanity check on real data, not a benchmark")
+        note="30 real sweeps (24 train, 6 held out): a check on real data, not a benchmark")
+_semseg("nuscenes-lidarseg-samples-la200", "Real nuScenes lidarseg sweeps, 200 labelled points per training sweep",
+        "nuscenes-lidarseg-samples", "lidarseg-frames", NUSCENES16, "outdoor", None, protocol="limited-annotation",
+        value=200.0, note="the limited-annotation protocol on real sweeps: does pre-training on them help?")
 for track, title, ref in (("lidar", "LiDAR", 70.6), ("camera", "camera (2D backbone)", 47.4),
                           ("fusion", "LiDAR + camera", 73.2)):
     _not_yet(f"nuscenes-det-{track}", f"nuScenes 3D detection, {title}", "nuscenes", "nuscenes", "detection", "NDS",

@@ -132,6 +132,17 @@ def test_limited_reconstruction_trains_as_many_steps_as_the_full_split(tiny_root
     assert full["steps"] == lr1["steps"] == 2
 
 
+def test_every_finetune_preset_names_its_pretraining() -> None:
+    from bench.recipes import PRETRAIN_FOR_FINETUNE, pretrain_recipe_for
+
+    assert set(PRETRAIN_FOR_FINETUNE) == set(FINETUNE_PRESETS)
+    for domain in ("indoor", "outdoor"):
+        mini, small = (pretrain_recipe_for(p, domain, "spunet-mini") for p in ("mini", "small"))
+        assert small.epochs > mini.epochs and small.grid == mini.grid and small.backbone == "spunet-mini"
+        assert pretrain_recipe_for("reference", domain, "spunet-v1m1").grid != mini.grid
+    assert FINETUNE_PRESETS["small"].epochs > FINETUNE_PRESETS["mini"].epochs
+
+
 def test_epoch_order_makes_whole_shuffled_passes() -> None:
     order = epoch_order(np.random.default_rng(0), 3, 8)
     assert len(order) == 8
@@ -267,18 +278,20 @@ def test_leaderboard_is_deterministic_and_refuses_ambiguity(tmp_path: Path) -> N
         write_record(results, _record("scannet-semseg", "ponder", seed, b))
         write_record(results, _record("scannet-semseg", "random", seed, 0.1 + seed / 100, probe=True))
         write_record(results, _record("scannet-semseg", "ponder", seed, 0.15 + seed / 100, probe=True))
+    write_record(results, _record("scannet-semseg", "export:mine", 0, 0.0))
     write_record(results, _record("semantickitti-semseg", "scratch", 0, 0.3))
     tables = leaderboard(results, tmp_path / "t1")
     leaderboard(results, tmp_path / "t2")
     for path in sorted((tmp_path / "t1").iterdir()):
         assert path.read_bytes() == (tmp_path / "t2" / path.name).read_bytes(), path.name
     task = tables["task_scannet-semseg"]
-    assert list(task["mIoU"]) == ["50.0 ± 2.0", "16.0 ± 1.0", "11.0 ± 1.0", "42.0 ± 2.0", "77.0"]
+    assert list(task["mIoU"]) == ["0.0", "50.0 ± 2.0", "16.0 ± 1.0", "11.0 ± 1.0", "42.0 ± 2.0", "77.0"]
     assert task.iloc[-1]["backbone"] == "PonderV2 paper (reference)"
-    gain = tables["gain"].set_index("against")
-    assert gain.loc["scratch", "scannet-semseg"] == "+8.0 ± 3.5"  # diffs +10, +10, +4: within the noise (n=3)
-    assert gain.loc["random", "scannet-semseg"] == "+5.0 ± 0.0 *"  # the probe: ponder vs frozen random weights
-    assert gain.loc["random", "protocol"] == "full+linear-probe"
+    gain = tables["gain"].set_index(["init", "against"])
+    assert gain.loc[("ponder", "scratch"), "scannet-semseg"] == "+8.0 ± 3.5"  # diffs +10, +10, +4: noise (n=3)
+    assert gain.loc[("ponder", "random"), "scannet-semseg"] == "+5.0 ± 0.0 *"  # probe: ponder vs frozen random
+    assert gain.loc[("ponder", "random"), "protocol"] == "full+linear-probe"
+    assert gain.loc[("export:mine", "scratch"), "scannet-semseg"] == "-40.0"  # any pre-trained export, one seed
     overall = tables["overall"].set_index("backbone / init")
     assert overall.loc["spunet-mini / scratch", "semantickitti-semseg"] == "30.0"
     assert overall.loc["spunet-mini / ponder", "semantickitti-semseg"] == "–"
@@ -292,7 +305,7 @@ def test_leaderboard_is_deterministic_and_refuses_ambiguity(tmp_path: Path) -> N
     duplicate.write_text(json.dumps(asdict(_record("scannet-semseg", "scratch", 0, 0.41))))
     with pytest.raises(LeaderboardError, match="with different content"):
         leaderboard(results, tmp_path / "t4")
-    assert len(read_records(results)) == 14
+    assert len(read_records(results)) == 15
 
 
 def test_the_report_is_one_self_contained_page(tmp_path: Path) -> None:

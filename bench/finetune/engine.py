@@ -1,9 +1,10 @@
 """The fine-tuning engine: one skeleton for every task type, and a small part per type.
 
 The skeleton builds the backbone (scratch, or a pre-trained export loaded by path), trains with SGD (Nesterov)
-+ OneCycle on augmented training clouds, recomputes BatchNorm statistics, evaluates, and returns the run
-facts. A task type plugs in with :func:`register_task_type`: a class that builds the model around the
-backbone, picks the training targets of the sampled points, computes the loss, and evaluates whole scenes.
+or AdamW + OneCycle on augmented, sphere-cropped training clouds (the whole backbone, or with ``linear_probe``
+a head on the frozen backbone), recomputes BatchNorm statistics, evaluates, and returns the run facts. A task
+type plugs in with :func:`register_task_type`: a class that builds the model around the backbone, picks the
+training targets of the sampled points, computes the loss, and evaluates whole scenes.
 Its input follows :mod:`tasks.contract`, the same as pre-training's.
 """
 

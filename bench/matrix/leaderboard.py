@@ -1,9 +1,9 @@
 """Leaderboard tables from the run records (pure pandas over :func:`bench.matrix.results.load_results`).
 
 Tables: one per task (backbone x init: mean +- std over seeds, n), an overall pivot (rows backbone + init,
-columns tasks, main scores), the gain of ``ponder`` pre-training over ``scratch`` (or, probed, over frozen
-``random`` weights) per backbone, protocol and task (paired over seeds, marked ``*`` where it exceeds the seed
-noise), and the run status counts. The paper's numbers appear as a marked reference row, never as a result.
+columns tasks, main scores), the gain of pre-training (``ponder`` or an export) over ``scratch`` (or, probed,
+over frozen ``random`` weights) per backbone, protocol and task (paired over seeds, marked ``*`` where it exceeds
+the seed noise), and the run status counts. The paper's numbers appear as a marked reference row, never as a result.
 Scores are shown in percent. Each table is written as Markdown and CSV, plus a PNG per task, and all of them on
 one self-contained HTML page, ``index.html`` (:mod:`bench.matrix.report`; ``formats`` picks).
 Output is deterministic: fixed column order and dtypes, so that diffs between runs are readable.
@@ -67,7 +67,7 @@ def build_tables(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
                 for t in overall.columns}
         overall.loc[REFERENCE] = pd.Series(refs)
         tables["overall"] = overall.reset_index().rename(columns={"row": "backbone / init"})
-        if "ponder" in set(stats["init"]) and set(BASELINES) & set(stats["init"]):
+        if set(stats["init"]) - set(BASELINES) and set(BASELINES) & set(stats["init"]):
             tables["gain"] = gain_table(frame)
     status = frame.groupby(["task", "status"]).size().unstack(fill_value=0)
     tables["status"] = status.reindex(columns=list(get_args(Status)), fill_value=0).astype("int64").reset_index()
@@ -75,13 +75,17 @@ def build_tables(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 
 def gain_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """ponder - baseline per backbone, protocol and task, the baseline being ``scratch`` (fine-tuning) or
-    ``random`` (probe of frozen random weights): the mean paired difference over seeds ± its sd, with ``*``
-    where it exceeds the seed noise (paired t-test, p < 0.05; see :mod:`bench.matrix.compare`)."""
-    pairs = pd.concat([paired(frame, "ponder", base, column="init").assign(against=base) for base in BASELINES])
+    """Each pre-trained init (``ponder``, or an export path's label) minus the baseline of its protocol, per
+    backbone, protocol and task. The baseline is ``scratch`` when fine-tuning and ``random`` (frozen random
+    weights) when probing. Cells: the mean paired difference over seeds ± its sd, with ``*`` where it exceeds
+    the seed noise (paired t-test, p < 0.05; see :mod:`bench.matrix.compare`)."""
+    ok = frame[frame.status == "ok"]
+    trained = sorted(set(ok["init"]) - set(BASELINES))
+    pairs = pd.concat([paired(ok, init, base, column="init").assign(init=init, against=base)
+                       for init in trained for base in BASELINES])
     pairs = pairs[pairs.seeds > 0].assign(
         cell=lambda d: d["mean difference"] + d["beyond seed noise"].map(lambda b: " *" if b == "yes" else ""))
-    table = pairs.pivot(index=["backbone", "protocol", "against"], columns="task", values="cell")
+    table = pairs.pivot(index=["backbone", "init", "protocol", "against"], columns="task", values="cell")
     return table.fillna("–").reset_index()
 
 

@@ -296,7 +296,7 @@ def finished(run: RunSpec) -> RunRecord | None:
 def pretrain(job: PretrainJob) -> str:
     """The export of ``job`` (pre-trained now, or resumed, unless it exists). Returns its path; raises on failure."""
     from bench.pretrain.engine import Pretrainer
-    from bench.recipes import get_recipe
+    from bench.recipes import pretrain_recipe_for
 
     load_plugins(job.plugins)
     export = job.run_dir / "backbone.pt"
@@ -305,9 +305,7 @@ def pretrain(job: PretrainJob) -> str:
     root = data_root_for(PRETRAIN_DATA[job.domain], job.data_roots)
     if root is None:
         raise FileNotFoundError(f"no {PRETRAIN_DATA[job.domain]}/ under {', '.join(job.data_roots)} to pre-train on")
-    overrides = {"reference": [], "mini": [], "tiny": ["epochs=1", "max_points=3000", "render_every=0"]}[job.preset]
-    name = job.domain if job.preset == "reference" else f"{job.domain}-mini"
-    recipe = get_recipe(name, [f"backbone={job.backbone}", *overrides])
+    recipe = pretrain_recipe_for(job.preset, job.domain, job.backbone)
     log.info("pre-training %s (%s) on %s", job.backbone, job.domain, root / PRETRAIN_DATA[job.domain])
     Pretrainer(recipe, root / PRETRAIN_DATA[job.domain], job.run_dir, job.device, resume=True, progress=False).run()
     return str(export)
