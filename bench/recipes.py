@@ -101,6 +101,7 @@ class FinetuneRecipe:
     batch_size: int = 2  # scenes per step
     optimizer: Optimizer = "sgd"  # SGD (Nesterov; Pointcept's SpUNet recipe) or AdamW (faster in short runs)
     lr: float = 0.05
+    backbone_lr_scale: float = 1.0  # the backbone's learning rate is lr x this (the head's is lr)
     momentum: float = 0.9  # SGD only
     weight_decay: float = 1e-4
     pct_start: float = 0.05
@@ -111,8 +112,8 @@ class FinetuneRecipe:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.lr <= 0 or self.backbone_lr_scale < 0:
+            raise ValueError(f"lr must be > 0 and backbone_lr_scale >= 0, got {self.lr}, {self.backbone_lr_scale}")
         if self.optimizer not in get_args(Optimizer):
             raise ValueError(f"optimizer must be one of {get_args(Optimizer)}, got {self.optimizer!r}")
 

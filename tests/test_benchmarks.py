@@ -434,3 +434,18 @@ def test_slurm_pretraining_is_a_job_and_its_failure_fails_the_runs(tiny_root: Pa
     for record in records:
         assert record.status == "failed" and record.init_path is None
         assert record.error == "pre-training failed: RuntimeError: no GPU on this node"
+
+
+def test_the_backbone_may_learn_slower_than_the_head() -> None:
+    from backbones.registry import create_backbone
+    from bench.finetune.engine import _optimizer
+    from tasks.heads.segmentation import SegmentationModel
+
+    model = SegmentationModel(create_backbone("spunet-micro"), 16, 5)
+    recipe = replace(FINETUNE_PRESETS["tiny"], backbone_lr_scale=0.1)
+    optimizer, peaks = _optimizer(model, recipe)
+    backbone, head = optimizer.param_groups
+    assert peaks == [pytest.approx(recipe.lr * 0.1), recipe.lr]
+    assert len(head["params"]) == 2 and len(backbone["params"]) == len(list(model.backbone.parameters()))
+    probe, peaks = _optimizer(SegmentationModel(create_backbone("spunet-micro"), 16, 5, freeze_backbone=True), recipe)
+    assert len(probe.param_groups) == 1 and peaks == [recipe.lr]  # a frozen backbone has nothing to train

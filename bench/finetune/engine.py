@@ -136,6 +136,20 @@ def epoch_order(rng: np.random.Generator, scenes: int, draws: int) -> np.ndarray
     return np.concatenate([rng.permutation(scenes) for _ in range(passes)])[:draws]
 
 
+def _optimizer(model: torch.nn.Module, recipe: FinetuneRecipe) -> tuple[torch.optim.Optimizer, list[float]]:
+    """The recipe's optimiser over the trainable parameters, the backbone's at ``lr x backbone_lr_scale``;
+    returns it with each group's peak learning rate."""
+    inside = {id(p) for p in model.backbone.parameters()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": ps, "lr": lr} for ps, lr in (
+        ([p for p in trainable if id(p) in inside], recipe.lr * recipe.backbone_lr_scale),
+        ([p for p in trainable if id(p) not in inside], recipe.lr)) if ps]
+    optimizer = (torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=True,
+                                 weight_decay=recipe.weight_decay) if recipe.optimizer == "sgd" else
+                 torch.optim.AdamW(groups, lr=recipe.lr, weight_decay=recipe.weight_decay))
+    return optimizer, [g["lr"] for g in groups]
+
+
 def finetune(spec: TaskSpec, backbone_name: str, data_root: str | Path, *, seed: int = 0,
              recipe: FinetuneRecipe = FinetuneRecipe(), init: str | Path | None = None,  # noqa: B008
              linear_probe: bool = False, device: str = "cpu", progress: bool = False, picture: Path | None = None
@@ -188,12 +202,9 @@ def fit_and_evaluate(spec: TaskSpec, backbone_name: str, train: Sequence[Scene],
                     for i in sorted(stats_rng.permutation(len(train))[:BN_SCENES].tolist())]
     if linear_probe:
         precise_batchnorm(model.backbone, stats_clouds, ctx.device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = (torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, nesterov=True,
-                                 weight_decay=recipe.weight_decay) if recipe.optimizer == "sgd" else
-                 torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay))
+    optimizer, peaks = _optimizer(model, recipe)
     steps_per_epoch = steps_per_epoch or math.ceil(len(train) / recipe.batch_size)
-    scheduler = one_cycle(optimizer, recipe.lr, recipe.epochs * steps_per_epoch, recipe.pct_start)
+    scheduler = one_cycle(optimizer, peaks, recipe.epochs * steps_per_epoch, recipe.pct_start)
     model.train()
     last_loss = float("nan")
     order = epoch_order(rng, len(train), recipe.epochs * steps_per_epoch * recipe.batch_size)
