@@ -252,6 +252,21 @@ def _plugin_paths(plugins: list[str]) -> tuple[str, ...]:
     return tuple(str(Path(p).resolve()) if is_plugin_file(p) else p for p in plugins)
 
 
+def _features(args: argparse.Namespace) -> int:
+    from bench.finetune.features import feature_probe
+    from tasks.spec import get_task
+
+    try:
+        spec = get_task(args.task)
+        rows = [{"init": init, **feature_probe(spec, args.backbone, args.data, init=None if init == "random" else init,
+                                               seed=args.seed, scenes=args.scenes, device=args.device)}
+                for init in _csv(args.inits)]
+    except (KeyError, ValueError, FileNotFoundError) as exc:
+        return _usage_error("features", exc)
+    print(pd.DataFrame(rows).round(3).to_string(index=False))
+    return 0
+
+
 def _leaderboard(args: argparse.Namespace) -> int:
     from bench.matrix.leaderboard import LeaderboardError, leaderboard
 
@@ -381,6 +396,19 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--format", default=",".join(("md", "csv", "html", "png")),
                        help="comma-separated subset of md,csv,html,png (default: all)")
     board.set_defaults(func=_leaderboard)
+
+    feats = sub.add_parser("features", parents=[plugins], help="what frozen features encode (linear probes)",
+                           description="Ridge probes from a frozen backbone's per-point features (BatchNorm "
+                                       "statistics recomputed on the task's training scenes) to colour, normal, "
+                                       "height, intensity and class: R^2 / accuracy on the evaluation scenes.")
+    feats.add_argument("--task", default="scannet-semseg", help="the task whose scenes are probed")
+    feats.add_argument("--data", default=DEFAULT_DATA, help="the data root holding the task's dataset")
+    feats.add_argument("--backbone", default="spunet-mini")
+    feats.add_argument("--inits", default="random", help="comma-separated: random and/or export paths")
+    feats.add_argument("--scenes", type=int, default=8, help="training and evaluation scenes probed (each)")
+    feats.add_argument("--seed", type=int, default=0)
+    feats.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    feats.set_defaults(func=_features)
 
     lister = sub.add_parser("list", parents=[plugins], help="list what the suite knows")
     lister.add_argument("what", choices=("backbones", "datasets", "suites", "tasks", "recipes"))
