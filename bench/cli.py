@@ -90,13 +90,15 @@ def _list(args: argparse.Namespace) -> int:
                                     "title"]]
         print(table.to_string(index=False))
     elif args.what == "recipes":
-        from bench.recipes import FINETUNE_PRESETS, PRESETS
+        from bench.recipes import FINETUNE_PRESETS, PRESETS, PRETRAIN_FOR_FINETUNE
 
         print(pd.DataFrame([{"preset": k, "mode": r.mode, "backbone": r.backbone, "epochs": r.epochs,
                              "grid": r.grid, "rays": f"{r.views}x{r.rays_per_view}", "lr": r.lr}
                             for k, r in PRESETS.items()]).to_string(index=False))
         print("\nfine-tuning presets (ponderbench run --preset NAME KEY=VALUE ...):")
-        print(pd.DataFrame([{"preset": k, **asdict(r)} for k, r in FINETUNE_PRESETS.items()]).to_string(index=False))
+        print(pd.DataFrame([{"preset": k, **asdict(r), "ponder init": " ".join(
+            (PRETRAIN_FOR_FINETUNE[k][0].format(domain="<domain>"), *PRETRAIN_FOR_FINETUNE[k][1]))}
+            for k, r in FINETUNE_PRESETS.items()]).to_string(index=False))
     elif args.what == "suites":
         from tasks.synth.suite import SUITES
 
