@@ -140,7 +140,7 @@ def test_every_finetune_preset_names_its_pretraining() -> None:
         mini, small = (pretrain_recipe_for(p, domain, "spunet-mini") for p in ("mini", "small"))
         assert small.epochs > mini.epochs and small.grid == mini.grid and small.backbone == "spunet-mini"
         assert pretrain_recipe_for("reference", domain, "spunet-v1m1").grid != mini.grid
-    assert FINETUNE_PRESETS["small"].epochs > FINETUNE_PRESETS["mini"].epochs
+    assert FINETUNE_PRESETS["small"] == FINETUNE_PRESETS["mini"]  # small differs in its pre-training only
 
 
 def test_epoch_order_makes_whole_shuffled_passes() -> None:
@@ -238,6 +238,11 @@ def test_matrix_records_skips_and_resumes(tiny_root: Path, tmp_path: Path, monke
     assert ok.main_value == ok.metrics["mIoU"] and ok.wall_s > 0 and ok.peak_rss_bytes > 0
     assert ok.git_sha and ok.packages["torch"] and ok.data_fingerprint
     assert ok.finetune_recipe == asdict(FINETUNE_PRESETS["tiny"])
+    from bench.matrix.runner import finished
+
+    done = next(r for r in runs if r.task == "semantickitti-semseg")
+    assert finished(done) is not None and finished(replace(done, overrides=("epochs=3",))) is None
+    assert finished(replace(done, preset="small", overrides=("epochs=2", "max_points=3000"))) is None  # same recipe
 
     # finished runs are not run again; a failing run is recorded and the matrix goes on
     import bench.matrix.runner as runner

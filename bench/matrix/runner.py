@@ -287,8 +287,10 @@ def finished(run: RunSpec) -> RunRecord | None:
         return None
     if record.status not in FINISHED:
         return None
-    if record.status == "ok" and record.finetune_recipe != asdict(run.recipe()):
-        log.warning("%s was made with another fine-tuning recipe; the run is redone", path)
+    # the preset also names the ponder init's pre-training: mini and small fine-tune alike
+    changed = record.finetune_recipe != asdict(run.recipe()) or record.finetune_preset != run.preset
+    if record.status == "ok" and changed:
+        log.warning("%s was made with another fine-tuning recipe or preset; the run is redone", path)
         return None
     return record
 
