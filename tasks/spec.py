@@ -85,7 +85,7 @@ SEG_METRICS = ("mIoU", "mAcc", "allAcc")
 
 
 def _semseg(id: str, title: str, dataset: str, loader: str, classes: tuple[str, ...], domain: Domain,
-            reference: float | None, protocol: Protocol = "full", value: float | None = None, version: int = 2,
+            reference: float | None, protocol: Protocol = "full", value: float | None = None, version: int = 3,
             note: str = "") -> TaskSpec:
     return register_task(TaskSpec(
         id=id, version=version, title=title, dataset=dataset, loader=loader, train_split="train", eval_split="val",
@@ -113,7 +113,7 @@ for id, title, loader, classes, ref in (
         ("scannet-insseg", "ScanNet instance segmentation (18 classes), val", "scannet20", SCANNET20, 62.6),
         ("scannet200-insseg", "ScanNet200 instance segmentation, val", "scannet200", SCANNET200, 30.5)):
     register_task(TaskSpec(
-        id=id, version=2, title=title, dataset="scannet", loader=loader, train_split="train", eval_split="val",
+        id=id, version=3, title=title, dataset="scannet", loader=loader, train_split="train", eval_split="val",
         task_type="insseg", classes=classes, ignore_index=-1, metrics=INSSEG_METRICS, main_score="AP50",
         higher_is_better=True, protocol="full", protocol_value=None, domain="indoor", reference=ref,
         note="PointGroup-style head; the ScanNet benchmark's AP over its instance classes (all but wall, floor)"))

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from bench.cli import main
 from bench.finetune.features import r2_score, ridge_fit, ridge_predict, scene_targets
@@ -35,10 +38,19 @@ def test_targets_per_domain() -> None:
     assert set(outdoor) == {"height", "intensity"}
 
 
-def test_features_command_probes_random_and_exported_backbones(tiny_root: Path, capsys) -> None:  # noqa: ANN001
+def test_features_command_probes_random_and_exported_backbones(tiny_root: Path, tmp_path: Path,
+                                                              capsys) -> None:  # noqa: ANN001
+    from backbones.registry import create_backbone
+
+    torch.manual_seed(7)
+    torch.save(create_backbone("spunet-micro").state_dict(), tmp_path / "backbone.pt")
+    digest = hashlib.sha256((tmp_path / "backbone.pt").read_bytes()).hexdigest()
+    (tmp_path / "backbone.json").write_text(json.dumps({"backbone": "spunet-micro", "sha256": digest,
+                                                        "config": {"in_channels": 6}}))
     assert main(["features", "--task", "scannet-semseg", "--data", str(tiny_root), "--backbone", "spunet-micro",
-                 "--scenes", "2"]) == 0
-    out = capsys.readouterr().out
-    for column in ("colour_r2", "normal_r2", "height_r2", "class_accuracy"):
-        assert column in out
+                 "--scenes", "2", "--inits", f"random,{tmp_path}"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["init", "class_accuracy", "colour_r2", "height_r2", "normal_r2"]
+    assert lines[1].split()[0] == "random" and lines[2].split()[0] == str(tmp_path)
+    assert lines[1].split()[1:] != lines[2].split()[1:]  # other weights, other features
     assert main(["features", "--task", "nope", "--data", str(tiny_root)]) == 2

@@ -117,6 +117,7 @@ def precise_batchnorm(module: torch.nn.Module, clouds: list[Cloud], device: torc
     norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
              and id(m) not in inside]
     if not norms:
+        module.eval()
         return
     saved = [m.momentum for m in norms]
     for m in norms:
@@ -130,6 +131,15 @@ def precise_batchnorm(module: torch.nn.Module, clouds: list[Cloud], device: torc
     module.eval()
 
 
+def batchnorm_clouds(train: Sequence[Scene], domain: Domain, voxel: float, limit: int | None, seed: int
+                     ) -> list[Cloud]:
+    """Training clouds (at most :data:`BN_SCENES`, as in training) over which BatchNorm statistics are
+    recomputed; drawn from their own generator, so they do not depend on what training drew."""
+    rng = np.random.default_rng(seed + 1)
+    return [train_cloud(train[i], domain, voxel, limit, rng)[0]
+            for i in sorted(rng.permutation(len(train))[:BN_SCENES].tolist())]
+
+
 def epoch_order(rng: np.random.Generator, scenes: int, draws: int) -> np.ndarray:
     """``draws`` scene indices: whole shuffled passes over the ``scenes``, the last one cut short."""
     passes = math.ceil(draws / scenes)
@@ -139,7 +149,8 @@ def epoch_order(rng: np.random.Generator, scenes: int, draws: int) -> np.ndarray
 def _optimizer(model: torch.nn.Module, recipe: FinetuneRecipe) -> tuple[torch.optim.Optimizer, list[float]]:
     """The recipe's optimiser over the trainable parameters, the backbone's at ``lr x backbone_lr_scale``;
     returns it with each group's peak learning rate."""
-    inside = {id(p) for p in model.backbone.parameters()}
+    backbone = getattr(model, "backbone", None)  # a task model without one trains as one group
+    inside = {id(p) for p in backbone.parameters()} if backbone is not None else set()
     trainable = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": ps, "lr": lr} for ps, lr in (
         ([p for p in trainable if id(p) in inside], recipe.lr * recipe.backbone_lr_scale),
@@ -197,9 +208,7 @@ def fit_and_evaluate(spec: TaskSpec, backbone_name: str, train: Sequence[Scene],
     model = part.build(backbone, ctx).to(ctx.device)
     if len(train) == 0 or len(evaluation) == 0:
         raise ValueError(f"task {spec.id}: {len(train)} training and {len(evaluation)} evaluation scenes")
-    stats_rng = np.random.default_rng(seed + 1)
-    stats_clouds = [train_cloud(train[i], ctx.domain, voxel, recipe.max_points, stats_rng)[0]
-                    for i in sorted(stats_rng.permutation(len(train))[:BN_SCENES].tolist())]
+    stats_clouds = batchnorm_clouds(train, ctx.domain, voxel, recipe.max_points, seed)
     if linear_probe:
         precise_batchnorm(model.backbone, stats_clouds, ctx.device)
     optimizer, peaks = _optimizer(model, recipe)
@@ -228,6 +237,7 @@ def fit_and_evaluate(spec: TaskSpec, backbone_name: str, train: Sequence[Scene],
         scheduler.step()
         last_loss = float(loss.detach())
     precise_batchnorm(model, stats_clouds, ctx.device, keep=model.backbone if linear_probe else None)
+    model.eval()
     metrics = part.evaluate(model, evaluation, ctx)
     return {**metrics, "init_sha256": init_sha, "train_scenes": len(train), "eval_scenes": len(evaluation),
-            "final_train_loss": last_loss, "steps": len(batches)}
+            "final_train_loss": last_loss, "steps": len(batches)}  # batches drawn (one optimiser step each)

@@ -1,10 +1,11 @@
-"""What a backbone's frozen features encode: linear probes for colour, normal, height and class.
+"""What a backbone's frozen features encode: linear probes for colour, normal, height, intensity and class.
 
 A diagnostic for "why does (or doesn't) pre-training help": ridge regressions from the per-point features of a
-frozen backbone (its BatchNorm statistics recomputed on the task's training scenes, as the probe protocol does)
-to quantities of the scene, fitted on training scenes and scored on evaluation scenes. Colour and normals are
-indoor inputs, so a net that keeps them scores high; height above the floor is not an input, and neither is
-the class. Scores: R^2 for the regressions, accuracy of the least-squares classifier for the class.
+frozen backbone (its BatchNorm statistics recomputed on the task's training scenes, whole, as the probe
+protocol does on its crops) to quantities of the scene, fitted on training scenes and scored on evaluation
+scenes. Colour and normals are indoor inputs, so a net that keeps them scores high; height above the floor is
+not an input, and neither is the class. Scores: R^2 for the regressions, accuracy of the least-squares
+classifier for the class.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 
 from backbones.registry import create_backbone, get_backbone_config
-from bench.finetune.engine import BN_SCENES, precise_batchnorm, train_cloud
+from bench.finetune.engine import batchnorm_clouds, precise_batchnorm
 from bench.finetune.exports import load_export
 from bench.finetune.semseg import point_outputs
 from tasks.contract import Domain, in_channels, voxel_size
@@ -86,8 +87,7 @@ def feature_probe(spec: TaskSpec, backbone_name: str, data_root: str | Path, *, 
     backbone.to(dev)
     train, evaluation = task_scenes(spec, data_root, "train"), task_scenes(spec, data_root, spec.eval_split)
     picked = sorted(rng.permutation(len(train))[:max(scenes, 1)].tolist())
-    precise_batchnorm(backbone, [train_cloud(train[i], spec.domain, voxel, None, rng)[0]
-                                 for i in picked[:BN_SCENES]], dev)
+    precise_batchnorm(backbone, batchnorm_clouds(train, spec.domain, voxel, None, seed), dev)
     parts: dict[str, list[tuple[np.ndarray, dict[str, np.ndarray]]]] = {"train": [], "eval": []}
     for split, data, indices in (("train", train, picked), ("eval", evaluation, range(min(scenes, len(evaluation))))):
         for i in indices:
@@ -97,7 +97,8 @@ def feature_probe(spec: TaskSpec, backbone_name: str, data_root: str | Path, *, 
             parts[split].append((feats, {k: v[keep] for k, v in scene_targets(scene, spec.domain).items()}))
     x = {s: np.concatenate([f for f, _ in parts[s]]).astype(np.float64) for s in parts}
     scores = {}
-    for name in parts["train"][0][1]:
+    probed = set.intersection(*(set(t) for split in parts.values() for _, t in split))  # what every scene has
+    for name in sorted(probed):
         y = {s: np.concatenate([t[name] for _, t in parts[s]]) for s in parts}
         if name == "class":
             scores["class_accuracy"] = _class_accuracy(x["train"], y["train"][:, 0], x["eval"], y["eval"][:, 0],
@@ -111,5 +112,7 @@ def _class_accuracy(x: np.ndarray, labels: np.ndarray, x_eval: np.ndarray, label
                     classes: int) -> float:
     """Accuracy of the least-squares (one-hot ridge) classifier over the labelled evaluation points."""
     known, known_eval = labels >= 0, labels_eval >= 0
+    if not known.any() or not known_eval.any():
+        return float("nan")
     fit = ridge_fit(x[known], np.eye(classes)[labels[known]])
     return float((ridge_predict(fit, x_eval[known_eval]).argmax(1) == labels_eval[known_eval]).mean())

@@ -81,6 +81,8 @@ def gain_table(frame: pd.DataFrame) -> pd.DataFrame:
     the seed noise (paired t-test, p < 0.05; see :mod:`bench.matrix.compare`)."""
     ok = frame[frame.status == "ok"]
     trained = sorted(set(ok["init"]) - set(BASELINES))
+    if not trained:
+        return pd.DataFrame(columns=["backbone", "init", "protocol", "against"])
     pairs = pd.concat([paired(ok, init, base, column="init").assign(init=init, against=base)
                        for init in trained for base in BASELINES])
     pairs = pairs[pairs.seeds > 0].assign(

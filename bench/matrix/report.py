@@ -60,7 +60,8 @@ def render_report(tables: dict[str, pd.DataFrame], frame: pd.DataFrame, pictures
         parts += ["<h2>Overall (main score per task)</h2>", _table(tables["overall"])]
     if "gain" in tables:
         parts += ["<h2>Gain of pre-training</h2>",
-                  '<p class="note">ponder − baseline, paired per seed: mean ± sd of the differences; '
+                  '<p class="note">a pre-trained init (ponder or an export) minus its protocol\'s baseline, paired per '
+                  "seed: mean ± sd of the differences; "
                   "<b>*</b> where a paired t-test over the seeds gives p &lt; 0.05 (beyond the seed noise).</p>",
                   _table(tables["gain"])]
     for name in sorted(n for n in tables if n.startswith("task_")):

@@ -177,7 +177,7 @@ def expand(*, backbones: list[str], inits: list[str], tasks: str, seeds: list[in
     get_finetune_recipe(preset, list(overrides))  # a bad override fails here, before any work
     runs = []
     for task in task_ids:
-        for protocol in protocols:
+        for protocol in dict.fromkeys(protocols):
             probe = protocol == "probe"
             for backbone in backbones:
                 for init in dict.fromkeys(_init_name(i, probe) for i in inits):
@@ -287,10 +287,11 @@ def finished(run: RunSpec) -> RunRecord | None:
         return None
     if record.status not in FINISHED:
         return None
-    # the preset also names the ponder init's pre-training: mini and small fine-tune alike
-    changed = record.finetune_recipe != asdict(run.recipe()) or record.finetune_preset != run.preset
+    # the preset also names the ponder init's pre-training (mini and small fine-tune alike)
+    changed = record.finetune_recipe != asdict(run.recipe()) or (
+        run.init == "ponder" and record.finetune_preset != run.preset)
     if record.status == "ok" and changed:
-        log.warning("%s was made with another fine-tuning recipe or preset; the run is redone", path)
+        log.warning("%s was made with another fine-tuning recipe or ponder pre-training; the run is redone", path)
         return None
     return record
 

@@ -95,7 +95,7 @@ def open_source(path: str | Path, mode: str) -> SceneSource:
 
 def _heldout_scenes(loader: str, path: Path, **options: object) -> list[Scene]:
     """The first :data:`HELDOUT_SCENES` scenes of the dataset's validation split: scenes pre-training never sees,
-    on which its depth error is measured. None when the root has no validation split."""
+    on which its depth error is measured. Empty when the root has no validation split."""
     try:
         val = open_dataset(loader, path, "val", **options)
     except (FileNotFoundError, DataFormatError) as exc:
