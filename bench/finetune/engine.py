@@ -116,19 +116,17 @@ def precise_batchnorm(module: torch.nn.Module, clouds: list[Cloud], device: torc
     inside = {id(m) for m in keep.modules()} if keep is not None else set()
     norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
              and id(m) not in inside]
-    if not norms:
-        module.eval()
-        return
-    saved = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average
-    module.train()
-    for cloud in clouds:
-        module(PointBatch.collate([cloud]).to(device))
-    for m, momentum in zip(norms, saved, strict=True):
-        m.momentum = momentum
-    module.eval()
+    if norms:
+        saved = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average
+        module.train()
+        for cloud in clouds:
+            module(PointBatch.collate([cloud]).to(device))
+        for m, momentum in zip(norms, saved, strict=True):
+            m.momentum = momentum
+    module.eval()  # always: what follows evaluates
 
 
 def batchnorm_clouds(train: Sequence[Scene], domain: Domain, voxel: float, limit: int | None, seed: int
@@ -236,8 +234,7 @@ def fit_and_evaluate(spec: TaskSpec, backbone_name: str, train: Sequence[Scene],
         optimizer.step()
         scheduler.step()
         last_loss = float(loss.detach())
-    precise_batchnorm(model, stats_clouds, ctx.device, keep=model.backbone if linear_probe else None)
-    model.eval()
+    precise_batchnorm(model, stats_clouds, ctx.device, keep=model.backbone if linear_probe else None)  # -> eval
     metrics = part.evaluate(model, evaluation, ctx)
     return {**metrics, "init_sha256": init_sha, "train_scenes": len(train), "eval_scenes": len(evaluation),
             "final_train_loss": last_loss, "steps": len(batches)}  # batches drawn (one optimiser step each)

@@ -46,14 +46,19 @@ def scene_targets(scene: Scene, domain: Domain) -> dict[str, np.ndarray]:
 def ridge_fit(x: np.ndarray, y: np.ndarray, alpha: float = RIDGE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Ridge regression on standardised features: (weights (C+1, D), feature mean, feature scale)."""
     mean, scale = x.mean(0), x.std(0) + 1e-8
-    z = np.concatenate([(x - mean) / scale, np.ones((len(x), 1))], 1)
+    z = _design(x, mean, scale)
     gram = z.T @ z + alpha * len(x) * np.eye(z.shape[1])
     return np.linalg.solve(gram, z.T @ y), mean, scale
 
 
 def ridge_predict(fit: tuple[np.ndarray, np.ndarray, np.ndarray], x: np.ndarray) -> np.ndarray:
     weights, mean, scale = fit
-    return np.concatenate([(x - mean) / scale, np.ones((len(x), 1))], 1) @ weights
+    return _design(x, mean, scale) @ weights
+
+
+def _design(x: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Standardised features with a bias column."""
+    return np.concatenate([(x - mean) / scale, np.ones((len(x), 1))], 1)
 
 
 def r2_score(truth: np.ndarray, predicted: np.ndarray) -> float:
@@ -61,11 +66,6 @@ def r2_score(truth: np.ndarray, predicted: np.ndarray) -> float:
     residual = ((truth - predicted) ** 2).sum()
     total = ((truth - truth.mean(0)) ** 2).sum()
     return float(1.0 - residual / total) if total > 0 else float("nan")
-
-
-def _features(backbone: torch.nn.Module, scene: Scene, voxel: float, domain: Domain, device: torch.device
-              ) -> np.ndarray:
-    return point_outputs(backbone, scene, voxel, domain, device, lambda f: f, max_fragments=1)
 
 
 def _draw(scene: Scene, rng: np.random.Generator) -> np.ndarray:
@@ -93,7 +93,7 @@ def feature_probe(spec: TaskSpec, backbone_name: str, data_root: str | Path, *, 
         for i in indices:
             scene = data[i]
             keep = _draw(scene, rng)
-            feats = _features(backbone, scene, voxel, spec.domain, dev)[keep]
+            feats = point_outputs(backbone, scene, voxel, spec.domain, dev, lambda f: f, max_fragments=1)[keep]
             parts[split].append((feats, {k: v[keep] for k, v in scene_targets(scene, spec.domain).items()}))
     x = {s: np.concatenate([f for f, _ in parts[s]]).astype(np.float64) for s in parts}
     scores = {}

@@ -23,7 +23,7 @@ import pandas as pd  # noqa: E402
 
 from bench.matrix.compare import paired  # noqa: E402
 from bench.matrix.records import Status  # noqa: E402
-from bench.matrix.report import write_report  # noqa: E402
+from bench.matrix.report import shown, write_report  # noqa: E402
 from bench.matrix.results import ResultsError, load_results  # noqa: E402
 from tasks.io import atomic_write  # noqa: E402
 from tasks.spec import get_task  # noqa: E402
@@ -100,9 +100,8 @@ def write_tables(tables: dict[str, pd.DataFrame], out: Path, formats: tuple[str,
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name, table in sorted(tables.items()):
-        shown = table.drop(columns=[c for c in ("mean", "std") if c in table.columns and name != "status"])
         for suffix in (f for f in ("md", "csv") if f in formats):
-            text = _render(suffix, table, shown)
+            text = _render(suffix, table)
             path = out / f"{name}.{suffix}"
             atomic_write(path, lambda tmp, text=text: tmp.write_text(text + ("\n" if not text.endswith("\n") else "")))
             written.append(path)
@@ -111,8 +110,8 @@ def write_tables(tables: dict[str, pd.DataFrame], out: Path, formats: tuple[str,
     return written
 
 
-def _render(fmt: str, table: pd.DataFrame, shown: pd.DataFrame) -> str:
-    return shown.to_markdown(index=False) if fmt == "md" else table.to_csv(index=False)
+def _render(fmt: str, table: pd.DataFrame) -> str:
+    return shown(table).to_markdown(index=False) if fmt == "md" else table.to_csv(index=False)
 
 
 def _plot_task(table: pd.DataFrame, path: Path, task: str) -> Path:

@@ -44,9 +44,13 @@ def _image(path: Path) -> str:
     return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
 
 
+def shown(table: pd.DataFrame) -> pd.DataFrame:
+    """A table as people read it: the numeric ``mean``/``std`` columns are in its formatted cells already."""
+    return table.drop(columns=[c for c in ("mean", "std") if c in table.columns])
+
+
 def _table(table: pd.DataFrame) -> str:
-    shown = table.drop(columns=[c for c in ("mean", "std") if c in table.columns])
-    return shown.to_html(index=False, na_rep="–", border=0)
+    return shown(table).to_html(index=False, na_rep="–", border=0)
 
 
 def render_report(tables: dict[str, pd.DataFrame], frame: pd.DataFrame, pictures: dict[str, list[Path]]) -> str:
