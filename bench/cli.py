@@ -97,7 +97,7 @@ def _list(args: argparse.Namespace) -> int:
                             for k, r in PRESETS.items()]).to_string(index=False))
         print("\nfine-tuning presets (ponderbench run --preset NAME KEY=VALUE ...):")
         print(pd.DataFrame([{"preset": k, **asdict(r), "ponder init": " ".join(
-            (PRETRAIN_FOR_FINETUNE[k][0].format(domain="<domain>"), *PRETRAIN_FOR_FINETUNE[k][1]))}
+            (PRETRAIN_FOR_FINETUNE[k][0].format(mode="<mode>"), *PRETRAIN_FOR_FINETUNE[k][1]))}
             for k, r in FINETUNE_PRESETS.items()]).to_string(index=False))
     elif args.what == "suites":
         from tasks.synth.suite import SUITES
@@ -269,6 +269,35 @@ def _features(args: argparse.Namespace) -> int:
     return 0
 
 
+def _detect(args: argparse.Namespace) -> int:
+    """Run a trained detector on one real sample and draw it: BEV over the points, boxes in CAM_FRONT."""
+    import torch
+
+    from bench.finetune.detection import detect, load_detector, sample_boxes
+    from bench.finetune.plots import plot_boxes_on_camera, plot_detections
+    from tasks.formats.nuscenes import read_mmdet3d_info
+
+    try:
+        model, config = load_detector(args.model)
+        sample = read_mmdet3d_info(args.sample, args.index)
+    except (OSError, KeyError, ValueError) as exc:
+        return _usage_error("detect", exc)
+    if "camera" in config.sensors and len(sample.cameras) != 6:
+        return _usage_error("detect", ValueError(f"{args.sample}: the detector reads 6 cameras, the sample has "
+                                                 f"{len(sample.cameras)}"))
+    predicted = detect(model, config, sample, torch.device(args.device))
+    out = Path(args.out)
+    truth = sample_boxes(sample, training=False)
+    plot_detections(sample, predicted, out / "bev.png", f"{Path(args.model).parent.name}: sample {sample.token[:8]}",
+                    min_score=args.min_score)
+    shown = predicted.select(predicted.scores >= args.min_score)
+    plot_boxes_on_camera(sample, sample.cameras.index("CAM_FRONT"), [(truth, "limegreen"), (shown, "red")],
+                         out / "cam_front.png", "CAM_FRONT: ground truth (green), predicted (red)")
+    print(f"{len(truth)} ground-truth boxes, {len(shown)} predicted with score >= {args.min_score} "
+          f"({len(predicted)} in all); pictures in {out}")
+    return 0
+
+
 def _leaderboard(args: argparse.Namespace) -> int:
     from bench.matrix.leaderboard import LeaderboardError, leaderboard
 
@@ -411,6 +440,18 @@ def build_parser() -> argparse.ArgumentParser:
     feats.add_argument("--seed", type=int, default=0)
     feats.add_argument("--device", default="cuda" if _cuda() else "cpu")
     feats.set_defaults(func=_features)
+
+    det = sub.add_parser("detect", parents=[plugins], help="draw a trained detector's boxes on a real sample",
+                         description="Run a detector saved by a detection run (results/runs/finetune/<run>/model.pt) "
+                                     "on one sample of an mmdetection3d v2 nuScenes info file; writes bev.png "
+                                     "(points, ground truth, predictions) and cam_front.png (boxes projected).")
+    det.add_argument("model", help="the run's model.pt")
+    det.add_argument("--sample", required=True, help="an mmdet3d v2 info .pkl, its files beside it")
+    det.add_argument("--index", type=int, default=0, help="which sample of the info file")
+    det.add_argument("--out", default="detections", help="folder for the pictures")
+    det.add_argument("--min-score", type=float, default=0.2, help="predicted boxes drawn from this score up")
+    det.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    det.set_defaults(func=_detect)
 
     lister = sub.add_parser("list", parents=[plugins], help="list what the suite knows")
     lister.add_argument("what", choices=("backbones", "datasets", "suites", "tasks", "recipes"))

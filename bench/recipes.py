@@ -108,6 +108,11 @@ class FinetuneRecipe:
     lovasz_weight: float = 1.0
     max_points: int | None = None  # cap on training points per scene (after grid sampling)
     tta: bool = False
+    # detection: the image backbone of the fusion track (and of the camera track when no 2D backbone is named),
+    # the size camera images are resized to (H, W; multiples of 32), and the epochs (mini splits hold few samples)
+    image_backbone: str = "timm:resnet18"
+    image_size: tuple[int, int] = (256, 704)
+    detection_epochs: int = 20
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -120,20 +125,20 @@ class FinetuneRecipe:
 
 # AdamW learns the mini suite in a few hundred steps, where SGD at Pointcept's rate needs thousands
 _MINI_FINETUNE = FinetuneRecipe(epochs=10, batch_size=2, optimizer="adamw", lr=0.005, weight_decay=0.01,
-                                max_points=12_000)
+                                max_points=12_000, image_size=(96, 160), detection_epochs=20)
 FINETUNE_PRESETS: dict[str, FinetuneRecipe] = {
     "reference": FinetuneRecipe(),
     "mini": _MINI_FINETUNE,
     "small": _MINI_FINETUNE,  # mini's fine-tuning; what differs is the ponder init's pre-training (20x longer)
     "tiny": FinetuneRecipe(epochs=2, batch_size=2, optimizer="adamw", lr=0.005, weight_decay=0.01,
-                           max_points=3_000),  # tests
+                           max_points=3_000, image_size=(64, 96), detection_epochs=2),  # tests
 }
-# the pre-training each fine-tuning preset's ponder init gets: (recipe preset of the domain, overrides)
+# the pre-training each fine-tuning preset's ponder init gets: (recipe preset of the mode, overrides)
 PRETRAIN_FOR_FINETUNE: dict[str, tuple[str, tuple[str, ...]]] = {
-    "reference": ("{domain}", ()),
-    "mini": ("{domain}-mini", ()),
-    "small": ("{domain}-mini", ("epochs=20",)),
-    "tiny": ("{domain}-mini", ("epochs=1", "max_points=3000", "render_every=0")),
+    "reference": ("{mode}", ()),
+    "mini": ("{mode}-mini", ()),
+    "small": ("{mode}-mini", ("epochs=20",)),
+    "tiny": ("{mode}-mini", ("epochs=1", "max_points=3000", "render_every=0")),
 }
 
 
@@ -148,10 +153,11 @@ def get_recipe(preset: str, overrides: list[str] | None = None) -> PretrainRecip
     return _preset(PRESETS, "pre-training", preset, overrides)
 
 
-def pretrain_recipe_for(preset: str, domain: Domain, backbone: str) -> PretrainRecipe:
-    """The pre-training of the ``ponder`` init under the fine-tuning ``preset``."""
+def pretrain_recipe_for(preset: str, mode: Mode, backbone: str) -> PretrainRecipe:
+    """The pre-training of the ``ponder`` init under the fine-tuning ``preset``: ``mode`` is a 3D backbone's domain
+    (indoor, outdoor) or ``image`` for a 2D backbone."""
     name, overrides = PRETRAIN_FOR_FINETUNE[preset]
-    return get_recipe(name.format(domain=domain), [f"backbone={backbone}", *overrides])
+    return get_recipe(name.format(mode=mode), [f"backbone={backbone}", *overrides])
 
 
 def get_finetune_recipe(preset: str, overrides: list[str] | None = None) -> FinetuneRecipe:

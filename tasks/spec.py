@@ -14,10 +14,12 @@ from typing import Literal, get_args
 
 from tasks.classes import NUSCENES16, S3DIS13, SCANNET20, SCANNET200, SEMANTIC_KITTI19
 from tasks.contract import DOMAINS, Domain
+from tasks.metrics.detection import DETECTION_CLASSES, DETECTION_METRICS
 
 PAPER = "PonderV2 paper (arXiv:2310.08586)"
 
 TaskType = Literal["semseg", "insseg", "detection", "nvs", "recon"]
+Sensor = Literal["lidar", "camera"]
 Protocol = Literal["full", "limited-reconstruction", "limited-annotation"]
 
 
@@ -43,12 +45,20 @@ class TaskSpec:
     reference_source: str = PAPER
     runnable: bool = True
     note: str = ""
+    # what the task's model reads: LiDAR (a 3D backbone), cameras (a 2D backbone), or both (the run's 3D backbone
+    # and the recipe's image backbone)
+    sensors: tuple[Sensor, ...] = ("lidar",)
+    beside: tuple[str, ...] = ()  # metrics (fractions) the leaderboard shows beside the main score
 
     def __post_init__(self) -> None:
         for name, allowed in (("task_type", get_args(TaskType)), ("protocol", get_args(Protocol)),
                               ("domain", DOMAINS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"task {self.id}: {name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not self.sensors or not set(self.sensors) <= set(get_args(Sensor)):
+            raise ValueError(f"task {self.id}: sensors must be among {get_args(Sensor)}, got {self.sensors}")
+        if not set(self.beside) <= set(self.metrics):
+            raise ValueError(f"task {self.id}: beside metrics {self.beside} must be among its metrics")
         if self.main_score not in self.metrics:
             raise ValueError(f"task {self.id}: main score {self.main_score!r} is not among its metrics")
 
@@ -126,14 +136,20 @@ for points, ref in ((20, 67.0), (50, None), (100, None), (200, 74.8)):
 _semseg("semantickitti-semseg", "SemanticKITTI semantic segmentation (19 classes), val", "semantickitti",
         "semantickitti", SEMANTIC_KITTI19, "outdoor", 71.5)
 _semseg("nuscenes-lidarseg", "nuScenes lidar semantic segmentation (16 classes), val", "nuscenes", "nuscenes",
-        NUSCENES16, "outdoor", 79.4)
+        NUSCENES16, "outdoor", 79.4, version=4)  # 4: the generated drives hold every detection class, some moving
 _semseg("nuscenes-lidarseg-samples", "Real nuScenes lidarseg sweeps (../shared/data): every 5th sweep held out",
         "nuscenes-lidarseg-samples", "lidarseg-frames", NUSCENES16, "outdoor", None,
         note="30 real sweeps (24 train, 6 held out): a check on real data, not a benchmark")
 _semseg("nuscenes-lidarseg-samples-la200", "Real nuScenes lidarseg sweeps, 200 labelled points per training sweep",
         "nuscenes-lidarseg-samples", "lidarseg-frames", NUSCENES16, "outdoor", None, protocol="limited-annotation",
         value=200.0, note="the limited-annotation protocol on real sweeps: does pre-training on them help?")
-for track, title, ref in (("lidar", "LiDAR", 70.6), ("camera", "camera (2D backbone)", 47.4),
-                          ("fusion", "LiDAR + camera", 73.2)):
-    _not_yet(f"nuscenes-det-{track}", f"nuScenes 3D detection, {title}", "nuscenes", "nuscenes", "detection", "NDS",
-             (), "outdoor", ref, "detection heads come in a later issue")
+for track, title, ref, sensors in (("lidar", "LiDAR", 70.6, ("lidar",)),
+                                   ("camera", "camera (2D backbone)", 47.4, ("camera",)),
+                                   ("fusion", "LiDAR + camera", 73.2, ("lidar", "camera"))):
+    register_task(TaskSpec(
+        id=f"nuscenes-det-{track}", version=2, title=f"nuScenes 3D detection, {title}", dataset="nuscenes",
+        loader="nuscenes", train_split="train", eval_split="val", task_type="detection", classes=DETECTION_CLASSES,
+        ignore_index=-1, metrics=DETECTION_METRICS, main_score="NDS", higher_is_better=True, protocol="full",
+        protocol_value=None, domain="outdoor", reference=ref, sensors=sensors, beside=("mAP",),
+        note="CenterPoint-style BEV head; scored by nuscenes-devkit's DetectionEval (NDS, mAP in %) on the "
+             "devkit's val split (mini_val for v1.0-mini)"))

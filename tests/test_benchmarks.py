@@ -157,11 +157,10 @@ def test_the_probe_normalises_frozen_features_on_the_task_data(tiny_root: Path) 
     seen: list[torch.nn.Module] = []
     original = engine.precise_batchnorm
 
-    def spy(module: torch.nn.Module, clouds: list, device: torch.device, keep: torch.nn.Module | None = None
-            ) -> None:
+    def spy(module: torch.nn.Module, inputs: object, keep: torch.nn.Module | None = None) -> None:
         seen.append(module)
         before = {k: v.clone() for k, v in module.state_dict().items() if "running" not in k and "num_batches" not in k}
-        original(module, clouds, device, keep)
+        original(module, inputs, keep)
         assert all(torch.equal(v, module.state_dict()[k]) for k, v in before.items())
 
     engine.precise_batchnorm = spy

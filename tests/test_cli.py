@@ -42,7 +42,7 @@ def test_list_backbones(capsys) -> None:
 def test_list_recipes_names_each_presets_pretraining(capsys) -> None:  # noqa: ANN001
     assert main(["list", "recipes"]) == 0
     out = capsys.readouterr().out
-    assert "indoor-mini" in out and "<domain>-mini epochs=20" in out and "backbone_lr_scale" in out
+    assert "indoor-mini" in out and "<mode>-mini epochs=20" in out and "backbone_lr_scale" in out
 
 
 def test_synth_then_check(tmp_path: Path, capsys) -> None:

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -70,7 +70,17 @@ class TaskPart(Protocol):
         """Metrics over the evaluation scenes; ``per_class`` holds the per-class scores."""
 
 
-TASK_TYPES: dict[str, Callable[[], TaskPart]] = {}
+@runtime_checkable
+class SampleTask(Protocol):
+    """A task type with its own training loop over multi-sensor samples (detection), sharing the engine's optimiser,
+    schedule, draw order and BatchNorm recomputation."""
+
+    def finetune(self, spec: TaskSpec, backbone_name: str, data_root: str | Path, *, seed: int,
+                 recipe: FinetuneRecipe, init: str | Path | None, image_init: str | Path | None, linear_probe: bool,
+                 device: str, progress: bool, picture: Path | None, artifacts: Path | None) -> dict[str, object]: ...
+
+
+TASK_TYPES: dict[str, Callable[[], TaskPart | SampleTask]] = {}
 
 
 def register_task_type(task_type: str) -> Callable[[type], type]:
@@ -81,8 +91,9 @@ def register_task_type(task_type: str) -> Callable[[type], type]:
     return decorator
 
 
-def task_part(spec: TaskSpec) -> TaskPart:
-    import bench.finetune.insseg  # noqa: F401  (registers the built-in parts)
+def task_part(spec: TaskSpec) -> TaskPart | SampleTask:
+    import bench.finetune.detection  # noqa: F401  (registers the built-in parts)
+    import bench.finetune.insseg  # noqa: F401
     import bench.finetune.semseg  # noqa: F401
 
     if not spec.runnable or spec.task_type not in TASK_TYPES:
@@ -104,11 +115,15 @@ def train_cloud(scene: Scene, domain: Domain, voxel: float, limit: int | None, r
     return (scene.coord[index], grid, point_features(scene, domain)[index]), scene, index
 
 
+def cloud_inputs(clouds: Sequence[Cloud], device: torch.device) -> Iterator[PointBatch]:
+    """One-cloud batches of ``clouds``, on ``device``: the inputs of a point-cloud model."""
+    return (PointBatch.collate([cloud]).to(device) for cloud in clouds)
+
+
 @torch.no_grad()
-def precise_batchnorm(module: torch.nn.Module, clouds: list[Cloud], device: torch.device,
-                      keep: torch.nn.Module | None = None) -> None:
+def precise_batchnorm(module: torch.nn.Module, inputs: Iterable[object], keep: torch.nn.Module | None = None) -> None:
     """Recompute the BatchNorm statistics of ``module`` (except those inside ``keep``) as exact averages over
-    ``clouds`` (training scenes). Labels are not used.
+    ``inputs`` (model inputs of training scenes, e.g. :func:`cloud_inputs`). Labels are not used.
 
     SpUNet's BatchNorm follows Pointcept (momentum 0.01): after a short training its running statistics are
     still mostly their initial values, and evaluation (which uses them) would be wrong.
@@ -122,8 +137,8 @@ def precise_batchnorm(module: torch.nn.Module, clouds: list[Cloud], device: torc
             m.reset_running_stats()
             m.momentum = None  # cumulative average
         module.train()
-        for cloud in clouds:
-            module(PointBatch.collate([cloud]).to(device))
+        for batch in inputs:
+            module(batch)
         for m, momentum in zip(norms, saved, strict=True):
             m.momentum = momentum
     module.eval()  # always: what follows evaluates
@@ -161,14 +176,21 @@ def _optimizer(model: torch.nn.Module, recipe: FinetuneRecipe) -> tuple[torch.op
 
 def finetune(spec: TaskSpec, backbone_name: str, data_root: str | Path, *, seed: int = 0,
              recipe: FinetuneRecipe = FinetuneRecipe(), init: str | Path | None = None,  # noqa: B008
-             linear_probe: bool = False, device: str = "cpu", progress: bool = False, picture: Path | None = None
-             ) -> dict[str, object]:
+             linear_probe: bool = False, device: str = "cpu", progress: bool = False, picture: Path | None = None,
+             image_init: str | Path | None = None, artifacts: Path | None = None) -> dict[str, object]:
     """Train on the task's training split, evaluate on its eval split; returns the metrics and run facts.
 
     A limited-reconstruction task (a fraction of the training scenes) trains for as many optimiser steps as the
-    full split would: the protocol measures what few scenes teach, not what few steps do.
+    full split would: the protocol measures what few scenes teach, not what few steps do. A task type whose input
+    is not one point cloud per scene (detection: sweeps and camera images) runs its own :class:`SampleTask` loop;
+    ``image_init`` (its image backbone's export) and ``artifacts`` (a folder for the submission file and the
+    trained model) are for it.
     """
-    task_part(spec)  # a task without a pipeline is refused before any data is opened
+    part = task_part(spec)  # a task without a pipeline is refused before any data is opened
+    if isinstance(part, SampleTask):
+        return part.finetune(spec, backbone_name, data_root, seed=seed, recipe=recipe, init=init,
+                             image_init=image_init, linear_probe=linear_probe, device=device, progress=progress,
+                             picture=picture, artifacts=artifacts)
     train = task_scenes(spec, data_root, "train")
     evaluation = task_scenes(spec, data_root, spec.eval_split)
     steps = None
@@ -192,6 +214,8 @@ def fit_and_evaluate(spec: TaskSpec, backbone_name: str, train: Sequence[Scene],
     every init: a probe reads features normalised for the task's data, not an init's leftover statistics.
     """
     part = task_part(spec)
+    if isinstance(part, SampleTask):
+        raise NotApplicable(f"task {spec.id} trains on multi-sensor samples, not on scenes; use finetune()")
     config = get_backbone_config(backbone_name)
     if config.modality != "3d":
         raise NotApplicable(f"{backbone_name} is a 2D backbone; {spec.id} is a point-cloud task")
@@ -208,7 +232,7 @@ def fit_and_evaluate(spec: TaskSpec, backbone_name: str, train: Sequence[Scene],
         raise ValueError(f"task {spec.id}: {len(train)} training and {len(evaluation)} evaluation scenes")
     stats_clouds = batchnorm_clouds(train, ctx.domain, voxel, recipe.max_points, seed)
     if linear_probe:
-        precise_batchnorm(model.backbone, stats_clouds, ctx.device)
+        precise_batchnorm(model.backbone, cloud_inputs(stats_clouds, ctx.device))
     optimizer, peaks = _optimizer(model, recipe)
     steps_per_epoch = steps_per_epoch or math.ceil(len(train) / recipe.batch_size)
     scheduler = one_cycle(optimizer, peaks, recipe.epochs * steps_per_epoch, recipe.pct_start)
@@ -234,7 +258,8 @@ def fit_and_evaluate(spec: TaskSpec, backbone_name: str, train: Sequence[Scene],
         optimizer.step()
         scheduler.step()
         last_loss = float(loss.detach())
-    precise_batchnorm(model, stats_clouds, ctx.device, keep=model.backbone if linear_probe else None)  # -> eval
+    precise_batchnorm(model, cloud_inputs(stats_clouds, ctx.device),  # -> eval mode
+                      keep=model.backbone if linear_probe else None)
     metrics = part.evaluate(model, evaluation, ctx)
     return {**metrics, "init_sha256": init_sha, "train_scenes": len(train), "eval_scenes": len(evaluation),
             "final_train_loss": last_loss, "steps": len(batches)}  # batches drawn (one optimiser step each)

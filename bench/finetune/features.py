@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from backbones.registry import create_backbone, get_backbone_config
-from bench.finetune.engine import batchnorm_clouds, precise_batchnorm
+from bench.finetune.engine import batchnorm_clouds, cloud_inputs, precise_batchnorm
 from bench.finetune.exports import load_export
 from bench.finetune.semseg import point_outputs
 from tasks.contract import Domain, in_channels, voxel_size
@@ -87,7 +87,7 @@ def feature_probe(spec: TaskSpec, backbone_name: str, data_root: str | Path, *, 
     backbone.to(dev)
     train, evaluation = task_scenes(spec, data_root, "train"), task_scenes(spec, data_root, spec.eval_split)
     picked = sorted(rng.permutation(len(train))[:max(scenes, 1)].tolist())
-    precise_batchnorm(backbone, batchnorm_clouds(train, spec.domain, voxel, None, seed), dev)
+    precise_batchnorm(backbone, cloud_inputs(batchnorm_clouds(train, spec.domain, voxel, None, seed), dev))
     parts: dict[str, list[tuple[np.ndarray, dict[str, np.ndarray]]]] = {"train": [], "eval": []}
     for split, data, indices in (("train", train, picked), ("eval", evaluation, range(min(scenes, len(evaluation))))):
         for i in indices:

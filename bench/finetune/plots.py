@@ -12,6 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench.pretrain.plots import save_figure  # noqa: E402
+from tasks.formats.nuscenes import SensorSample  # noqa: E402
+from tasks.metrics.detection import LidarBoxes  # noqa: E402
 from tasks.metrics.instance import InstancePrediction  # noqa: E402
 
 BACKGROUND = (0.82, 0.82, 0.82)
@@ -46,4 +48,62 @@ def plot_instances(coord: np.ndarray, instance: np.ndarray, predictions: Sequenc
         x, y = coord[pred.mask, :2].mean(0)
         axes[1].annotate(f"{classes[pred.label]} {pred.score:.2f}", (x, y), fontsize=7, ha="center")
     fig.suptitle(title)
+    save_figure(fig, path)
+
+
+def _draw_bev_boxes(ax: plt.Axes, boxes: LidarBoxes, colour: str, label: str) -> None:
+    for i, corners in enumerate(boxes.corners()):
+        ring = corners[[0, 1, 2, 3, 0], :2]
+        ax.plot(ring[:, 0], ring[:, 1], color=colour, linewidth=1.0, label=label if i == 0 else None)
+        front = corners[[0, 3], :2].mean(0)  # a tick from the centre to the front face shows the heading
+        ax.plot([boxes.centers[i, 0], front[0]], [boxes.centers[i, 1], front[1]], color=colour, linewidth=1.0)
+
+
+def plot_detections(sample: SensorSample, predicted: LidarBoxes, path: Path, title: str, extent: float = 51.2,
+                    min_score: float = 0.2) -> None:
+    """Top-down view of one sample in its LiDAR frame: points by height, ground-truth boxes (green) and predicted
+    boxes scoring at least ``min_score`` (red), each with a tick towards its front."""
+    from bench.finetune.detection import sample_boxes
+
+    points = sample.points
+    near = (np.abs(points[:, :2]) < extent).all(1)
+    fig, ax = plt.subplots(figsize=(8, 8))
+    ax.scatter(points[near, 0], points[near, 1], c=points[near, 2], cmap="viridis", s=0.3, linewidths=0,
+               vmin=-2.5, vmax=2.0)
+    truth = sample_boxes(sample, training=False)
+    _draw_bev_boxes(ax, truth, "limegreen", f"ground truth ({len(truth)})")
+    shown = predicted.select(predicted.scores >= min_score)
+    _draw_bev_boxes(ax, shown, "red", f"predicted, score >= {min_score} ({len(shown)})")
+    ax.plot([0, 4], [0, 0], color="black", linewidth=2)  # the LiDAR frame's axes
+    ax.plot([0, 0], [0, 4], color="black", linewidth=2)
+    ax.annotate("x", (4.5, 0), fontsize=9)
+    ax.annotate("y", (0, 4.5), fontsize=9)
+    ax.set(xlim=(-extent, extent), ylim=(-extent, extent), aspect="equal", xlabel="x (m)", ylabel="y (m)",
+           title=title)
+    ax.legend(loc="upper right", fontsize=8)
+    save_figure(fig, path)
+
+
+def plot_boxes_on_camera(sample: SensorSample, view: int, boxes: Sequence[tuple[LidarBoxes, str]], path: Path,
+                         title: str) -> None:
+    """Boxes (each set with its colour) projected into one camera image, edges clipped to the visible part."""
+    image = sample.images[view]
+    h, w = image.shape[:2]
+    fig, ax = plt.subplots(figsize=(12, 12 * h / w))
+    ax.imshow(image)
+    edges = [(0, 1), (1, 2), (2, 3), (3, 0), (4, 5), (5, 6), (6, 7), (7, 4), (0, 4), (1, 5), (2, 6), (3, 7)]
+    to_cam = sample.lidar_to_cam[view]
+    for group, colour in boxes:
+        for corners in group.corners():
+            cam = corners @ to_cam[:3, :3].T + to_cam[:3, 3]
+            if (cam[:, 2] < 0.5).any():
+                continue  # behind the camera or cut by its plane
+            uv = cam @ sample.intrinsics[view].T
+            uv = uv[:, :2] / uv[:, 2:3]
+            if not ((uv[:, 0] > 0) & (uv[:, 0] < w) & (uv[:, 1] > 0) & (uv[:, 1] < h)).any():
+                continue
+            for a, b in edges:
+                ax.plot(uv[[a, b], 0], uv[[a, b], 1], color=colour, linewidth=1.2)
+    ax.set(xlim=(0, w), ylim=(h, 0), title=title)
+    ax.axis("off")
     save_figure(fig, path)

@@ -26,7 +26,7 @@ from bench.matrix.records import Status  # noqa: E402
 from bench.matrix.report import shown, write_report  # noqa: E402
 from bench.matrix.results import ResultsError, load_results  # noqa: E402
 from tasks.io import atomic_write  # noqa: E402
-from tasks.spec import get_task  # noqa: E402
+from tasks.spec import get_task, list_tasks  # noqa: E402
 
 REFERENCE = "PonderV2 paper (reference)"
 BASELINES = ("scratch", "random")  # what ponder is compared with: fine-tuned from random init | frozen random init
@@ -38,20 +38,31 @@ def _fmt(mean: float, std: float, n: int) -> str:
     return f"{mean:.1f}" if n < 2 else f"{mean:.1f} ± {std:.1f}"
 
 
-def build_tables(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """The tables from :func:`load_results`' frame."""
-    ok = frame[frame.status == "ok"].copy()
-    ok["score"] = ok["main_value"].astype(float) * 100
-    stats = (ok.groupby(["task", "backbone", "init", "protocol"], sort=True)["score"]
+def _stats(ok: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Mean, sd and count over seeds of ``column`` (a fraction, shown in %) per task, backbone, init, protocol."""
+    rows = ok.dropna(subset=[column]).assign(score=lambda d: d[column].astype(float) * 100)
+    stats = (rows.groupby(["task", "backbone", "init", "protocol"], sort=True)["score"]
              .agg(mean="mean", std="std", n="count").reset_index())
     stats["std"] = stats["std"].fillna(0.0)
     stats["n"] = stats["n"].astype("Int64")
+    stats["cell"] = [_fmt(m, s, n) for m, s, n in zip(stats["mean"], stats["std"], stats["n"], strict=True)]
+    return stats
+
+
+def build_tables(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The tables from :func:`load_results`' frame. A task's ``beside`` metrics (detection's mAP beside its NDS)
+    get columns of their own, in its table and in the overall one."""
+    ok = frame[frame.status == "ok"].copy()
+    stats = _stats(ok, "main_value")
+    key = ["task", "backbone", "init", "protocol"]
     tables: dict[str, pd.DataFrame] = {}
     for task, rows in stats.groupby("task", sort=True):
         spec = get_task(task)
-        table = rows.assign(**{spec.main_score: [_fmt(m, s, n) for m, s, n in zip(rows["mean"], rows["std"],
-                                                                                  rows["n"], strict=True)]})
-        table = table[["backbone", "init", "protocol", spec.main_score, "mean", "std", "n"]]
+        table = rows.rename(columns={"cell": spec.main_score})
+        for metric in spec.beside:
+            table = table.merge(_stats(ok[ok.task == task], metric)[[*key, "cell"]].rename(columns={"cell": metric}),
+                                on=key, how="left")
+        table = table[["backbone", "init", "protocol", spec.main_score, *spec.beside, "mean", "std", "n"]]
         if spec.reference is not None:
             ref = pd.DataFrame([{"backbone": REFERENCE, "init": "", "protocol": spec.protocol,
                                  spec.main_score: f"{spec.reference:.1f}", "mean": spec.reference, "std": np.nan,
@@ -59,11 +70,16 @@ def build_tables(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
             table = pd.concat([table, ref], ignore_index=True)
         tables[f"task_{task}"] = table.reset_index(drop=True)
     if len(stats):
-        stats["cell"] = [_fmt(m, s, n) for m, s, n in zip(stats["mean"], stats["std"], stats["n"], strict=True)]
+        cells = [stats]
+        for task in stats["task"].unique():
+            cells += [_stats(ok[ok.task == task], metric).assign(task=f"{task} {metric}")
+                      for metric in get_task(task).beside]
+        stats = pd.concat(cells, ignore_index=True)
         stats["row"] = stats["backbone"] + " / " + stats["init"] + stats["protocol"].map(
             lambda p: f" ({p.split('+', 1)[1]})" if "+" in p else "")
         overall = stats.pivot(index="row", columns="task", values="cell").sort_index().fillna("–")
-        refs = {t: f"{get_task(t).reference:.1f}" if get_task(t).reference is not None else "–"
+        known = set(list_tasks())  # a beside-metric column ("<task> mAP") has no paper reference
+        refs = {t: f"{get_task(t).reference:.1f}" if t in known and get_task(t).reference is not None else "–"
                 for t in overall.columns}
         overall.loc[REFERENCE] = pd.Series(refs)
         tables["overall"] = overall.reset_index().rename(columns={"row": "backbone / init"})

@@ -39,14 +39,13 @@ from bench.matrix.records import (
     safe_name,
     write_record,
 )
-from bench.recipes import FINETUNE_PRESETS, FinetuneRecipe, get_finetune_recipe
-from tasks.contract import Domain
+from bench.recipes import FINETUNE_PRESETS, FinetuneRecipe, Mode, get_finetune_recipe
 from tasks.datasets import expected_path
-from tasks.spec import get_task, list_tasks
+from tasks.spec import TaskSpec, get_task, list_tasks
 
 log = logging.getLogger(__name__)
 
-PRETRAIN_DATA: dict[Domain, str] = {"indoor": "scannet", "outdoor": "semantickitti"}
+PRETRAIN_DATA: dict[Mode, str] = {"indoor": "scannet", "outdoor": "semantickitti", "image": "scannet"}
 Executor = Literal["local", "slurm", "debug"]
 MatrixProtocol = Literal["finetune", "probe"]  # train backbone + head | a linear head on the frozen backbone
 PROTOCOLS: tuple[MatrixProtocol, ...] = get_args(MatrixProtocol)
@@ -64,6 +63,7 @@ class RunSpec:
     preset: str = "mini"
     overrides: tuple[str, ...] = ()  # key=value overrides of the fine-tuning recipe
     init_path: str | None = None
+    image_init_path: str | None = None  # the image backbone's export (the fusion track's second backbone)
     pretrain_error: str | None = None  # set when the ponder init's pre-training failed
     linear_probe: bool = False
     device: str = "cpu"
@@ -83,18 +83,26 @@ class RunSpec:
         return record_path(Path(self.results), spec.id, spec.version, self.backbone, self.init, self.protocol,
                            self.seed)
 
+    @property
+    def name(self) -> str:
+        return safe_name("_".join((self.task, self.backbone, self.init, self.protocol, f"seed{self.seed}")))
+
     def picture_path(self) -> Path:
         """Where a task type that draws its predictions puts the picture: beside the tables."""
-        name = "_".join((self.task, self.backbone, self.init, self.protocol, f"seed{self.seed}"))
-        return Path(self.results) / "tables" / "predictions" / f"{safe_name(name)}.png"
+        return Path(self.results) / "tables" / "predictions" / f"{self.name}.png"
+
+    def artifacts_dir(self) -> Path:
+        """Where a task type keeps what a run made beyond its record (detection: submission file, model)."""
+        return Path(self.results) / "runs" / "finetune" / self.name
 
 
 @dataclass(frozen=True, kw_only=True)
 class PretrainJob:
-    """One pre-training the ``ponder`` runs need."""
+    """One pre-training the ``ponder`` runs need: a 3D backbone on indoor or outdoor scenes, or a 2D one (image
+    mode, on the RGB-D frames of ScanNet)."""
 
     backbone: str
-    domain: Domain
+    mode: Mode
     data_roots: tuple[str, ...]
     results: str
     preset: str
@@ -103,7 +111,7 @@ class PretrainJob:
 
     @property
     def run_dir(self) -> Path:
-        name = f"{self.domain}-{self.backbone.replace(':', '_')}-{self.preset}"
+        name = f"{self.mode}-{self.backbone.replace(':', '_')}-{self.preset}"
         return Path(self.results) / "runs" / "pretrain" / name
 
 
@@ -175,11 +183,12 @@ def expand(*, backbones: list[str], inits: list[str], tasks: str, seeds: list[in
     if any(o.partition("=")[0].strip() == "tta" for o in overrides):
         raise ValueError("test-time augmentation is the --tta flag (it changes the protocol), not a recipe override")
     get_finetune_recipe(preset, list(overrides))  # a bad override fails here, before any work
+    image_backbone = get_finetune_recipe(preset, list(overrides)).image_backbone
     runs = []
     for task in task_ids:
         for protocol in dict.fromkeys(protocols):
             probe = protocol == "probe"
-            for backbone in backbones:
+            for backbone in task_backbones(get_task(task), backbones, image_backbone):
                 for init in dict.fromkeys(_init_name(i, probe) for i in inits):
                     label, path = (init, None) if init in INITS else (_label(init), init)
                     for seed in seeds:
@@ -188,6 +197,16 @@ def expand(*, backbones: list[str], inits: list[str], tasks: str, seeds: list[in
                                             overrides=tuple(overrides), init_path=path, linear_probe=probe,
                                             device=device, tta=tta, plugins=tuple(plugins)))
     return runs
+
+
+def task_backbones(spec: TaskSpec, backbones: Sequence[str], image_backbone: str) -> list[str]:
+    """The backbones a task runs: all of them, except that a camera-only task runs the 2D ones, or the recipe's
+    image backbone when none is named (so `run --tasks 'nuscenes-det*'` runs every track with the defaults)."""
+    from backbones.registry import get_backbone_config
+
+    if spec.sensors != ("camera",):
+        return list(backbones)
+    return [b for b in backbones if get_backbone_config(b).modality == "2d"] or [image_backbone]
 
 
 def _init_name(init: str, probe: bool) -> str:
@@ -259,12 +278,15 @@ def execute(run: RunSpec) -> RunRecord:
         try:
             with PeakRSS() as memory:
                 result = finetune(spec, run.backbone, root, seed=run.seed, recipe=recipe, init=run.init_path,
-                                  linear_probe=run.linear_probe, device=run.device, picture=run.picture_path())
+                                  linear_probe=run.linear_probe, device=run.device, picture=run.picture_path(),
+                                  image_init=run.image_init_path, artifacts=run.artifacts_dir())
             record.status = "ok"
             record.per_class = result.pop("per_class")
             record.metrics = result
             record.main_value = result[spec.main_score]
             record.init_sha256 = result.pop("init_sha256")
+            if run.image_init_path:
+                result["image_init_path"] = run.image_init_path
             record.peak_rss_bytes = memory.peak
         except NotApplicable as exc:
             record.status, record.error = "not-applicable", str(exc)
@@ -305,12 +327,13 @@ def pretrain(job: PretrainJob) -> str:
     export = job.run_dir / "backbone.pt"
     if export.is_file() and (job.run_dir / "backbone.json").is_file():
         return str(export)
-    root = data_root_for(PRETRAIN_DATA[job.domain], job.data_roots)
+    data = PRETRAIN_DATA[job.mode]
+    root = data_root_for(data, job.data_roots)
     if root is None:
-        raise FileNotFoundError(f"no {PRETRAIN_DATA[job.domain]}/ under {', '.join(job.data_roots)} to pre-train on")
-    recipe = pretrain_recipe_for(job.preset, job.domain, job.backbone)
-    log.info("pre-training %s (%s) on %s", job.backbone, job.domain, root / PRETRAIN_DATA[job.domain])
-    Pretrainer(recipe, root / PRETRAIN_DATA[job.domain], job.run_dir, job.device, resume=True, progress=False).run()
+        raise FileNotFoundError(f"no {data}/ under {', '.join(job.data_roots)} to pre-train on")
+    recipe = pretrain_recipe_for(job.preset, job.mode, job.backbone)
+    log.info("pre-training %s (%s) on %s", job.backbone, job.mode, root / data)
+    Pretrainer(recipe, root / data, job.run_dir, job.device, resume=True, progress=False).run()
     return str(export)
 
 
@@ -319,7 +342,7 @@ def pretrain_job(job: PretrainJob) -> tuple[str | None, str | None]:
     try:
         return pretrain(job), None
     except Exception as exc:  # noqa: BLE001  (reported on the runs that needed it)
-        log.warning("pre-training %s (%s) failed: %s", job.backbone, job.domain, exc)
+        log.warning("pre-training %s (%s) failed: %s", job.backbone, job.mode, exc)
         return None, f"{type(exc).__name__}: {exc}"
 
 
@@ -344,21 +367,35 @@ def _map(fn: Callable, items: list, executor: Executor, workers: int, slurm: dic
     raise ValueError(f"executor must be local, slurm or debug, got {executor!r}")
 
 
-def pretrain_jobs(runs: list[RunSpec]) -> dict[PretrainJob, list[RunSpec]]:
-    """The pre-trainings the ``ponder`` runs need, each with the runs that wait for it."""
-    from backbones.registry import get_backbone_config
-
-    needed: dict[PretrainJob, list[RunSpec]] = {}
+def pretrain_jobs(runs: list[RunSpec]) -> dict[PretrainJob, list[tuple[RunSpec, str]]]:
+    """The pre-trainings the ``ponder`` runs need, each with the runs that wait for it and the field of the run its
+    export fills (``init_path``, or ``image_init_path`` for the fusion track's image backbone)."""
+    needed: dict[PretrainJob, list[tuple[RunSpec, str]]] = {}
     for run in runs:
         spec = get_task(run.task)
         if run.init != "ponder" or run.init_path or not spec.runnable:
             continue
-        if get_backbone_config(run.backbone).modality != "3d":
-            continue  # a 2D backbone on a point-cloud task: the run is recorded as not-applicable
-        job = PretrainJob(backbone=run.backbone, domain=spec.domain, data_roots=run.data_roots, results=run.results,
-                          preset=run.preset, device=run.device, plugins=run.plugins)
-        needed.setdefault(job, []).append(run)
+        for backbone, mode, slot in _pretrainings(spec, run):
+            job = PretrainJob(backbone=backbone, mode=mode, data_roots=run.data_roots, results=run.results,
+                              preset=run.preset, device=run.device, plugins=run.plugins)
+            needed.setdefault(job, []).append((run, slot))
     return needed
+
+
+def _pretrainings(spec: TaskSpec, run: RunSpec) -> list[tuple[str, Mode, str]]:
+    """(backbone, pre-training mode, run field) of each export a ponder run needs; none for a combination that
+    cannot run (it is recorded as not-applicable)."""
+    from backbones.registry import get_backbone_config
+
+    modality = get_backbone_config(run.backbone).modality
+    if spec.sensors == ("camera",):
+        return [(run.backbone, "image", "init_path")] if modality == "2d" else []
+    if modality != "3d":
+        return []
+    jobs: list[tuple[str, Mode, str]] = [(run.backbone, spec.domain, "init_path")]
+    if "camera" in spec.sensors:
+        jobs.append((run.recipe().image_backbone, "image", "image_init_path"))
+    return jobs
 
 
 def run_matrix(runs: list[RunSpec], executor: Executor = "local", workers: int = 1, overwrite: bool = False,
@@ -370,11 +407,12 @@ def run_matrix(runs: list[RunSpec], executor: Executor = "local", workers: int =
     needed = pretrain_jobs(todo)
     exports = dict(zip(needed, _map(pretrain_job, list(needed), executor, workers, slurm, folder, "pre-training",
                                     progress), strict=True))
-    resolved = {}
+    resolved: dict[RunSpec, RunSpec] = {}
     for job, waiting in needed.items():
         path, error = exports[job]
-        for run in waiting:
-            resolved[run] = replace(run, init_path=path, pretrain_error=error)
+        for run, slot in waiting:
+            current = resolved.get(run, run)
+            resolved[run] = replace(current, **{slot: path}, pretrain_error=current.pretrain_error or error)
     fresh = _map(execute, [resolved.get(run, run) for run in todo], executor, workers, slurm, folder, "runs",
                  progress)
     by_run = {**done, **dict(zip(todo, fresh, strict=True))}

@@ -69,7 +69,10 @@ class SensorSample:
     box_centers: np.ndarray  # (M, 3) LiDAR frame
     box_sizes: np.ndarray  # (M, 3) width, length, height
     box_yaws: np.ndarray  # (M,)
-    box_labels: list[str]
+    box_labels: list[str]  # detection class names; "ignore" for objects outside the 10 classes
+    box_velocities: np.ndarray | None = None  # (M, 2) m/s in the LiDAR frame; NaN where unknown
+    lidar_to_global: np.ndarray | None = None  # (4, 4): where predictions go for the devkit
+    box_lidar_points: np.ndarray | None = None  # (M,) LiDAR returns inside each box (the devkit drops boxes with 0)
 
     def project(self, view: int) -> tuple[np.ndarray, np.ndarray]:
         """Pixel coordinates (N, 2) of all points in one camera and a mask of those in front of it and inside."""
@@ -144,8 +147,10 @@ class NuScenesLidarSegDataset(SceneDataset):
         segment = None if label_file is None else read_lidarseg_labels(label_file, len(points), self.lut, points_file)
         return Scene(name=name, coord=points[:, :3].copy(), strength=points[:, 3:4].copy(), segment=segment)
 
-    def sensors(self, name: str) -> SensorSample:
-        """The sample's LiDAR sweep, 6 camera images with calibration, and boxes, all in the LiDAR frame."""
+    def sensors(self, name: str, cameras: bool = True) -> SensorSample:
+        """The sample's LiDAR sweep, 6 camera images with calibration (``cameras``), and boxes with their
+        detection class and velocity (the devkit's, from the neighbouring annotations), all in the LiDAR frame."""
+        from nuscenes.eval.detection.utils import category_to_detection_name
         from nuscenes.utils.geometry_utils import transform_matrix
         from pyquaternion import Quaternion
 
@@ -161,7 +166,7 @@ class NuScenesLidarSegDataset(SceneDataset):
         lidar_sd = sample["data"]["LIDAR_TOP"]
         lidar_to_global = sensor_to_global(lidar_sd)
         images, intrinsics, lidar_to_cam = [], [], []
-        for cam in CAMERAS:
+        for cam in CAMERAS if cameras else ():
             sd_token = sample["data"][cam]
             sd = self.nusc.get("sample_data", sd_token)
             images.append(load_image(self.root / sd["filename"]))
@@ -169,13 +174,22 @@ class NuScenesLidarSegDataset(SceneDataset):
                                        ["camera_intrinsic"]))
             lidar_to_cam.append(np.linalg.inv(sensor_to_global(sd_token)) @ lidar_to_global)
         path, boxes, _ = self.nusc.get_sample_data(lidar_sd)
+        to_lidar = np.linalg.inv(lidar_to_global)[:3, :3]
+        velocity = np.array([self.nusc.box_velocity(b.token) for b in boxes]).reshape(-1, 3) @ to_lidar.T
+        points_file = Path(path)
+        if not points_file.is_file():
+            raise DataFormatError(points_file, f"file is missing (listed in {self.version}/sample_data.json)")
         return SensorSample(
-            token=name, points=read_lidar_points(Path(path)), cameras=list(CAMERAS), images=images,
-            intrinsics=np.stack(intrinsics), lidar_to_cam=np.stack(lidar_to_cam),
+            token=name, points=read_lidar_points(points_file), cameras=list(CAMERAS) if cameras else [],
+            images=images, intrinsics=np.stack(intrinsics) if cameras else np.zeros((0, 3, 3)),
+            lidar_to_cam=np.stack(lidar_to_cam) if cameras else np.zeros((0, 4, 4)),
             box_centers=np.array([b.center for b in boxes]).reshape(-1, 3),
             box_sizes=np.array([b.wlh for b in boxes]).reshape(-1, 3),
             box_yaws=np.array([b.orientation.yaw_pitch_roll[0] for b in boxes]),
-            box_labels=[b.name for b in boxes],
+            box_labels=[category_to_detection_name(b.name) or "ignore" for b in boxes],
+            box_velocities=velocity[:, :2], lidar_to_global=lidar_to_global,
+            box_lidar_points=np.array([self.nusc.get("sample_annotation", b.token)["num_lidar_pts"] for b in boxes],
+                                      dtype=np.int64),
         )
 
 
@@ -223,9 +237,16 @@ def read_mmdet3d_info(pkl: str | Path, index: int = 0) -> SensorSample:
         cameras=cams, images=[load_image(folder / Path(info["images"][c]["img_path"]).name) for c in cams],
         intrinsics=np.array([info["images"][c]["cam2img"] for c in cams], dtype=np.float64)[:, :3, :3],
         lidar_to_cam=np.array([info["images"][c]["lidar2cam"] for c in cams], dtype=np.float64),
-        # mmdet3d v2 LiDAR boxes: (x, y, z_bottom, l, w, h, yaw); we report centres and (w, l, h).
-        box_centers=boxes[:, :3] + np.c_[np.zeros((len(boxes), 2)), boxes[:, 5:6] / 2],
+        # mmdet3d's nuScenes infos keep (x, y, z, l, w, h, yaw) with z at the box's centre (its dataset builds
+        # the boxes with origin (0.5, 0.5, 0.5)); we report centres and (w, l, h). The returns the info file
+        # counts inside each box lie inside it (tests/test_detection.py).
+        box_centers=boxes[:, :3],
         box_sizes=boxes[:, [4, 3, 5]], box_yaws=boxes[:, 6],
         # label -1 marks objects outside the 10 detection classes
         box_labels=[label_names.get(inst["bbox_label_3d"], "ignore") for inst in info["instances"]],
+        box_velocities=np.array([inst.get("velocity", [np.nan, np.nan]) for inst in info["instances"]],
+                                dtype=np.float64).reshape(-1, 2),
+        lidar_to_global=np.asarray(info["ego2global"], dtype=np.float64)
+        @ np.asarray(info["lidar_points"]["lidar2ego"], dtype=np.float64),
+        box_lidar_points=np.array([inst.get("num_lidar_pts", -1) for inst in info["instances"]], dtype=np.int64),
     )

@@ -18,7 +18,7 @@ from tasks.classes import NUSCENES_GENERAL32
 from tasks.formats.nuscenes import CAMERAS
 from tasks.io import atomic_write, save_image
 from tasks.synth.geometry import Boxes
-from tasks.synth.outdoor import OUTDOOR_CLASSES, Street, render_camera, scan_lidar
+from tasks.synth.outdoor import OUTDOOR_CLASSES, Street, render_camera, scan_lidar, street_motion
 
 GLOBAL_OFFSET = np.array([400.0, 1100.0, 0.0])  # map coordinates of the street's origin
 CAMERA_YAWS = {"CAM_FRONT": 0.0, "CAM_FRONT_RIGHT": -55.0, "CAM_FRONT_LEFT": 55.0, "CAM_BACK": 180.0,
@@ -26,6 +26,7 @@ CAMERA_YAWS = {"CAM_FRONT": 0.0, "CAM_FRONT_RIGHT": -55.0, "CAM_FRONT_LEFT": 55.
 ATTRIBUTES = ("vehicle.moving", "vehicle.stopped", "vehicle.parked", "cycle.with_rider", "cycle.without_rider",
               "pedestrian.sitting_lying_down", "pedestrian.standing", "pedestrian.moving")
 VISIBILITY = (("1", "v0-40"), ("2", "v40-60"), ("3", "v60-80"), ("4", "v80-100"))
+KEYFRAME_SECONDS = 0.5  # nuScenes annotates keyframes at 2 Hz
 LIDAR_TO_EGO = (np.array([0.943, 0.0, 1.84]), Quaternion(axis=[0, 0, 1], angle=-np.pi / 2))
 
 
@@ -47,6 +48,17 @@ def camera_to_ego(yaw_deg: float) -> tuple[np.ndarray, Quaternion]:
     right = np.array([np.sin(yaw), -np.cos(yaw), 0.0])
     rot = np.stack([right, [0.0, 0.0, -1.0], forward], axis=1)
     return np.array([1.0, 0.0, 1.5]) + 0.5 * forward * np.array([1.0, 0.6, 0.0]), Quaternion(matrix=rot)
+
+
+def attribute(category: str, moving: bool) -> str | None:
+    """The nuScenes attribute of an object of ``category`` (barriers and cones have none)."""
+    if category in ("vehicle.bicycle", "vehicle.motorcycle"):
+        return "cycle.with_rider" if moving else "cycle.without_rider"
+    if category.startswith("vehicle."):
+        return "vehicle.moving" if moving else "vehicle.parked"
+    if category.startswith("human."):
+        return "pedestrian.moving" if moving else "pedestrian.standing"
+    return None
 
 
 @dataclass
@@ -77,8 +89,8 @@ class NuScenesWriter:
 
     def add_scene(self, name: str, street: Street, n_samples: int, rng: np.random.Generator, step: float = 4.0
                   ) -> None:
-        """One drive of ``n_samples`` keyframes, ``step`` metres apart, down the street."""
-        boxes = street.boxes
+        """One drive of ``n_samples`` keyframes, ``step`` metres apart, down the street; some objects move."""
+        velocity = street_motion(street, rng, (n_samples - 1) * KEYFRAME_SECONDS)
         log_token = make_token(self.seed, "log", name)
         logfile = f"n000-2026-01-01-00-00-00+0000-{name}"
         self.tables["log"].append(dict(token=log_token, logfile=logfile, vehicle="n000",
@@ -106,7 +118,8 @@ class NuScenesWriter:
         last_sd: dict[str, str] = {}
         last_ann: dict[int, dict] = {}
         for i, token in enumerate(sample_tokens):
-            timestamp = 1_700_000_000_000_000 + int(i * 500_000)
+            timestamp = 1_700_000_000_000_000 + int(i * KEYFRAME_SECONDS * 1e6)
+            boxes = street.moved(velocity, i * KEYFRAME_SECONDS)
             self.tables["sample"].append(dict(
                 token=token, timestamp=timestamp, scene_token=scene_token,
                 prev=sample_tokens[i - 1] if i > 0 else "", next=sample_tokens[i + 1] if i + 1 < n_samples else ""))
@@ -139,7 +152,7 @@ class NuScenesWriter:
                     self._by_token("sample_data", last_sd[channel])["next"] = sd_token
                 last_sd[channel] = sd_token
                 self.tables["sample_data"].append(record)
-            self._annotate(token, boxes, ego_world, name, last_ann)
+            self._annotate(token, boxes, velocity, ego_world, name, last_ann)
 
     def _write_lidar(self, path: Path, boxes: Boxes, sensor_to_world: np.ndarray, rng: np.random.Generator
                      ) -> np.ndarray:
@@ -152,8 +165,10 @@ class NuScenesWriter:
         self._last_scan = scan
         return general[scan.kind]
 
-    def _annotate(self, sample_token: str, boxes: Boxes, ego_world: np.ndarray, scene: str,
+    def _annotate(self, sample_token: str, boxes: Boxes, velocity: np.ndarray, ego_world: np.ndarray, scene: str,
                   last_ann: dict[int, dict]) -> None:
+        """Every object within 50 m, with the LiDAR points inside it and the attribute its motion implies (the
+        devkit derives velocities from consecutive annotations, so they are the generated ones)."""
         scan = self._last_scan
         for b in np.flatnonzero(boxes.instance >= 0):
             if np.linalg.norm(boxes.center[b, :2] - ego_world[:2]) > 50.0:
@@ -162,7 +177,7 @@ class NuScenesWriter:
             inst = int(boxes.instance[b])
             inst_token = make_token(self.seed, "instance", scene, inst)
             token = make_token(self.seed, "sample_annotation", sample_token, inst)
-            attrs = ({"vehicle": "vehicle.parked", "human": "pedestrian.standing"}.get(cls.box.split(".")[0]))
+            attrs = attribute(cls.box, bool(np.any(velocity[b] != 0)))
             half = boxes.half[b]
             record = dict(
                 token=token, sample_token=sample_token, instance_token=inst_token, visibility_token="4",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -34,6 +34,12 @@ OUTDOOR_CLASSES = (
     OutdoorClass("pedestrian", 30, "human.pedestrian.adult", "human.pedestrian.adult", 0.3),
     OutdoorClass("barrier", 51, "movable_object.barrier", "movable_object.barrier", 0.8),
     OutdoorClass("traffic-cone", 99, "movable_object.trafficcone", "movable_object.trafficcone", 0.9),
+    # the rest of nuScenes' 10 detection classes (SemanticKITTI raw ids: 13 bus, 20 other-vehicle)
+    OutdoorClass("bus", 13, "vehicle.bus.rigid", "vehicle.bus.rigid", 0.7),
+    OutdoorClass("trailer", 20, "vehicle.trailer", "vehicle.trailer", 0.65),
+    OutdoorClass("construction-vehicle", 20, "vehicle.construction", "vehicle.construction", 0.75),
+    OutdoorClass("bicycle", 11, "vehicle.bicycle", "vehicle.bicycle", 0.55),
+    OutdoorClass("motorcycle", 15, "vehicle.motorcycle", "vehicle.motorcycle", 0.65),
 )
 KIND = {c.name: i for i, c in enumerate(OUTDOOR_CLASSES)}
 REFLECTIVITY = np.array([c.reflectivity for c in OUTDOOR_CLASSES])
@@ -43,7 +49,21 @@ OBJECT_SIZES = {  # (width, length, height) ranges
     "pedestrian": ((0.5, 0.7), (0.5, 0.7), (1.6, 1.9)),
     "barrier": ((0.4, 0.5), (1.8, 2.2), (0.9, 1.1)),
     "traffic-cone": ((0.35, 0.45), (0.35, 0.45), (0.6, 0.8)),
+    "bus": ((2.8, 3.0), (10.0, 12.0), (3.2, 3.6)),
+    "trailer": ((2.4, 2.8), (8.0, 11.0), (3.5, 4.0)),
+    "construction-vehicle": ((2.6, 3.0), (5.5, 7.0), (2.8, 3.4)),
+    "bicycle": ((0.5, 0.7), (1.6, 1.9), (1.1, 1.4)),
+    "motorcycle": ((0.7, 0.9), (1.9, 2.3), (1.3, 1.6)),
 }
+# probability of each object class on a street: SemanticKITTI scans draw the first five (as they always have),
+# nuScenes drives every detection class
+KITTI_MIX = {"car": 0.45, "truck": 0.1, "pedestrian": 0.25, "barrier": 0.1, "traffic-cone": 0.1}
+NUSCENES_MIX = {"car": 0.3, "truck": 0.08, "pedestrian": 0.2, "barrier": 0.1, "traffic-cone": 0.1, "bus": 0.04,
+                "trailer": 0.04, "construction-vehicle": 0.04, "bicycle": 0.05, "motorcycle": 0.05}
+IN_LANE = ("car", "truck", "bus", "trailer", "construction-vehicle", "motorcycle")
+# speed range (m/s) of the objects that move, and the chance that one does; the rest stand still
+MOTION = {"car": (0.5, (3.0, 10.0)), "truck": (0.4, (3.0, 8.0)), "bus": (0.5, (3.0, 8.0)),
+          "motorcycle": (0.5, (3.0, 10.0)), "bicycle": (0.5, (2.0, 5.0)), "pedestrian": (0.4, (0.8, 1.6))}
 
 
 @dataclass
@@ -51,9 +71,45 @@ class Street:
     boxes: Boxes
     length: float
 
+    def moved(self, velocity: np.ndarray, seconds: float) -> Boxes:
+        """The boxes after ``seconds`` of constant ``velocity`` (P, 2), in metres per second along x and y."""
+        center = self.boxes.center.copy()
+        center[:, :2] += velocity * seconds
+        return replace(self.boxes, center=center)
 
-def make_street(rng: np.random.Generator, length: float = 120.0, n_objects: int = 24) -> Street:
-    """A straight street along x: road, sidewalks, terrain, buildings, trees, poles and traffic."""
+
+def street_motion(street: Street, rng: np.random.Generator, duration: float) -> np.ndarray:
+    """Velocities (P, 2) of the street's boxes over a drive of ``duration`` seconds.
+
+    Objects move along their heading (:data:`MOTION`); all movers of one direction share a speed (traffic flows
+    together), and an object that would run into a standing one within ``duration`` stands still too. Everything
+    else (and all stuff) has velocity 0.
+    """
+    boxes = street.boxes
+    velocity = np.zeros((len(boxes), 2))
+    objects = np.flatnonzero(boxes.instance >= 0)
+    flow = {d: rng.uniform(0.7, 1.0) for d in (-1, 1)}  # a fraction of each class's top speed, per direction
+    for b in objects:
+        chance, (low, high) = MOTION.get(OUTDOOR_CLASSES[boxes.kind[b]].name, (0.0, (0.0, 0.0)))
+        if rng.random() < chance:
+            heading = np.array([np.cos(boxes.yaw[b]), np.sin(boxes.yaw[b])])
+            velocity[b] = (low + flow[int(np.sign(heading[0]) or 1)] * (high - low)) * heading
+    for b in objects[np.linalg.norm(velocity[objects], axis=1) > 0]:
+        path = velocity[b] * duration
+        for o in objects[np.linalg.norm(velocity[objects], axis=1) == 0]:
+            ahead = (boxes.center[o, :2] - boxes.center[b, :2]) @ path / (path @ path)
+            side = abs(np.cross(path / np.linalg.norm(path), boxes.center[o, :2] - boxes.center[b, :2]))
+            if -0.1 < ahead < 1.1 and side < boxes.half[b, 1] + boxes.half[o].max() + 0.3:
+                velocity[b] = 0.0
+                break
+    return velocity
+
+
+def make_street(rng: np.random.Generator, length: float = 120.0, n_objects: int = 24,
+                mix: dict[str, float] | None = None) -> Street:
+    """A straight street along x: road, sidewalks, terrain, buildings, trees, poles and traffic drawn from ``mix``
+    (default :data:`KITTI_MIX`)."""
+    mix = mix or KITTI_MIX
     items: list[dict] = []
     half_l = length / 2
 
@@ -86,14 +142,17 @@ def make_street(rng: np.random.Generator, length: float = 120.0, n_objects: int 
                 add("traffic-sign", (px, s * 6.2, 4.6), (0.05, 0.4, 0.4), (0.9, 0.1, 0.1))
     instance = 0
     for _ in range(n_objects):
-        name = str(rng.choice(list(OBJECT_SIZES), p=[0.45, 0.1, 0.25, 0.1, 0.1]))
+        name = str(rng.choice(list(mix), p=list(mix.values())))
         w, l, h = (rng.uniform(*r) for r in OBJECT_SIZES[name])
         x = rng.uniform(-half_l + 5, half_l - 5)
-        if name in ("car", "truck"):
+        if name in IN_LANE:
             y, z0 = rng.choice([-2.0, 2.0]) + rng.uniform(-0.4, 0.4), 0.0
             yaw = (0.0 if y > 0 else np.pi) + rng.uniform(-0.1, 0.1)
         elif name == "pedestrian":
             y, z0, yaw = rng.choice([-1, 1]) * rng.uniform(4.3, 6.2), 0.15, rng.uniform(-np.pi, np.pi)
+        elif name == "bicycle":  # at the kerb, riding with the traffic
+            side = rng.choice([-1.0, 1.0])
+            y, z0, yaw = side * rng.uniform(3.2, 3.6), 0.0, (0.0 if side > 0 else np.pi) + rng.uniform(-0.1, 0.1)
         else:
             y, z0, yaw = rng.choice([-1, 1]) * rng.uniform(3.2, 3.8), 0.0, rng.uniform(-0.2, 0.2)
         center = np.array([x, y, z0 + h / 2])

@@ -13,7 +13,7 @@ from tasks.formats.scannet import write_scannet_frames, write_scannet_scene
 from tasks.formats.semantickitti import write_semantickitti_scan, write_semantickitti_sequence_meta
 from tasks.synth.indoor import TO_S3DIS, TO_SCANNET20, TO_SCANNET200, make_room, room_cloud, room_views
 from tasks.synth.nuscenes_tables import NuScenesWriter
-from tasks.synth.outdoor import OUTDOOR_CLASSES, make_street, scan_lidar
+from tasks.synth.outdoor import NUSCENES_MIX, OUTDOOR_CLASSES, make_street, scan_lidar
 
 # Scene names of the devkit's official v1.0-mini splits, so create_splits_scenes() applies unchanged.
 NUSCENES_MINI_TRAIN = ("scene-0061", "scene-0553", "scene-0655", "scene-0757", "scene-0796", "scene-1077",
@@ -45,7 +45,7 @@ SUITES = {
     # mini: enough training scenes that LR1/5/10/20 differ (1, 3, 6 and 12 of 60), sparse enough (100 points
     # per m^2, spunet-mini's 10 cm voxels) that a from-scratch fine-tune learns them on 2 cores in about a minute
     "mini": SuiteSize((60, 10, 2), 12, (4.0, 5.5), 100.0, 4, (160, 120), {1: 12, 2: 12, 3: 12, 4: 12, 6: 12, 5: 10},
-                      {0: 40, 8: 5}, 1080, (2, 1), 4, (160, 90)),
+                      {0: 40, 8: 5}, 1080, (6, 2), 4, (160, 90)),
 }
 
 
@@ -83,7 +83,7 @@ def synthesize(root: str | Path, suite: str = "mini", seed: int = 0, progress: b
         else:
             n_train = size.nuscenes_scenes[0]
             name = NUSCENES_MINI_TRAIN[key] if key < n_train else NUSCENES_MINI_VAL[key - n_train]
-            nus.add_scene(name, make_street(rng), size.nuscenes_samples, rng)
+            nus.add_scene(name, make_street(rng, mix=NUSCENES_MIX), size.nuscenes_samples, rng)
     for seq, poses in kitti_poses.items():
         write_semantickitti_sequence_meta(root / "semantickitti", seq, np.stack(poses), np.arange(len(poses)) * 0.1)
     nus.finish()

@@ -1,0 +1,260 @@
+"""The detection part of the fine-tuning engine: nuScenes samples in, the devkit's NDS out.
+
+A training sample is a keyframe's LiDAR sweep and/or its six camera images, with its boxes. Augmentation is one
+similarity of the LiDAR frame (rotation about z, scale, flip), applied to the points, the boxes and the cameras'
+poses alike, so the lifted camera features stay where the points are. Training follows the engine: its
+optimiser and one-cycle schedule, epoch order, and BatchNorm statistics recomputed on training samples before
+evaluation. Evaluation predicts every sample of the split, writes the official submission file and scores it with
+the devkit (:mod:`tasks.metrics.detection`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from backbones.registry import create_backbone, get_backbone_config
+from backbones.structures import PointBatch
+from bench.finetune.engine import _optimizer, epoch_order, precise_batchnorm, register_task_type
+from bench.finetune.exports import NotApplicable, load_export
+from bench.optim import one_cycle
+from bench.recipes import FinetuneRecipe
+from tasks.contract import OUTDOOR_VOXEL, in_channels, point_features
+from tasks.datasets import nuscenes_version
+from tasks.formats.nuscenes import SPLITS, NuScenesLidarSegDataset, SensorSample
+from tasks.heads.detection import BEVGrid, DetectionInput, Detector, decode, detection_loss, head_targets
+from tasks.metrics.detection import LidarBoxes, evaluate_submission, submission_entries, write_submission
+from tasks.spec import TaskSpec
+from tasks.structures import Scene
+from tasks.transforms import grid_sample_train, voting_fragments
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+BN_SAMPLES = 16  # training samples over which BatchNorm statistics are recomputed before evaluation
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """What rebuilds a trained detector: its backbones, sensors, BEV map and image size."""
+
+    sensors: tuple[str, ...]
+    lidar_backbone: str | None
+    camera_backbone: str | None
+    image_size: tuple[int, int]
+    grid: BEVGrid = BEVGrid()
+
+    def build(self) -> Detector:
+        lidar = (create_backbone(self.lidar_backbone, in_channels=in_channels("outdoor")) if self.lidar_backbone
+                 else None)
+        camera = create_backbone(self.camera_backbone) if self.camera_backbone else None
+        return Detector(self.grid, lidar, camera)
+
+
+def detection_backbones(spec: TaskSpec, backbone: str, recipe: FinetuneRecipe) -> tuple[str | None, str | None]:
+    """(3D, 2D) backbone names of a track: LiDAR uses the run's 3D backbone, camera the run's 2D one, fusion the
+    run's 3D backbone and the recipe's image backbone."""
+    modality = get_backbone_config(backbone).modality
+    if spec.sensors == ("camera",):
+        if modality != "2d":
+            raise NotApplicable(f"{spec.id} reads camera images: it needs a 2D backbone, {backbone} is {modality}")
+        return None, backbone
+    if modality != "3d":
+        raise NotApplicable(f"{spec.id} reads LiDAR sweeps: it needs a 3D backbone, {backbone} is {modality}")
+    return backbone, (recipe.image_backbone if "camera" in spec.sensors else None)
+
+
+# ----------------------------------------------------------------------------------------------- samples
+def sample_boxes(sample: SensorSample, training: bool) -> LidarBoxes:
+    """The sample's ground-truth boxes; for training, only those with LiDAR returns (the devkit scores no other)."""
+    keep = np.ones(len(sample.box_centers), dtype=bool)
+    if training and sample.box_lidar_points is not None:
+        keep &= sample.box_lidar_points != 0
+    velocities = (sample.box_velocities if sample.box_velocities is not None
+                  else np.full((len(keep), 2), np.nan))
+    return LidarBoxes(sample.box_centers[keep], sample.box_sizes[keep], sample.box_yaws[keep], velocities[keep],
+                      [n for n, k in zip(sample.box_labels, keep, strict=True) if k], np.ones(int(keep.sum())))
+
+
+def random_similarity(rng: np.random.Generator) -> np.ndarray:
+    """A 4x4 map of the LiDAR frame: rotation about z (+-22.5 deg), scale 0.95-1.05, a flip across x or y."""
+    angle, scale = rng.uniform(-np.pi / 8, np.pi / 8), rng.uniform(0.95, 1.05)
+    c, s = np.cos(angle), np.sin(angle)
+    flip = np.diag([1.0 if rng.random() < 0.5 else -1.0, 1.0 if rng.random() < 0.5 else -1.0, 1.0])
+    m = np.eye(4)
+    m[:3, :3] = scale * np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]) @ flip
+    return m
+
+
+def transform_boxes(boxes: LidarBoxes, m: np.ndarray) -> LidarBoxes:
+    """Boxes under a similarity ``m`` (4x4): centres, sizes, headings and velocities move with the frame."""
+    linear = m[:2, :2]
+    scale = float(np.cbrt(abs(np.linalg.det(m[:3, :3]))))
+    heading = np.stack([np.cos(boxes.yaws), np.sin(boxes.yaws)], 1) @ linear.T
+    return LidarBoxes(boxes.centers @ m[:3, :3].T + m[:3, 3], boxes.sizes * scale,
+                      np.arctan2(heading[:, 1], heading[:, 0]), boxes.velocities @ linear.T, boxes.names, boxes.scores)
+
+
+def sweep_cloud(points: np.ndarray, grid: BEVGrid, rng: np.random.Generator | None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The sweep's points on the BEV map, one per 10 cm voxel (random when training, the first test-mode fragment
+    when evaluating), as (coord, grid_coord, features)."""
+    inside = ((np.abs(points[:, :2]) < grid.extent).all(1) & (points[:, 2] > grid.z_range[0])
+              & (points[:, 2] < grid.z_range[1]))
+    points = points[inside]
+    scene = Scene(name="sweep", coord=points[:, :3].astype(np.float32), strength=points[:, 3:4].astype(np.float32))
+    if rng is None:
+        fragment = voting_fragments(scene.coord, OUTDOOR_VOXEL, 1)[0][0]
+    else:
+        fragment = grid_sample_train(scene.coord, OUTDOOR_VOXEL, rng)
+    return scene.coord[fragment.index], fragment.grid_coord, point_features(scene, "outdoor")[fragment.index]
+
+
+def camera_inputs(sample: SensorSample, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Images resized to ``size`` (H, W) and normalised (V, 3, H, W), their intrinsics (V, 3, 3) and camera-to-LiDAR
+    poses (V, 4, 4)."""
+    h, w = size
+    images, intrinsics = [], []
+    for image, k in zip(sample.images, sample.intrinsics, strict=True):
+        sy, sx = h / image.shape[0], w / image.shape[1]
+        resized = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+        images.append(((resized - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1))
+        scaled = np.diag([sx, sy, 1.0]) @ k
+        scaled[0, 2], scaled[1, 2] = (k[0, 2] + 0.5) * sx - 0.5, (k[1, 2] + 0.5) * sy - 0.5  # pixel centres
+        intrinsics.append(scaled)
+    return np.stack(images), np.stack(intrinsics), np.linalg.inv(sample.lidar_to_cam)
+
+
+def make_batch(samples: list[SensorSample], config: DetectorConfig, rng: np.random.Generator | None
+               ) -> tuple[DetectionInput, list[LidarBoxes]]:
+    """Model input and ground truth of ``samples``; with ``rng``, each sample is augmented (training)."""
+    clouds, images, intrinsics, poses, truth = [], [], [], [], []
+    for sample in samples:
+        m = random_similarity(rng) if rng is not None else np.eye(4)
+        truth.append(transform_boxes(sample_boxes(sample, rng is not None), m))
+        if "lidar" in config.sensors:
+            points = sample.points.copy()
+            points[:, :3] = points[:, :3] @ m[:3, :3].T + m[:3, 3]
+            clouds.append(sweep_cloud(points, config.grid, rng))
+        if "camera" in config.sensors:
+            img, k, cam_to_lidar = camera_inputs(sample, config.image_size)
+            images.append(img)
+            intrinsics.append(k)
+            poses.append(m @ cam_to_lidar)
+    stacked = [torch.from_numpy(np.stack(arrays)).float() if arrays else None for arrays in (images, intrinsics, poses)]
+    batch = DetectionInput(len(samples), PointBatch.collate(clouds) if clouds else None, *stacked)
+    return batch, truth
+
+
+def detect(model: Detector, config: DetectorConfig, sample: SensorSample, device: torch.device) -> LidarBoxes:
+    """The trained detector's boxes on one sample (LiDAR frame)."""
+    model.eval()
+    batch, _ = make_batch([sample], config, None)
+    heatmap, regression = model(batch.to(device))
+    return decode(heatmap, regression, config.grid)[0]
+
+
+def save_detector(path: Path, model: Detector, config: DetectorConfig) -> None:
+    from tasks.io import atomic_write
+
+    atomic_write(path, lambda tmp: torch.save({"config": asdict(config), "state": model.state_dict()}, tmp))
+
+
+def load_detector(path: str | Path) -> tuple[Detector, DetectorConfig]:
+    """A detector saved by a detection run (``model.pt`` in its artifacts folder)."""
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    raw = dict(saved["config"])
+    raw["grid"] = BEVGrid(**{**raw["grid"], "z_range": tuple(raw["grid"]["z_range"])})
+    config = DetectorConfig(**{**raw, "sensors": tuple(raw["sensors"]), "image_size": tuple(raw["image_size"])})
+    model = config.build()
+    model.load_state_dict(saved["state"])
+    return model.eval(), config
+
+
+# ----------------------------------------------------------------------------------------------- the task
+@register_task_type("detection")
+class Detection:
+    def finetune(self, spec: TaskSpec, backbone_name: str, data_root: str | Path, *, seed: int,
+                 recipe: FinetuneRecipe, init: str | Path | None, image_init: str | Path | None, linear_probe: bool,
+                 device: str, progress: bool, picture: Path | None, artifacts: Path | None) -> dict[str, object]:
+        if linear_probe:
+            raise NotApplicable(f"{spec.id}: the probe protocol reads per-point classes linearly; a detection "
+                                "head has no linear read-out")
+        lidar_name, camera_name = detection_backbones(spec, backbone_name, recipe)
+        config = DetectorConfig(spec.sensors, lidar_name, camera_name, recipe.image_size)
+        root = Path(data_root) / spec.dataset
+        version = nuscenes_version(root)
+        train = NuScenesLidarSegDataset(root, spec.train_split, version)
+        evaluation = NuScenesLidarSegDataset(root, spec.eval_split, version)
+        cameras = "camera" in spec.sensors
+        torch.manual_seed(seed)
+        rng = np.random.default_rng(seed)
+        model = config.build()
+        shas = {}
+        branches = (("lidar", lidar_name, init if lidar_name else None, in_channels("outdoor")),
+                    ("camera", camera_name, image_init if lidar_name else init, 3))
+        for branch, name, path, channels in branches:
+            if name and path:
+                shas[branch] = load_export(model.backbone[branch], path, name, channels)
+        dev = torch.device(device)
+        model.to(dev)
+        if len(train) == 0 or len(evaluation) == 0:
+            raise ValueError(f"task {spec.id}: {len(train)} training and {len(evaluation)} evaluation samples")
+        optimizer, peaks = _optimizer(model, recipe)
+        steps = recipe.detection_epochs * math.ceil(len(train) / recipe.batch_size)
+        scheduler = one_cycle(optimizer, peaks, steps, recipe.pct_start)
+        order = epoch_order(rng, len(train), steps * recipe.batch_size).reshape(-1, recipe.batch_size)
+        model.train()
+        last = float("nan")
+        for batch_indices in tqdm(order, desc=f"{spec.id} {backbone_name}", disable=not progress):
+            samples = [train.sensors(train.names[int(i)], cameras) for i in batch_indices]
+            batch, truth = make_batch(samples, config, rng)
+            heatmap, regression = model(batch.to(dev))
+            loss = detection_loss(heatmap, regression, [head_targets(t, config.grid) for t in truth])["total"]
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"task {spec.id}: non-finite detection loss")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            last = float(loss.detach())
+        stats_rng = np.random.default_rng(seed + 1)
+        picked = sorted(stats_rng.permutation(len(train))[:BN_SAMPLES].tolist())
+        precise_batchnorm(model, (make_batch([train.sensors(train.names[i], cameras)], config, stats_rng)[0].to(dev)
+                                  for i in picked))
+        with tempfile.TemporaryDirectory() as scratch:
+            folder = Path(artifacts) if artifacts is not None else Path(scratch)
+            metrics = self.evaluate(model, config, evaluation, dev, folder, spec, picture)
+            if artifacts is not None:
+                save_detector(folder / "model.pt", model, config)
+        return {**metrics, "init_sha256": shas.get("lidar" if lidar_name else "camera"),
+                "image_init_sha256": shas.get("camera") if lidar_name else None, "train_scenes": len(train),
+                "eval_scenes": len(evaluation), "final_train_loss": last, "steps": len(order),
+                "backbones": {"lidar": lidar_name, "camera": camera_name}}
+
+    @torch.no_grad()
+    def evaluate(self, model: Detector, config: DetectorConfig, evaluation: NuScenesLidarSegDataset,
+                 device: torch.device, folder: Path, spec: TaskSpec, picture: Path | None) -> dict[str, object]:
+        """Predict every sample of the split, write the submission file in ``folder`` and score it with the devkit."""
+        from bench.finetune.plots import plot_detections
+
+        results = {}
+        cameras = "camera" in config.sensors
+        for i, name in enumerate(evaluation.names):
+            sample = evaluation.sensors(name, cameras)
+            boxes = detect(model, config, sample, device)
+            results[name] = submission_entries(name, boxes, sample.lidar_to_global)
+            if i == 0 and picture is not None:
+                plot_detections(sample, boxes, picture, f"{spec.id}: sample {name[:8]}")
+        path = write_submission(folder / "submission.json", results, "+".join(config.sensors))
+        eval_set = SPLITS[evaluation.version][evaluation.split]
+        return evaluate_submission(evaluation.nusc, path, eval_set, folder / "devkit")
