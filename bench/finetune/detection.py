@@ -75,10 +75,11 @@ def detection_backbones(spec: TaskSpec, backbone: str, recipe: FinetuneRecipe) -
 
 # ----------------------------------------------------------------------------------------------- samples
 def sample_boxes(sample: SensorSample, training: bool) -> LidarBoxes:
-    """The sample's ground-truth boxes; for training, only those with LiDAR returns (the devkit scores no other)."""
+    """The sample's ground-truth boxes; for training, only those the devkit scores (with a LiDAR or radar return)."""
     keep = np.ones(len(sample.box_centers), dtype=bool)
     if training and sample.box_lidar_points is not None:
-        keep &= sample.box_lidar_points != 0
+        radar = sample.box_radar_points if sample.box_radar_points is not None else 0
+        keep &= (sample.box_lidar_points + radar) != 0
     velocities = (sample.box_velocities if sample.box_velocities is not None
                   else np.full((len(keep), 2), np.nan))
     return LidarBoxes(sample.box_centers[keep], sample.box_sizes[keep], sample.box_yaws[keep], velocities[keep],

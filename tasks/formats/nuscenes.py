@@ -72,7 +72,8 @@ class SensorSample:
     box_labels: list[str]  # detection class names; "ignore" for objects outside the 10 classes
     box_velocities: np.ndarray | None = None  # (M, 2) m/s in the LiDAR frame; NaN where unknown
     lidar_to_global: np.ndarray | None = None  # (4, 4): where predictions go for the devkit
-    box_lidar_points: np.ndarray | None = None  # (M,) LiDAR returns inside each box (the devkit drops boxes with 0)
+    box_lidar_points: np.ndarray | None = None  # (M,) LiDAR returns inside each box
+    box_radar_points: np.ndarray | None = None  # (M,) radar returns (the devkit drops boxes with neither)
 
     def project(self, view: int) -> tuple[np.ndarray, np.ndarray]:
         """Pixel coordinates (N, 2) of all points in one camera and a mask of those in front of it and inside."""
@@ -190,6 +191,8 @@ class NuScenesLidarSegDataset(SceneDataset):
             box_velocities=velocity[:, :2], lidar_to_global=lidar_to_global,
             box_lidar_points=np.array([self.nusc.get("sample_annotation", b.token)["num_lidar_pts"] for b in boxes],
                                       dtype=np.int64),
+            box_radar_points=np.array([self.nusc.get("sample_annotation", b.token)["num_radar_pts"] for b in boxes],
+                                      dtype=np.int64),
         )
 
 
@@ -249,4 +252,5 @@ def read_mmdet3d_info(pkl: str | Path, index: int = 0) -> SensorSample:
         lidar_to_global=np.asarray(info["ego2global"], dtype=np.float64)
         @ np.asarray(info["lidar_points"]["lidar2ego"], dtype=np.float64),
         box_lidar_points=np.array([inst.get("num_lidar_pts", -1) for inst in info["instances"]], dtype=np.int64),
+        box_radar_points=np.array([inst.get("num_radar_pts", -1) for inst in info["instances"]], dtype=np.int64),
     )

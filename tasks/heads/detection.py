@@ -249,8 +249,9 @@ def decode(heatmap: torch.Tensor, regression: torch.Tensor, grid: BEVGrid, top_k
         y = (row + reg[:, 1]) * grid.cell - grid.extent
         size = reg[:, 3:6].clamp(max=4.0).exp()
         yaw = torch.atan2(reg[:, 6], reg[:, 7])
-        half = torch.maximum(size[:, 0], size[:, 1]) / 2  # axis-aligned bounds of the rotated box
-        bounds = torch.stack([x - half, y - half, x + half, y + half], 1)
+        c, s = yaw.cos().abs(), yaw.sin().abs()  # the rotated box's axis-aligned bounds (length along its heading)
+        hx, hy = (c * size[:, 1] + s * size[:, 0]) / 2, (s * size[:, 1] + c * size[:, 0]) / 2
+        bounds = torch.stack([x - hx, y - hy, x + hx, y + hy], 1)
         kept = batched_nms(bounds, value, cls, nms_iou)
         out.append(LidarBoxes(
             centers=torch.stack([x, y, reg[:, 2]], 1)[kept].cpu().numpy().astype(np.float64),

@@ -81,25 +81,30 @@ class Street:
 def street_motion(street: Street, rng: np.random.Generator, duration: float) -> np.ndarray:
     """Velocities (P, 2) of the street's boxes over a drive of ``duration`` seconds.
 
-    Objects move along their heading (:data:`MOTION`); all movers of one direction share a speed (traffic flows
-    together), and an object that would run into a standing one within ``duration`` stands still too. Everything
-    else (and all stuff) has velocity 0.
+    Objects move along their heading (:data:`MOTION`), the movers of one direction at the same point of their
+    class's speed range; an object that would run into another within ``duration`` (relative motion, box extents
+    included) stands still instead. Everything else (and all stuff) has velocity 0.
     """
     boxes = street.boxes
     velocity = np.zeros((len(boxes), 2))
     objects = np.flatnonzero(boxes.instance >= 0)
-    flow = {d: rng.uniform(0.7, 1.0) for d in (-1, 1)}  # a fraction of each class's top speed, per direction
+    flow = {d: rng.uniform(0.7, 1.0) for d in (-1, 1)}  # where in its class's speed range, per direction
     for b in objects:
         chance, (low, high) = MOTION.get(OUTDOOR_CLASSES[boxes.kind[b]].name, (0.0, (0.0, 0.0)))
         if rng.random() < chance:
             heading = np.array([np.cos(boxes.yaw[b]), np.sin(boxes.yaw[b])])
             velocity[b] = (low + flow[int(np.sign(heading[0]) or 1)] * (high - low)) * heading
     for b in objects[np.linalg.norm(velocity[objects], axis=1) > 0]:
-        path = velocity[b] * duration
-        for o in objects[np.linalg.norm(velocity[objects], axis=1) == 0]:
-            ahead = (boxes.center[o, :2] - boxes.center[b, :2]) @ path / (path @ path)
-            side = abs(np.cross(path / np.linalg.norm(path), boxes.center[o, :2] - boxes.center[b, :2]))
-            if -0.1 < ahead < 1.1 and side < boxes.half[b, 1] + boxes.half[o].max() + 0.3:
+        for o in objects[objects != b]:  # in o's frame of motion, b sweeps a path; o must not lie on it
+            path = (velocity[b] - velocity[o]) * duration
+            span = float(np.linalg.norm(path))
+            if span == 0:
+                continue
+            offset = boxes.center[o, :2] - boxes.center[b, :2]
+            ahead = offset @ path / span
+            side = abs(float(np.cross(path / span, offset)))
+            reach = boxes.half[b, 0] + boxes.half[o, :2].max() + 0.3
+            if -reach < ahead < span + reach and side < boxes.half[b, 1] + boxes.half[o, :2].max() + 0.3:
                 velocity[b] = 0.0
                 break
     return velocity
@@ -108,7 +113,13 @@ def street_motion(street: Street, rng: np.random.Generator, duration: float) -> 
 def make_street(rng: np.random.Generator, length: float = 120.0, n_objects: int = 24,
                 mix: dict[str, float] | None = None) -> Street:
     """A straight street along x: road, sidewalks, terrain, buildings, trees, poles and traffic drawn from ``mix``
-    (default :data:`KITTI_MIX`)."""
+    (default :data:`KITTI_MIX`), objects at least 0.5 m apart along the street.
+
+    The default streets (SemanticKITTI's) keep the spacing rule their published mini numbers were made with, which
+    reads the other object's half-width where its half-length is meant; with a ``mix`` (nuScenes, whose buses and
+    trailers are 8-12 m long) the half-length is used.
+    """
+    legacy_spacing = mix is None
     mix = mix or KITTI_MIX
     items: list[dict] = []
     half_l = length / 2
@@ -157,8 +168,8 @@ def make_street(rng: np.random.Generator, length: float = 120.0, n_objects: int 
             y, z0, yaw = rng.choice([-1, 1]) * rng.uniform(3.2, 3.8), 0.0, rng.uniform(-0.2, 0.2)
         center = np.array([x, y, z0 + h / 2])
         others = [it for it in items if it.get("instance", -1) >= 0]
-        if any(np.linalg.norm(np.asarray(o["center"])[:2] - center[:2]) < (l + 2 * o["half"][1]) / 2 + 0.5
-               for o in others):
+        if any(np.linalg.norm(np.asarray(o["center"])[:2] - center[:2])
+               < l / 2 + o["half"][1 if legacy_spacing else 0] + 0.5 for o in others):
             continue
         add(name, tuple(center), (l / 2, w / 2, h / 2), rng.uniform(0.1, 0.9, 3), yaw=yaw,
             texture=int(rng.integers(0, 3)), instance=instance)
