@@ -113,6 +113,13 @@ class FinetuneRecipe:
     image_backbone: str = "timm:resnet18"
     image_size: tuple[int, int] = (256, 704)
     detection_epochs: int = 20
+    # low-level tasks (nvs, recon): the pre-training preset and steps of the per-scene fit, the size held-out frames
+    # are rendered at (H, W), and the SDF grid marching cubes reads (per axis, over the unit box)
+    fit_preset: str = "indoor"
+    fit_overrides: tuple[str, ...] = ()  # key=value overrides of the fit's pre-training recipe
+    fit_steps: int = 2000
+    nvs_size: tuple[int, int] = (240, 320)
+    mesh_resolution: int = 256
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -125,13 +132,17 @@ class FinetuneRecipe:
 
 # AdamW learns the mini suite in a few hundred steps, where SGD at Pointcept's rate needs thousands
 _MINI_FINETUNE = FinetuneRecipe(epochs=10, batch_size=2, optimizer="adamw", lr=0.005, weight_decay=0.01,
-                                max_points=12_000, image_size=(96, 160), detection_epochs=20)
+                                max_points=12_000, image_size=(96, 160), detection_epochs=20,
+                                fit_preset="indoor-mini", fit_steps=150, nvs_size=(120, 160), mesh_resolution=128)
 FINETUNE_PRESETS: dict[str, FinetuneRecipe] = {
     "reference": FinetuneRecipe(),
     "mini": _MINI_FINETUNE,
     "small": _MINI_FINETUNE,  # mini's fine-tuning; what differs is the ponder init's pre-training (20x longer)
     "tiny": FinetuneRecipe(epochs=2, batch_size=2, optimizer="adamw", lr=0.005, weight_decay=0.01,
-                           max_points=3_000, image_size=(64, 96), detection_epochs=2),  # tests
+                           max_points=3_000, image_size=(64, 96), detection_epochs=2, fit_preset="indoor-mini",
+                           fit_steps=2, nvs_size=(24, 32), mesh_resolution=32,  # tests
+                           fit_overrides=("views=2", "rays_per_view=128", "grid=(24, 24, 8)", "n_uniform=24",
+                                          "n_importance=8", "unet_levels=2", "volume_channels=16")),
 }
 # the pre-training each fine-tuning preset's ponder init gets: (recipe preset of the mode, overrides)
 PRETRAIN_FOR_FINETUNE: dict[str, tuple[str, tuple[str, ...]]] = {

@@ -49,6 +49,7 @@ class TaskSpec:
     # and the recipe's image backbone)
     sensors: tuple[Sensor, ...] = ("lidar",)
     beside: tuple[str, ...] = ()  # metrics (fractions) the leaderboard shows beside the main score
+    unit: Literal["%", "dB"] = "%"  # the main score: a fraction shown in percent, or decibels shown as they are
 
     def __post_init__(self) -> None:
         for name, allowed in (("task_type", get_args(TaskType)), ("protocol", get_args(Protocol)),
@@ -153,3 +154,22 @@ for track, title, ref, sensors in (("lidar", "LiDAR", 70.6, ("lidar",)),
         protocol_value=None, domain="outdoor", reference=ref, sensors=sensors, beside=("mAP",),
         note="CenterPoint-style BEV head; scored by nuscenes-devkit's DetectionEval (NDS, mAP in %) on the "
              "devkit's val split (mini_val for v1.0-mini)"))
+
+# Low-level tasks: a Ponder model fitted to each scene's training frames; its held-out frames (the contract's rule)
+# are rendered (nvs), its SDF meshed (recon). Their own leaderboard table: their metrics are not class scores.
+NVS_METRICS = ("PSNR", "SSIM", "AbsRel", "RMSE", "delta1")
+RECON_METRICS = ("fscore", "precision", "recall", "accuracy", "completeness", "chamfer_l1")
+LOWLEVEL_TYPES = ("nvs", "recon")
+for short, dataset, loader, split, where in (
+        ("7scenes", "7scenes-rgbd", "rgbd-folder", "heldout", "the real 7-Scenes frames of ../shared/data"),
+        ("scannet", "scannet", "scannet-rgbd", "test", "the RGB-D frames of the ScanNet test scenes")):
+    for task_type, metrics, main, unit, what in (
+            ("nvs", NVS_METRICS, "PSNR", "dB", "novel-view synthesis: held-out frames rendered (PSNR, SSIM, depth)"),
+            ("recon", RECON_METRICS, "fscore", "%", "3D reconstruction: the SDF's mesh vs the reference, F-score "
+                                                    "at 5 cm")):
+        register_task(TaskSpec(
+            id=f"{task_type}-{short}", version=1, title=f"{what.split(':')[0]}, {where}", dataset=dataset,
+            loader=loader, train_split=split, eval_split=split, task_type=task_type, classes=(), ignore_index=-1,
+            metrics=metrics, main_score=main, higher_is_better=True, protocol="full", protocol_value=None,
+            domain="indoor", reference=None, unit=unit,
+            note=f"{what}; a Ponder model fitted per scene to its training frames (the held-out rule keeps every 5th)"))

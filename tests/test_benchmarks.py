@@ -447,14 +447,15 @@ def test_slurm_pretraining_is_a_job_and_its_failure_fails_the_runs(tiny_root: Pa
 
 def test_the_backbone_may_learn_slower_than_the_head() -> None:
     from backbones.registry import create_backbone
-    from bench.finetune.engine import _optimizer
+    from bench.finetune.engine import make_optimizer
     from tasks.heads.segmentation import SegmentationModel
 
     model = SegmentationModel(create_backbone("spunet-micro"), 16, 5)
     recipe = replace(FINETUNE_PRESETS["tiny"], backbone_lr_scale=0.1)
-    optimizer, peaks = _optimizer(model, recipe)
+    optimizer, peaks = make_optimizer(model, recipe)
     backbone, head = optimizer.param_groups
     assert peaks == [pytest.approx(recipe.lr * 0.1), recipe.lr]
     assert len(head["params"]) == 2 and len(backbone["params"]) == len(list(model.backbone.parameters()))
-    probe, peaks = _optimizer(SegmentationModel(create_backbone("spunet-micro"), 16, 5, freeze_backbone=True), recipe)
+    frozen = SegmentationModel(create_backbone("spunet-micro"), 16, 5, freeze_backbone=True)
+    probe, peaks = make_optimizer(frozen, recipe)
     assert len(probe.param_groups) == 1 and peaks == [recipe.lr]  # a frozen backbone has nothing to train

@@ -116,3 +116,30 @@ def test_unreadable_or_foreign_records_are_named(tmp_path: Path) -> None:
     shutil.rmtree(tmp_path / "results")
     with pytest.raises(ResultsError, match="no results folder"):
         load_results()
+
+
+def test_lowlevel_tasks_have_a_table_of_their_own(tmp_path: Path) -> None:
+    """PSNR is in dB and F-score a fraction: the low-level tasks get their own table, every metric in its unit,
+    and stay out of the overall and gain tables of class scores."""
+    results = tmp_path / "results"
+    for seed in range(3):
+        write_record(results, _record("scannet-semseg", "scratch", seed, 0.4))
+        for init, psnr, fscore in (("scratch", 18.0, 0.40), ("ponder", 19.0, 0.45)):
+            nvs = {"PSNR": psnr + 0.1 * seed, "SSIM": 0.6, "AbsRel": 0.1, "RMSE": 0.2, "delta1": 0.8}
+            recon = {"fscore": fscore, "precision": 0.5, "recall": 0.4, "accuracy": 0.05, "completeness": 0.07,
+                     "chamfer_l1": 0.06}
+            for task, metrics, score in (("nvs-scannet", nvs, "PSNR"), ("recon-scannet", recon, "fscore")):
+                write_record(results, RunRecord(
+                    task=task, task_version=get_task(task).version, backbone="spunet-mini", init=init,
+                    protocol="full", seed=seed, status="ok", main_score=score, main_value=metrics[score],
+                    metrics=metrics, per_class={}, wall_s=1.0, git_sha="abc"))
+    tables = leaderboard(results, tmp_path / "tables")
+    assert list(tables["overall"].columns) == ["backbone / init", "scannet-semseg"]
+    assert "gain" not in tables or not any("nvs" in c or "recon" in c for c in tables["gain"].columns)
+    low = tables["lowlevel"].set_index(["task", "init"])
+    assert low.loc[("nvs-scannet", "ponder"), "PSNR (dB)"] == "19.10 ± 0.10"
+    assert low.loc[("nvs-scannet", "scratch"), "delta1 (%)"] == "80.0 ± 0.0"
+    assert low.loc[("recon-scannet", "ponder"), "fscore (%)"] == "45.0 ± 0.0"
+    assert low.loc[("recon-scannet", "ponder"), "chamfer_l1 (cm)"] == "6.0 ± 0.0"
+    page = (tmp_path / "tables" / "index.html").read_text()
+    assert "Low-level tasks" in page

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from backbones.registry import create_backbone, get_backbone_config
 from backbones.structures import PointBatch
-from bench.finetune.engine import _optimizer, epoch_order, precise_batchnorm, register_task_type
+from bench.finetune.engine import epoch_order, make_optimizer, optimizer_step, precise_batchnorm, register_task_type
 from bench.finetune.exports import NotApplicable, load_export
 from bench.optim import one_cycle
 from bench.recipes import FinetuneRecipe
@@ -210,7 +210,7 @@ class Detection:
         model.to(dev)
         if len(train) == 0 or len(evaluation) == 0:
             raise ValueError(f"task {spec.id}: {len(train)} training and {len(evaluation)} evaluation samples")
-        optimizer, peaks = _optimizer(model, recipe)
+        optimizer, peaks = make_optimizer(model, recipe)
         steps = recipe.detection_epochs * math.ceil(len(train) / recipe.batch_size)
         scheduler = one_cycle(optimizer, peaks, steps, recipe.pct_start)
         order = epoch_order(rng, len(train), steps * recipe.batch_size).reshape(-1, recipe.batch_size)
@@ -221,13 +221,7 @@ class Detection:
             batch, truth = make_batch(samples, config, rng)
             heatmap, regression = model(batch.to(dev))
             loss = detection_loss(heatmap, regression, [head_targets(t, config.grid) for t in truth])["total"]
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"task {spec.id}: non-finite detection loss")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            last = float(loss.detach())
+            last = optimizer_step(loss, optimizer, scheduler, spec.id)
         stats_rng = np.random.default_rng(seed + 1)
         picked = sorted(stats_rng.permutation(len(train))[:BN_SAMPLES].tolist())
         precise_batchnorm(model, (make_batch([train.sensors(train.names[i], cameras)], config, stats_rng)[0].to(dev)

@@ -94,6 +94,7 @@ def register_task_type(task_type: str) -> Callable[[type], type]:
 def task_part(spec: TaskSpec) -> TaskPart | SampleTask:
     import bench.finetune.detection  # noqa: F401  (registers the built-in parts)
     import bench.finetune.insseg  # noqa: F401
+    import bench.finetune.lowlevel  # noqa: F401
     import bench.finetune.semseg  # noqa: F401
 
     if not spec.runnable or spec.task_type not in TASK_TYPES:
@@ -159,7 +160,21 @@ def epoch_order(rng: np.random.Generator, scenes: int, draws: int) -> np.ndarray
     return np.concatenate([rng.permutation(scenes) for _ in range(passes)])[:draws]
 
 
-def _optimizer(model: torch.nn.Module, recipe: FinetuneRecipe) -> tuple[torch.optim.Optimizer, list[float]]:
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+                   scheduler: torch.optim.lr_scheduler.LRScheduler, task: str) -> float:
+    """One step on ``loss`` (refused when it is not finite: training on garbage is worse than stopping); returns
+    its value."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"task {task}: non-finite fine-tuning loss")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    return float(loss.detach())
+
+
+def make_optimizer(model: torch.nn.Module, recipe: FinetuneRecipe
+                   ) -> tuple[torch.optim.Optimizer, list[float]]:
     """The recipe's optimiser over the trainable parameters, the backbone's at ``lr x backbone_lr_scale``;
     returns it with each group's peak learning rate."""
     backbone = getattr(model, "backbone", None)  # a task model without one trains as one group
@@ -233,7 +248,7 @@ def fit_and_evaluate(spec: TaskSpec, backbone_name: str, train: Sequence[Scene],
     stats_clouds = batchnorm_clouds(train, ctx.domain, voxel, recipe.max_points, seed)
     if linear_probe:
         precise_batchnorm(model.backbone, cloud_inputs(stats_clouds, ctx.device))
-    optimizer, peaks = _optimizer(model, recipe)
+    optimizer, peaks = make_optimizer(model, recipe)
     steps_per_epoch = steps_per_epoch or math.ceil(len(train) / recipe.batch_size)
     scheduler = one_cycle(optimizer, peaks, recipe.epochs * steps_per_epoch, recipe.pct_start)
     model.train()
@@ -251,13 +266,7 @@ def fit_and_evaluate(spec: TaskSpec, backbone_name: str, train: Sequence[Scene],
         if loss is None:
             scheduler.step()
             continue
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"task {spec.id}: non-finite fine-tuning loss")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        last_loss = float(loss.detach())
+        last_loss = optimizer_step(loss, optimizer, scheduler, spec.id)
     precise_batchnorm(model, cloud_inputs(stats_clouds, ctx.device),  # -> eval mode
                       keep=model.backbone if linear_probe else None)
     metrics = part.evaluate(model, evaluation, ctx)

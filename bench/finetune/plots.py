@@ -107,3 +107,51 @@ def plot_boxes_on_camera(sample: SensorSample, view: int, boxes: Sequence[tuple[
     ax.set(xlim=(0, w), ylim=(h, 0), title=title)
     ax.axis("off")
     save_figure(fig, path)
+
+
+def plot_heldout_strip(frames: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], path: Path,
+                       title: str) -> None:
+    """One row per held-out frame: real colour, rendered colour, rendered depth beside the real one, and the
+    colour error (mean absolute, per pixel)."""
+    fig, axes = plt.subplots(len(frames), 4, figsize=(13, 2.6 * len(frames)), squeeze=False)
+    top = max(float(np.max(f[2])) for f in frames) or 1.0
+    for row, (real, rendered, real_depth, depth) in zip(axes, frames, strict=True):
+        error = np.abs(rendered - real).mean(-1)
+        panels = ((real, "real", {}), (rendered, "rendered", {}),
+                  (np.concatenate([depth, real_depth], 1), "depth: rendered | real (m)",
+                   {"cmap": "viridis", "vmin": 0, "vmax": top}),
+                  (error, "|colour error|", {"cmap": "magma", "vmin": 0, "vmax": 0.5}))
+        for ax, (image, name, style) in zip(row, panels, strict=True):
+            shown_image = ax.imshow(image, **style)
+            ax.set_title(name, fontsize=9)
+            ax.axis("off")
+            if style:
+                fig.colorbar(shown_image, ax=ax, fraction=0.03)
+    fig.suptitle(title)
+    save_figure(fig, path)
+
+
+def plot_mesh(vertices: np.ndarray, faces: np.ndarray, path: Path, title: str, max_faces: int = 20_000) -> None:
+    """The mesh seen from above and from an oblique corner, Lambert-shaded by its face normals (at most
+    ``max_faces`` faces drawn, an even subsample)."""
+    from mpl_toolkits.mplot3d.art3d import Poly3DCollection
+
+    if len(faces) > max_faces:
+        faces = faces[np.linspace(0, len(faces) - 1, max_faces).astype(int)]
+    triangles = vertices[faces]
+    normals = np.cross(triangles[:, 1] - triangles[:, 0], triangles[:, 2] - triangles[:, 0])
+    normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
+    light = np.array([0.4, 0.3, 0.87])
+    shade = 0.25 + 0.75 * np.abs(normals @ (light / np.linalg.norm(light)))
+    colours = np.c_[np.repeat(shade[:, None], 3, 1) * np.array([0.75, 0.8, 0.9]), np.ones(len(shade))]
+    lo, hi = vertices.min(0), vertices.max(0)
+    fig = plt.figure(figsize=(12, 6))
+    for i, (elev, azim, name) in enumerate(((89, -90, "from above"), (35, -60, "oblique"))):
+        ax = fig.add_subplot(1, 2, i + 1, projection="3d")
+        ax.add_collection3d(Poly3DCollection(triangles, facecolors=colours, linewidths=0))
+        ax.set(xlim=(lo[0], hi[0]), ylim=(lo[1], hi[1]), zlim=(lo[2], hi[2]), title=name)
+        ax.set_box_aspect(hi - lo)
+        ax.view_init(elev=elev, azim=azim)
+        ax.set_axis_off()
+    fig.suptitle(title)
+    save_figure(fig, path)

@@ -26,7 +26,8 @@ from bench.matrix.records import Status  # noqa: E402
 from bench.matrix.report import shown, write_report  # noqa: E402
 from bench.matrix.results import ResultsError, load_results  # noqa: E402
 from tasks.io import atomic_write  # noqa: E402
-from tasks.spec import get_task, list_tasks  # noqa: E402
+from tasks.metrics.lowlevel import DISPLAY  # noqa: E402
+from tasks.spec import LOWLEVEL_TYPES, get_task, list_tasks  # noqa: E402
 
 REFERENCE = "PonderV2 paper (reference)"
 BASELINES = ("scratch", "random")  # what ponder is compared with: fine-tuned from random init | frozen random init
@@ -39,8 +40,11 @@ def _fmt(mean: float, std: float, n: int) -> str:
 
 
 def _stats(ok: pd.DataFrame, column: str) -> pd.DataFrame:
-    """Mean, sd and count over seeds of ``column`` (a fraction, shown in %) per task, backbone, init, protocol."""
-    rows = ok.dropna(subset=[column]).assign(score=lambda d: d[column].astype(float) * 100)
+    """Mean, sd and count over seeds of ``column`` per task, backbone, init, protocol: in % (a fraction), or as it
+    is when it is the main score of a task whose unit is dB."""
+    factor = [1.0 if column == "main_value" and get_task(t).unit == "dB" else 100.0 for t in ok["task"]]
+    rows = ok.dropna(subset=[column]).assign(score=lambda d: d[column].astype(float)
+                                             * pd.Series(factor, index=ok.index).loc[d.index])
     stats = (rows.groupby(["task", "backbone", "init", "protocol"], sort=True)["score"]
              .agg(mean="mean", std="std", n="count").reset_index())
     stats["std"] = stats["std"].fillna(0.0)
@@ -51,7 +55,11 @@ def _stats(ok: pd.DataFrame, column: str) -> pd.DataFrame:
 
 def build_tables(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """The tables from :func:`load_results`' frame. A task's ``beside`` metrics (detection's mAP beside its NDS)
-    get columns of their own, in its table and in the overall one."""
+    get columns of their own, in its table and in the overall one. The low-level tasks (novel views,
+    reconstruction) have a table of their own, ``lowlevel``, instead of columns in the overall and gain tables."""
+    lowlevel = frame["task"].map(lambda t: get_task(t).task_type in LOWLEVEL_TYPES).astype(bool)
+    low = lowlevel_table(frame[lowlevel & (frame.status == "ok")]) if lowlevel.any() else None
+    frame_all, frame = frame, frame[~lowlevel]
     ok = frame[frame.status == "ok"].copy()
     stats = _stats(ok, "main_value")
     key = ["task", "backbone", "init", "protocol"]
@@ -85,9 +93,27 @@ def build_tables(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
         tables["overall"] = overall.reset_index().rename(columns={"row": "backbone / init"})
         if set(stats["init"]) - set(BASELINES) and set(BASELINES) & set(stats["init"]):
             tables["gain"] = gain_table(frame)
-    status = frame.groupby(["task", "status"]).size().unstack(fill_value=0)
+    if low is not None:
+        tables["lowlevel"] = low
+    status = frame_all.groupby(["task", "status"]).size().unstack(fill_value=0)
     tables["status"] = status.reindex(columns=list(get_args(Status)), fill_value=0).astype("int64").reset_index()
     return tables
+
+
+def lowlevel_table(ok: pd.DataFrame) -> pd.DataFrame:
+    """One row per low-level task, backbone and init: every metric's mean ± sd over seeds, in its unit."""
+    rows = []
+    for (task, backbone, init), runs in ok.groupby(["task", "backbone", "init"], sort=True):
+        row = {"task": task, "backbone": backbone, "init": init, "n": len(runs)}
+        for metric in get_task(task).metrics:
+            factor, unit, decimals = DISPLAY[metric]
+            values = runs[metric].astype(float) * factor
+            spread = f" ± {values.std():.{decimals}f}" if len(values) > 1 else ""
+            row[f"{metric} ({unit})" if unit else metric] = f"{values.mean():.{decimals}f}{spread}"
+        rows.append(row)
+    columns = ["task", "backbone", "init", "n"]
+    table = pd.DataFrame(rows)
+    return table[columns + [c for c in table.columns if c not in columns]].fillna("–") if rows else table
 
 
 def gain_table(frame: pd.DataFrame) -> pd.DataFrame:

@@ -68,6 +68,11 @@ def render_report(tables: dict[str, pd.DataFrame], frame: pd.DataFrame, pictures
                   "seed: mean ± sd of the differences; "
                   "<b>*</b> where a paired t-test over the seeds gives p &lt; 0.05 (beyond the seed noise).</p>",
                   _table(tables["gain"])]
+    if "lowlevel" in tables:
+        parts += ["<h2>Low-level tasks: novel views and reconstruction</h2>",
+                  '<p class="note">a Ponder model fitted per scene (from scratch or from the pre-trained backbone); '
+                  "every metric in its own unit, mean ± sd over seeds.</p>", _table(tables["lowlevel"])]
+        parts += [_image(p) for task in sorted(set(tables["lowlevel"]["task"])) for p in pictures.get(task, [])]
     for name in sorted(n for n in tables if n.startswith("task_")):
         task = name[5:]
         parts += [f'<h2 id="{html.escape(task)}">{html.escape(task)}</h2>', _table(tables[name])]

@@ -165,7 +165,7 @@ def _camera_sample(scene: Scene, recipe, voxel_size: float, rng: np.random.Gener
         raise UnusableScene(f"{scene.name}: no pixel with valid depth in the chosen views")
     sample = PretrainSample(scene.name, spec, rays, labels_known=labels is not None,
                             metres_per_unit=1.0 / norm.scale,
-                            preview=_camera_preview(views, recipe.render_size) if with_preview else None)
+                            preview=camera_preview(views, recipe.render_size) if with_preview else None)
     if recipe.mode == "image":
         return _with_images(sample, views, recipe, rng)
     ends = (rays.origins + rays.directions * rays.depth[:, None]).numpy()
@@ -207,7 +207,8 @@ def _pixel_labels(scene: Scene, views: PosedViews) -> np.ndarray:
     return labels
 
 
-def _camera_preview(views: PosedViews, size: tuple[int, int]) -> Preview:
+def camera_preview(views: PosedViews, size: tuple[int, int]) -> Preview:
+    """The first view at ``size`` (h, w): a ray through every pixel, its colour and its depth along the ray."""
     from renderer.rays import pixel_rays
 
     h, w = size

@@ -77,7 +77,11 @@ class Pretrainer:
     """One pre-training run in ``run_dir`` (created; with ``resume`` the latest checkpoint there is continued)."""
 
     def __init__(self, recipe: PretrainRecipe, data: str | Path, run_dir: str | Path, device: str = "cpu",
-                 resume: bool = False, progress: bool = True) -> None:
+                 resume: bool = False, progress: bool = True, source: SceneSource | None = None,
+                 init: str | Path | None = None) -> None:
+        """``source``: scenes given directly instead of opened from ``data`` (which then only names them);
+        ``init``: a pre-trained export loaded into the backbone before training (the low-level tasks fit a
+        Ponder model to one scene from scratch or from such an export)."""
         self.recipe, self.data, self.run_dir = recipe, Path(data), Path(run_dir)
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         if self.world > 1 and not dist.is_initialized():
@@ -88,10 +92,17 @@ class Pretrainer:
         self.device = torch.device(device)
         self.progress = progress and self.rank == 0
         torch.manual_seed(recipe.seed)  # identical initial weights on every rank
-        self.source: SceneSource = open_source(self.data, recipe.mode)
+        self.source: SceneSource = source or open_source(self.data, recipe.mode)
         config = get_backbone_config(recipe.backbone)
         self.voxel = voxel_size(recipe.domain, config.voxel_size)
-        self.model = PonderModel(recipe, self.source.class_names).to(self.device)
+        self.model = PonderModel(recipe, self.source.class_names)
+        if init is not None:
+            from bench.finetune.exports import load_export
+            from tasks.contract import in_channels
+
+            channels = 3 if config.modality == "2d" else in_channels(recipe.domain)
+            load_export(self.model.backbone, init, recipe.backbone, channels)
+        self.model.to(self.device)
         self.ddp = (nn.parallel.DistributedDataParallel(self.model, find_unused_parameters=True)
                     if self.world > 1 else None)
         self.steps_per_epoch = recipe.steps_per_epoch or math.ceil(len(self.source) / (recipe.batch_size * self.world))

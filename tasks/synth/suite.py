@@ -11,6 +11,8 @@ from tqdm import tqdm
 from tasks.formats.s3dis import write_s3dis_room
 from tasks.formats.scannet import write_scannet_frames, write_scannet_scene
 from tasks.formats.semantickitti import write_semantickitti_scan, write_semantickitti_sequence_meta
+from tasks.metrics.lowlevel import write_mesh
+from tasks.synth.geometry import sample_surface
 from tasks.synth.indoor import TO_S3DIS, TO_SCANNET20, TO_SCANNET200, make_room, room_cloud, room_views
 from tasks.synth.nuscenes_tables import NuScenesWriter
 from tasks.synth.outdoor import NUSCENES_MIX, OUTDOOR_CLASSES, make_street, scan_lidar
@@ -19,6 +21,7 @@ from tasks.synth.outdoor import NUSCENES_MIX, OUTDOOR_CLASSES, make_street, scan
 NUSCENES_MINI_TRAIN = ("scene-0061", "scene-0553", "scene-0655", "scene-0757", "scene-0796", "scene-1077",
                        "scene-1094", "scene-1100")
 NUSCENES_MINI_VAL = ("scene-0103", "scene-0916")
+REFERENCE_DENSITY = 2500.0  # points per m^2 of a generated room's exact surface (2 cm apart)
 
 
 @dataclass(frozen=True)
@@ -37,15 +40,16 @@ class SuiteSize:
     nuscenes_scenes: tuple[int, int]  # train, val
     nuscenes_samples: int
     camera_size: tuple[int, int]
+    test_views: int  # RGB-D frames of each ScanNet test scene (the low-level tasks fit and render them)
 
 
 SUITES = {
     "tiny": SuiteSize((2, 1, 1), 6, (4.0, 6.5), 150.0, 3, (64, 48), {1: 1, 2: 1, 5: 1}, {0: 2, 8: 1}, 256, (1, 1), 2,
-                      (64, 36)),
+                      (64, 36), 10),
     # mini: enough training scenes that LR1/5/10/20 differ (1, 3, 6 and 12 of 60), sparse enough (100 points
     # per m^2, spunet-mini's 10 cm voxels) that a from-scratch fine-tune learns them on 2 cores in about a minute
-    "mini": SuiteSize((60, 10, 2), 12, (4.0, 5.5), 100.0, 4, (160, 120), {1: 12, 2: 12, 3: 12, 4: 12, 6: 12, 5: 10},
-                      {0: 40, 8: 5}, 1080, (6, 2), 4, (160, 90)),
+    "mini": SuiteSize((60, 10, 1), 12, (4.0, 5.5), 100.0, 4, (160, 120), {1: 12, 2: 12, 3: 12, 4: 12, 6: 12, 5: 10},
+                      {0: 40, 8: 5}, 1080, (6, 2), 4, (160, 90), 20),
 }
 
 
@@ -105,7 +109,11 @@ def _write_scannet(root: Path, index: int, size: SuiteSize, rng: np.random.Gener
     if split == "test":  # the benchmark's test split ships without labels
         arrays = {k: v for k, v in arrays.items() if k not in ("segment20", "segment200", "instance")}
     write_scannet_scene(root, split, name, arrays)
-    write_scannet_frames(root / "rgbd" / name, room_views(room, size.views_per_room, *size.view_size, rng))
+    views = size.test_views if split == "test" else size.views_per_room
+    write_scannet_frames(root / "rgbd" / name, room_views(room, views, *size.view_size, rng))
+    if split == "test":  # the exact surface, where ScanNet keeps a scene's mesh: the reconstruction reference
+        surface, _, _ = sample_surface(room.boxes, REFERENCE_DENSITY, rng)
+        write_mesh(root / "scans" / name / f"{name}_vh_clean_2.ply", surface, np.zeros((0, 3), dtype=np.int64))
 
 
 def _write_s3dis(root: Path, area: int, index: int, size: SuiteSize, rng: np.random.Generator) -> None:

@@ -1,0 +1,273 @@
+"""The low-level tasks: novel-view synthesis and 3D reconstruction by a Ponder model fitted to one scene.
+
+For every scene of the task's split, the Ponder model (backbone + volume + renderer; from scratch or from a
+pre-trained export) is fitted by rendering to the scene's training frames: the input cloud is fused from those
+frames, and the frames the contract's held-out rule keeps back are never seen. Then:
+
+* ``nvs``: every held-out frame is rendered whole at the recipe's ``nvs_size``, and its colour and depth are scored
+  against the real frame (PSNR, SSIM, AbsRel, RMSE, delta < 1.25; :mod:`tasks.metrics.lowlevel`).
+* ``recon``: the learned SDF is sampled on a grid over the scene, its zero level set meshed with marching cubes and
+  written as ``mesh.ply``; points sampled on it are scored against the reference surface: the scene's mesh where the
+  dataset has one (``scans/<scene>/<scene>_vh_clean_2.ply``, as ScanNet ships it; exact for generated rooms), else
+  the cloud fused from all its depth frames (7-Scenes). Predicted points farther than 5 cm outside the reference's
+  bounding box are culled first (the papers cull to the observed region).
+
+Both tasks of one scene, backbone, init and seed share one fit (``results/runs/fits/``), made by the pre-training
+engine (checkpointed, resumable).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from backbones.registry import get_backbone_config
+from bench.finetune.engine import precise_batchnorm, register_task_type
+from bench.finetune.exports import NotApplicable
+from bench.pretrain.data import HELDOUT_EPOCH, PretrainSample, SceneSource, build_sample, camera_preview
+from bench.pretrain.engine import Pretrainer
+from bench.pretrain.model import PonderModel, sample_to
+from bench.recipes import FinetuneRecipe, PretrainRecipe, get_recipe
+from renderer.rays import RayBundle, near_far_from_box
+from tasks.contract import UNIT_BOX, split_heldout, voxel_size
+from tasks.errors import DataFormatError
+from tasks.formats.rgbd_frames import fuse_views
+from tasks.metrics.lowlevel import (
+    depth_errors,
+    mesh_from_sdf,
+    psnr,
+    read_mesh,
+    reconstruction_scores,
+    sample_surface,
+    ssim,
+    write_mesh,
+)
+from tasks.spec import TaskSpec
+from tasks.structures import PosedViews, Scene
+from tasks.transforms import Similarity, normalize_to_unit_cube
+
+log = logging.getLogger(__name__)
+
+FUSE_VOXEL = 0.01  # metres: the reference cloud fused from depth frames
+REFERENCE_DENSITY = 4_000  # points per m^2 sampled on a reference or predicted mesh (1.6 cm apart)
+
+
+@dataclass
+class LowLevelScene:
+    """One scene of a low-level task: the training frames' cloud (with those frames), the held-out frames, and
+    where its reference surface comes from."""
+
+    name: str
+    train: Scene
+    heldout: PosedViews
+    all_views: PosedViews
+    mesh: Path | None  # the dataset's surface mesh, if it has one
+
+
+def lowlevel_scenes(spec: TaskSpec, data_root: str | Path, fuse_voxel: float = 0.02) -> list[LowLevelScene]:
+    """The scenes of the task's evaluation split, each split into training and held-out frames."""
+    from tasks.formats.rgbd_folder import RGBDFolder
+    from tasks.formats.scannet import ScanNetDataset, read_scannet_frames
+
+    root = Path(data_root) / spec.dataset
+    if spec.loader == "rgbd-folder":
+        folder = RGBDFolder(root)
+        captures = [(root.name, folder.views(), None)]
+    elif spec.loader == "scannet-rgbd":
+        names = ScanNetDataset(root, spec.eval_split).names
+        captures = [(n, read_scannet_frames(root / "rgbd" / n), root / "scans" / n / f"{n}_vh_clean_2.ply")
+                    for n in names if (root / "rgbd" / n).is_dir()]
+    else:
+        raise ValueError(f"task {spec.id}: loader {spec.loader!r} is not a low-level scene loader")
+    scenes = []
+    for name, views, mesh in captures:
+        train, held = split_heldout(list(range(len(views))))
+        if not held:
+            log.warning("%s: %d frames, none held out by the contract's rule; skipped", name, len(views))
+            continue
+        cloud = fuse_views(views.select(train), name, fuse_voxel, 2)
+        scenes.append(LowLevelScene(name, replace(cloud, views=views.select(train)), views.select(held), views,
+                                    mesh if mesh is not None and mesh.is_file() else None))
+    if not scenes:
+        raise DataFormatError(root, f"no scene of split {spec.eval_split!r} with held-out RGB-D frames")
+    return scenes
+
+
+def fit_recipe(recipe: FinetuneRecipe, backbone: str, seed: int) -> PretrainRecipe:
+    """The pre-training recipe of a fit: the recipe's ``fit_preset`` with its ``fit_overrides``, ``fit_steps`` steps
+    on one scene, the whole cloud as input (no crop, no masking: the fit represents the scene, and is evaluated on
+    the input it was fitted on)."""
+    return get_recipe(recipe.fit_preset, [*recipe.fit_overrides, f"backbone={backbone}", "epochs=1",
+                                          f"steps_per_epoch={recipe.fit_steps}", "render_every=0", f"seed={seed}",
+                                          "max_points=None", "mask_ratio=0.0"])
+
+
+def fit_scene(scene: LowLevelScene, backbone: str, recipe: FinetuneRecipe, seed: int, init: str | Path | None,
+              cache: Path, device: str) -> tuple[PonderModel, float]:
+    """A Ponder model fitted to the scene's training frames (or the finished fit of the same key in ``cache``), and
+    its final rendering loss."""
+    label = (_sha(init) or "scratch")[:12]
+    pretrain = fit_recipe(recipe, backbone, seed)
+    digest = hashlib.sha256(repr(pretrain).encode()).hexdigest()[:8]  # another fit recipe: another folder
+    run_dir = cache / f"{scene.name}-{backbone.replace(':', '_')}-{label}-seed{seed}-{digest}"
+    source = SceneSource(run_dir, "scene", [scene.name], lambda i: scene.train)
+    trainer = Pretrainer(pretrain, run_dir, run_dir, device, resume=True, progress=False, source=source, init=init)
+    result = trainer.run()
+    return trainer.model.eval(), float(result.last_losses.get("total", float("nan")))
+
+
+def volume_sample(model: PonderModel, scene: LowLevelScene, device: torch.device) -> tuple[PretrainSample, Similarity]:
+    """The fitted model's input for the whole training cloud and the map to its unit cube. The model's BatchNorm
+    statistics are set to this input's (training leaves running averages that lag behind, momentum 0.01)."""
+    voxel = voxel_size("indoor", get_backbone_config(model.recipe.backbone).voxel_size)
+    sample = sample_to(build_sample(scene.train, model.recipe, voxel, HELDOUT_EPOCH, 0, augment=False), device)
+    precise_batchnorm(model, [sample])
+    _, norm = normalize_to_unit_cube(scene.train)
+    return sample, norm
+
+
+@torch.no_grad()
+def render_view(model: PonderModel, sample: PretrainSample, view: PosedViews, norm: Similarity,
+                size: tuple[int, int], device: torch.device) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(real rgb, rendered rgb, real depth, rendered depth) of one frame at ``size`` (h, w); depths in metres
+    along the ray, 0 where the real frame has none."""
+    preview = camera_preview(norm.apply_views(view), size)
+    origins, directions = preview.origins.to(device), preview.directions.to(device)
+    near, far, _ = near_far_from_box(origins, directions, *UNIT_BOX, near_min=0.01)
+    rays = RayBundle(origins, directions, near, torch.maximum(far, near + 1e-3),
+                     torch.zeros(len(origins), dtype=torch.long, device=device))
+    rgb, depth = model.render(sample, rays)
+    h, w = size
+    return (preview.rgb, rgb.reshape(h, w, 3).clamp(0, 1).cpu().numpy(), preview.depth / norm.scale,
+            depth.reshape(h, w).cpu().numpy() / norm.scale)
+
+
+@torch.no_grad()
+def sdf_grid(model: PonderModel, sample: PretrainSample, resolution: int, device: torch.device
+             ) -> tuple[np.ndarray, np.ndarray, float]:
+    """The fitted SDF on a ``resolution``^3 grid over the unit box: values (X, Y, Z), first sample, spacing."""
+    lo, hi = np.array(UNIT_BOX[0]), np.array(UNIT_BOX[1])
+    axis = np.linspace(lo[0], hi[0], resolution)
+    spacing = float(axis[1] - axis[0])
+    sdf_volume, color_volume = model.volumes(sample)
+    field = model.field.bind(sdf_volume, color_volume, sample.spec)
+    grid = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+    values = []
+    for start in range(0, len(grid), 65_536):
+        points = torch.from_numpy(grid[start:start + 65_536]).float().to(device)[:, None]  # (rays, 1 sample, 3)
+        values.append(field.sdf(points, torch.zeros(len(points), dtype=torch.long, device=device), False)[0]
+                      .reshape(-1).cpu().numpy())
+    return np.concatenate(values).reshape((resolution,) * 3), lo, spacing
+
+
+def reference_points(scene: LowLevelScene, rng: np.random.Generator) -> np.ndarray:
+    """The reference surface: points on the dataset's mesh (its vertices, when it is a point cloud), or the cloud
+    fused from all depth frames."""
+    if scene.mesh is not None:
+        vertices, faces = read_mesh(scene.mesh)
+        return sample_surface(vertices, faces, REFERENCE_DENSITY, rng) if len(faces) else vertices
+    return fuse_views(scene.all_views, scene.name, FUSE_VOXEL, 2).coord.astype(np.float64)
+
+
+def to_world(points: np.ndarray, norm: Similarity) -> np.ndarray:
+    """Points of the unit cube back in the scene's frame (the inverse of ``norm``)."""
+    return (points - norm.translation) @ norm.rotation / norm.scale
+
+
+class _LowLevel(ABC):
+    """What both low-level tasks share: the scenes, the fits, the artifacts folder; ``score`` is the task's own."""
+
+    def finetune(self, spec: TaskSpec, backbone_name: str, data_root: str | Path, *, seed: int,
+                 recipe: FinetuneRecipe, init: str | Path | None, image_init: str | Path | None, linear_probe: bool,
+                 device: str, progress: bool, picture: Path | None, artifacts: Path | None) -> dict[str, object]:
+        from backbones.registry import get_backbone_config
+
+        if linear_probe:
+            raise NotApplicable(f"{spec.id}: a low-level task fits the whole model to a scene; there is no probe")
+        if get_backbone_config(backbone_name).modality != "3d":
+            raise NotApplicable(f"{spec.id} fits a point-cloud Ponder model; {backbone_name} is a 2D backbone")
+        scenes = lowlevel_scenes(spec, data_root)
+        dev = torch.device(device)
+        torch.manual_seed(seed)
+        with tempfile.TemporaryDirectory() as scratch:
+            folder = Path(artifacts) if artifacts is not None else Path(scratch)
+            cache = folder.parents[1] / "fits" if artifacts is not None else Path(scratch) / "fits"
+            per_scene, losses = [], []
+            for i, scene in enumerate(scenes):
+                model, loss = fit_scene(scene, backbone_name, recipe, seed, init, cache, device)
+                losses.append(loss)
+                sample, norm = volume_sample(model, scene, dev)
+                per_scene.append(self.score(model, sample, norm, scene, recipe, dev, folder / scene.name,
+                                            picture if i == 0 else None, spec))
+        metrics = {k: float(np.mean([s[k] for s in per_scene])) for k in per_scene[0] if k != "per_class"}
+        per_class = {k: v for s in per_scene for k, v in s["per_class"].items()}
+        return {**metrics, "per_class": per_class, "init_sha256": _sha(init), "train_scenes": len(scenes),
+                "eval_scenes": len(scenes), "final_train_loss": float(np.mean(losses)),
+                "steps": recipe.fit_steps * len(scenes)}
+
+    @abstractmethod
+    def score(self, model: PonderModel, sample: PretrainSample, norm: Similarity, scene: LowLevelScene,
+              recipe: FinetuneRecipe, device: torch.device, folder: Path, picture: Path | None, spec: TaskSpec
+              ) -> dict[str, object]:
+        """The scene's scores (and ``per_class``: per frame or per scene), pictures and files in ``folder``."""
+
+
+@register_task_type("nvs")
+class NovelViewSynthesis(_LowLevel):
+    def score(self, model: PonderModel, sample: PretrainSample, norm: Similarity, scene: LowLevelScene,
+              recipe: FinetuneRecipe, device: torch.device, folder: Path, picture: Path | None, spec: TaskSpec
+              ) -> dict[str, object]:
+        from bench.finetune.plots import plot_heldout_strip
+
+        rows, strip = [], []
+        for v in range(len(scene.heldout)):
+            real, rendered, real_depth, depth = render_view(model, sample, scene.heldout.select([v]), norm,
+                                                            recipe.nvs_size, device)
+            rows.append({"PSNR": psnr(rendered, real), "SSIM": ssim(rendered, real),
+                         **depth_errors(depth, real_depth)})
+            if len(strip) < 4:
+                strip.append((real, rendered, real_depth, depth))
+        if picture is not None:
+            plot_heldout_strip(strip, picture, f"{spec.id}: {scene.name}, held-out frames")
+        scores = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+        names = scene.heldout.names or [str(v) for v in range(len(rows))]
+        return {**scores, "heldout_frames": len(rows),
+                "per_class": {f"{scene.name}/{n}": r["PSNR"] for n, r in zip(names, rows, strict=True)}}
+
+
+@register_task_type("recon")
+class Reconstruction(_LowLevel):
+    def score(self, model: PonderModel, sample: PretrainSample, norm: Similarity, scene: LowLevelScene,
+              recipe: FinetuneRecipe, device: torch.device, folder: Path, picture: Path | None, spec: TaskSpec
+              ) -> dict[str, object]:
+        from bench.finetune.plots import plot_mesh
+
+        sdf, lo, spacing = sdf_grid(model, sample, recipe.mesh_resolution, device)
+        vertices, faces = mesh_from_sdf(sdf, lo, spacing)
+        vertices = to_world(vertices, norm)
+        write_mesh(folder / "mesh.ply", vertices, faces)
+        rng = np.random.default_rng(0)
+        reference = reference_points(scene, rng)
+        predicted = sample_surface(vertices, faces, REFERENCE_DENSITY, rng)
+        low, high = reference.min(0) - 0.05, reference.max(0) + 0.05
+        predicted = predicted[((predicted >= low) & (predicted <= high)).all(1)]
+        scores = reconstruction_scores(predicted, reference)
+        if picture is not None:
+            plot_mesh(vertices, faces, picture, f"{spec.id}: {scene.name}, F-score {100 * scores['fscore']:.1f}")
+        return {**scores, "mesh_vertices": len(vertices), "mesh_faces": len(faces),
+                "per_class": {scene.name: scores["fscore"]}}
+
+
+def _sha(init: str | Path | None) -> str | None:
+    if not init:
+        return None
+    path = Path(init)
+    path = path / "backbone.pt" if path.is_dir() else path
+    return hashlib.sha256(path.read_bytes()).hexdigest()
