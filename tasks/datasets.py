@@ -94,10 +94,38 @@ def _nuscenes(path: Path, split: str, version: str | None = None) -> SceneDatase
     return NuScenesLidarSegDataset(path, split, version=nuscenes_version(path, version))
 
 
+def _rgbd_capture(path: Path, split: str) -> SceneList:
+    """A 7-Scenes-style RGB-D folder as one scene, its cloud fused from every frame and every frame attached (the
+    low-level tasks split the frames by the contract's held-out rule themselves; ``split`` names no subset)."""
+    from dataclasses import replace
+
+    from tasks.formats.rgbd_folder import RGBDFolder
+
+    folder = RGBDFolder(path)
+    return SceneList([path.name], lambda name: replace(folder.scene(), views=folder.views()))
+
+
+def _scannet_frames(path: Path, split: str) -> SceneList:
+    """The RGB-D frames (``rgbd/<scene>``) of a ScanNet split's scenes, each scene a cloud fused from its frames
+    with the frames attached; labels are not read (the test split has none)."""
+    from dataclasses import replace
+
+    from tasks.formats.rgbd_frames import fuse_views
+    from tasks.formats.scannet import ScanNetDataset, read_scannet_frames
+
+    def load(name: str) -> Scene:
+        views = read_scannet_frames(path / "rgbd" / name)
+        return replace(fuse_views(views, name), views=views)
+
+    return SceneList(ScanNetDataset(path, split).names, load)
+
+
 # loader name (TaskSpec.loader) -> factory(path, split, **options); the one place a folder becomes scenes
 LOADERS: dict[str, Callable[..., SceneDataset | SceneList]] = {
     "scannet20": _scannet("segment20"),
     "scannet200": _scannet("segment200"),
+    "scannet-rgbd": _scannet_frames,
+    "rgbd-folder": _rgbd_capture,
     "s3dis": _s3dis,
     "semantickitti": _semantickitti,
     "nuscenes": _nuscenes,

@@ -72,20 +72,18 @@ class LowLevelScene:
 
 
 def lowlevel_scenes(spec: TaskSpec, data_root: str | Path, fuse_voxel: float = 0.02) -> list[LowLevelScene]:
-    """The scenes of the task's evaluation split, each split into training and held-out frames."""
-    from tasks.formats.rgbd_folder import RGBDFolder
-    from tasks.formats.scannet import ScanNetDataset, read_scannet_frames
+    """The scenes of the task's evaluation split (read by the one resolver), their frames split into training and
+    held-out ones; a scene's surface mesh is where ScanNet keeps it (``scans/<scene>/<scene>_vh_clean_2.ply``)."""
+    from tasks.datasets import open_dataset
 
     root = Path(data_root) / spec.dataset
-    if spec.loader == "rgbd-folder":
-        folder = RGBDFolder(root)
-        captures = [(root.name, folder.views(), None)]
-    elif spec.loader == "scannet-rgbd":
-        names = ScanNetDataset(root, spec.eval_split).names
-        captures = [(n, read_scannet_frames(root / "rgbd" / n), root / "scans" / n / f"{n}_vh_clean_2.ply")
-                    for n in names if (root / "rgbd" / n).is_dir()]
-    else:
-        raise ValueError(f"task {spec.id}: loader {spec.loader!r} is not a low-level scene loader")
+    data = open_dataset(spec.loader, root, spec.eval_split)
+    captures = []
+    for i in range(len(data)):
+        scene = data[i]
+        if scene.views is None or len(scene.views) == 0:
+            raise DataFormatError(root, f"scene {scene.name} has no RGB-D frames")
+        captures.append((scene.name, scene.views, root / "scans" / scene.name / f"{scene.name}_vh_clean_2.ply"))
     scenes = []
     for name, views, mesh in captures:
         train, held = split_heldout(list(range(len(views))))
@@ -94,7 +92,7 @@ def lowlevel_scenes(spec: TaskSpec, data_root: str | Path, fuse_voxel: float = 0
             continue
         cloud = fuse_views(views.select(train), name, fuse_voxel, 2)
         scenes.append(LowLevelScene(name, replace(cloud, views=views.select(train)), views.select(held), views,
-                                    mesh if mesh is not None and mesh.is_file() else None))
+                                    mesh if mesh.is_file() else None))
     if not scenes:
         raise DataFormatError(root, f"no scene of split {spec.eval_split!r} with held-out RGB-D frames")
     return scenes

@@ -14,6 +14,7 @@ node); a pre-training that fails makes the runs that needed it ``failed`` record
 from __future__ import annotations
 
 import difflib
+import json
 import logging
 import os
 import threading
@@ -310,10 +311,13 @@ def finished(run: RunSpec) -> RunRecord | None:
     if record.status not in FINISHED:
         return None
     # the preset also names the ponder init's pre-training (mini and small fine-tune alike)
-    changed = record.finetune_recipe != asdict(run.recipe()) or (
-        run.init == "ponder" and record.finetune_preset != run.preset)
-    if record.status == "ok" and changed:
-        log.warning("%s was made with another fine-tuning recipe or ponder pre-training; the run is redone", path)
+    wanted = json.loads(json.dumps(asdict(run.recipe())))  # as the record holds it (tuples become lists)
+    differs = sorted(k for k in {*wanted, *record.finetune_recipe} if wanted.get(k) != record.finetune_recipe.get(k))
+    if run.init == "ponder" and record.finetune_preset != run.preset:
+        differs.append("the ponder init's pre-training (preset)")
+    if record.status == "ok" and differs:
+        log.warning("%s was made with another fine-tuning recipe (differs in %s); the run is redone", path,
+                    ", ".join(differs))
         return None
     return record
 
