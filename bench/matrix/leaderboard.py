@@ -40,11 +40,9 @@ def _fmt(mean: float, std: float, n: int) -> str:
 
 
 def _stats(ok: pd.DataFrame, column: str) -> pd.DataFrame:
-    """Mean, sd and count over seeds of ``column`` per task, backbone, init, protocol: in % (a fraction), or as it
-    is when it is the main score of a task whose unit is dB."""
-    factor = [1.0 if column == "main_value" and get_task(t).unit == "dB" else 100.0 for t in ok["task"]]
-    rows = ok.dropna(subset=[column]).assign(score=lambda d: d[column].astype(float)
-                                             * pd.Series(factor, index=ok.index).loc[d.index])
+    """Mean, sd and count over seeds of ``column`` (a fraction, shown in %) per task, backbone, init, protocol.
+    (The low-level tasks, whose PSNR is in dB, have their own table: :func:`lowlevel_table`.)"""
+    rows = ok.dropna(subset=[column]).assign(score=lambda d: d[column].astype(float) * 100)
     stats = (rows.groupby(["task", "backbone", "init", "protocol"], sort=True)["score"]
              .agg(mean="mean", std="std", n="count").reset_index())
     stats["std"] = stats["std"].fillna(0.0)
