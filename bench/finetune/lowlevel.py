@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock
 
 from backbones.registry import get_backbone_config
 from bench.finetune.engine import precise_batchnorm, register_task_type
@@ -116,8 +117,11 @@ def fit_scene(scene: LowLevelScene, backbone: str, recipe: FinetuneRecipe, seed:
     digest = hashlib.sha256(repr(pretrain).encode()).hexdigest()[:8]  # another fit recipe: another folder
     run_dir = cache / f"{scene.name}-{backbone.replace(':', '_')}-{label}-seed{seed}-{digest}"
     source = SceneSource(run_dir, "scene", [scene.name], lambda i: scene.train)
-    trainer = Pretrainer(pretrain, run_dir, run_dir, device, resume=True, progress=False, source=source, init=init)
-    result = trainer.run()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(run_dir.with_suffix(".lock")):  # nvs and recon runs of one key, in parallel workers, fit once
+        trainer = Pretrainer(pretrain, run_dir, run_dir, device, resume=True, progress=False, source=source,
+                             init=init)
+        result = trainer.run()
     return trainer.model.eval(), float(result.last_losses.get("total", float("nan")))
 
 
