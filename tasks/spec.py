@@ -163,12 +163,14 @@ LOWLEVEL_TYPES = ("nvs", "recon")
 for short, dataset, loader, split, where in (
         ("7scenes", "7scenes-rgbd", "rgbd-folder", "heldout", "the real 7-Scenes frames of ../shared/data"),
         ("scannet", "scannet", "scannet-rgbd", "test", "the RGB-D frames of the ScanNet test scenes")):
-    for task_type, metrics, main, unit, what in (
-            ("nvs", NVS_METRICS, "PSNR", "dB", "novel-view synthesis: held-out frames rendered (PSNR, SSIM, depth)"),
-            ("recon", RECON_METRICS, "fscore", "%", "3D reconstruction: the SDF's mesh vs the reference, F-score "
-                                                    "at 5 cm")):
+    for task_type, version, metrics, main, unit, what in (
+            ("nvs", 1, NVS_METRICS, "PSNR", "dB", "novel-view synthesis: held-out frames rendered (PSNR, SSIM, "
+                                                  "depth)"),
+            # recon 2: both surfaces cut to what the frames see
+            ("recon", 2, RECON_METRICS, "fscore", "%", "3D reconstruction: the SDF's mesh vs the reference, "
+                                                       "F-score at 5 cm")):
         register_task(TaskSpec(
-            id=f"{task_type}-{short}", version=1, title=f"{what.split(':')[0]}, {where}", dataset=dataset,
+            id=f"{task_type}-{short}", version=version, title=f"{what.split(':')[0]}, {where}", dataset=dataset,
             loader=loader, train_split=split, eval_split=split, task_type=task_type, classes=(), ignore_index=-1,
             metrics=metrics, main_score=main, higher_is_better=True, protocol="full", protocol_value=None,
             domain="indoor", reference=None, unit=unit,

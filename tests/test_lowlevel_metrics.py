@@ -1,5 +1,6 @@
 """The low-level metrics against analytic truth: a sphere SDF, image pairs with known PSNR and SSIM, depth with a
-constant offset, clouds with a known shift."""
+constant offset, clouds with a known shift, a wall hiding what lies behind it; and the real 7-Scenes frames seeing
+the cloud fused from them."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ from tasks.metrics.lowlevel import (
     read_mesh,
     reconstruction_scores,
     sample_surface,
+    seen_by_views,
     ssim,
     write_mesh,
 )
+from tasks.structures import PosedViews
 
 
 def _sphere_points(radius: float, count: int, rng: np.random.Generator) -> np.ndarray:
@@ -87,3 +90,50 @@ def test_a_shifted_surface_scores_by_the_threshold(shift: float, inside: bool) -
     assert scores["accuracy"] == pytest.approx(shift, abs=1e-6)
     assert scores["completeness"] == pytest.approx(shift, abs=1e-6)
     assert scores["fscore"] == pytest.approx(1.0 if inside else 0.0)
+
+
+def _plane(x: tuple[float, float], y: tuple[float, float], z: float, step: float = 0.015) -> np.ndarray:
+    u, v = np.meshgrid(np.arange(*x, step), np.arange(*y, step))
+    return np.stack([u.ravel(), v.ravel(), np.full(u.size, z)], 1)
+
+
+def test_a_wall_hides_what_lies_behind_it() -> None:
+    """One camera at the origin looking down +z (640 x 480, f = 500) that saw a wall at 2 m (|x| < 1, |y| < 0.8)
+    in front of a larger one at 3 m, and no depth in its top rows: the far wall's middle (|x| < 1.5, |y| < 1.2)
+    is hidden, and so is what lies behind the camera, beside the image or where the frame has no depth."""
+    intrinsics = np.array([[500.0, 0, 320], [0, 500.0, 240], [0, 0, 1]])
+    row, col = np.mgrid[0:480, 0:640]
+    depth = np.where((np.abs(col + 0.5 - 320) < 250) & (np.abs(row + 0.5 - 240) < 200), 2.0, 3.0)
+    depth[:20] = 0  # no depth: not observed
+    views = PosedViews(np.zeros((1, 480, 640, 3), np.uint8), depth[None].astype(np.float32), intrinsics[None],
+                       np.eye(4)[None])
+    front = _plane((-0.99, 0.99), (-0.79, 0.79), 2.0)
+    back = _plane((-1.85, 1.85), (-0.9, 0.9), 3.0)
+    nearer = front[::50] * 0.75  # 50 cm nearer on the same rays, space the frame saw empty: seen (counts)
+    just_behind = front[::50] + [0, 0, 0.03]  # within the 5 cm tolerance of the wall: seen
+    unseen = np.array([[0.0, 0.0, -1.0], [5.0, 0.0, 2.0], [0.0, 0.0, 0.01], [0.0, -1.4, 3.0]])  # behind, beside,
+    points = np.concatenate([front, back, nearer, just_behind, unseen])  # too near, in the rows without depth
+    seen = seen_by_views(points, views)
+    n_front, n_back = len(front), len(back)
+    assert seen[:n_front].all()
+    back_seen, x = seen[n_front:n_front + n_back], np.abs(back[:, 0])
+    assert not back_seen[x < 1.49].any()
+    assert back_seen[x > 1.51].all()
+    assert seen[n_front + n_back:-len(unseen)].all()
+    assert not seen[-len(unseen):].any()
+
+
+def test_the_real_frames_see_the_cloud_fused_from_them(shared_data: Path) -> None:
+    from tasks.formats.rgbd_folder import RGBDFolder
+    from tasks.formats.rgbd_frames import fuse_views
+
+    views = RGBDFolder(shared_data / "7scenes-rgbd").views()
+    cloud = fuse_views(views, "7scenes", 0.02, 2).coord.astype(np.float64)
+    assert seen_by_views(cloud, views).mean() > 0.97
+    centre = views.cam_to_world[0, :3, 3]
+    ray = cloud - centre
+    behind = centre + ray * (1 + 0.3 / np.linalg.norm(ray, axis=1, keepdims=True))  # 30 cm further along its ray
+    first = views.select([0])
+    in_view = seen_by_views(behind, first, tolerance=np.inf)
+    assert in_view.mean() > 0.1
+    assert seen_by_views(behind, first)[in_view].mean() < 0.05  # the surface the first frame saw hides its copy

@@ -9,8 +9,9 @@ frames, and the frames the contract's held-out rule keeps back are never seen. T
 * ``recon``: the learned SDF is sampled on a grid over the scene, its zero level set meshed with marching cubes and
   written as ``mesh.ply``; points sampled on it are scored against the reference surface: the scene's mesh where the
   dataset has one (``scans/<scene>/<scene>_vh_clean_2.ply``, as ScanNet ships it; exact for generated rooms), else
-  the cloud fused from all its depth frames (7-Scenes). Predicted points farther than 5 cm outside the reference's
-  bounding box are culled first (the papers cull to the observed region).
+  the cloud fused from all its depth frames (7-Scenes). Both are cut to what the scene's frames (training and
+  held-out) see, as the papers do, and predicted points farther than 5 cm outside the reference's bounding box
+  are dropped.
 
 Both tasks of one scene, backbone, init and seed share one fit (``results/runs/fits/``), made by the pre-training
 engine (checkpointed, resumable).
@@ -28,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from filelock import FileLock
+from scipy.spatial import cKDTree
 
 from backbones.registry import get_backbone_config
 from bench.finetune.engine import precise_batchnorm, register_task_type
@@ -47,6 +49,7 @@ from tasks.metrics.lowlevel import (
     read_mesh,
     reconstruction_scores,
     sample_surface,
+    seen_by_views,
     ssim,
     write_mesh,
 )
@@ -58,6 +61,7 @@ log = logging.getLogger(__name__)
 
 FUSE_VOXEL = 0.01  # metres: the reference cloud fused from depth frames
 REFERENCE_DENSITY = 4_000  # points per m^2 sampled on a reference or predicted mesh (1.6 cm apart)
+DRAWN_FACES = 30_000  # the mesh picture marches the SDF coarser until it has about this many faces
 
 
 @dataclass
@@ -118,7 +122,7 @@ def fit_scene(scene: LowLevelScene, backbone: str, recipe: FinetuneRecipe, seed:
     run_dir = cache / f"{scene.name}-{backbone.replace(':', '_')}-{label}-seed{seed}-{digest}"
     source = SceneSource(run_dir, "scene", [scene.name], lambda i: scene.train)
     run_dir.mkdir(parents=True, exist_ok=True)
-    with FileLock(run_dir.with_suffix(".lock")):  # nvs and recon runs of one key, in parallel workers, fit once
+    with FileLock(run_dir / "fit.lock"):  # nvs and recon runs of one key, in parallel workers, fit once
         trainer = Pretrainer(pretrain, run_dir, run_dir, device, resume=True, progress=False, source=source,
                              init=init)
         result = trainer.run()
@@ -257,12 +261,23 @@ class Reconstruction(_LowLevel):
         write_mesh(folder / "mesh.ply", vertices, faces)
         rng = np.random.default_rng(0)
         reference = reference_points(scene, rng)
-        predicted = sample_surface(vertices, faces, REFERENCE_DENSITY, rng)
         low, high = reference.min(0) - 0.05, reference.max(0) + 0.05
+        predicted = sample_surface(vertices, faces, REFERENCE_DENSITY, rng)
+        predicted = predicted[seen_by_views(predicted, scene.all_views)]
         predicted = predicted[((predicted >= low) & (predicted <= high)).all(1)]
+        reference = reference[seen_by_views(reference, scene.all_views)]
         scores = reconstruction_scores(predicted, reference)
         if picture is not None:
-            plot_mesh(vertices, faces, picture, f"{spec.id}: {scene.name}, F-score {100 * scores['fscore']:.1f}")
+            step = max(1, int(np.ceil(np.sqrt(len(faces) / DRAWN_FACES))))
+            shown, shown_faces = mesh_from_sdf(sdf, lo, spacing, step)
+            shown = to_world(shown, norm)
+            centres = shown[shown_faces].mean(1)
+            # the faces near a scored point (what the frames see, inside the scene), coloured by their error
+            scored = cKDTree(predicted).query(centres, distance_upper_bound=step * spacing / norm.scale)[0] < np.inf
+            error = cKDTree(reference).query(centres[scored])[0]
+            plot_mesh(shown, shown_faces[scored], picture,
+                      f"{spec.id}: {scene.name}, F-score {100 * scores['fscore']:.1f} (the part the frames see)",
+                      error)
         return {**scores, "mesh_vertices": len(vertices), "mesh_faces": len(faces),
                 "per_class": {scene.name: scores["fscore"]}}
 

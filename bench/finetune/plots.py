@@ -131,19 +131,22 @@ def plot_heldout_strip(frames: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray
     save_figure(fig, path)
 
 
-def plot_mesh(vertices: np.ndarray, faces: np.ndarray, path: Path, title: str, max_faces: int = 20_000) -> None:
-    """The mesh seen from above and from an oblique corner, Lambert-shaded by its face normals (at most
-    ``max_faces`` faces drawn, an even subsample)."""
+def plot_mesh(vertices: np.ndarray, faces: np.ndarray, path: Path, title: str, error: np.ndarray,
+              error_max: float = 0.1) -> None:
+    """The mesh seen from above and from an oblique corner, each face coloured by its ``error`` (metres, e.g. its
+    distance to the reference surface; clipped at ``error_max``) and Lambert-shaded by its normal."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
     from mpl_toolkits.mplot3d.art3d import Poly3DCollection
 
-    if len(faces) > max_faces:
-        faces = faces[np.linspace(0, len(faces) - 1, max_faces).astype(int)]
     triangles = vertices[faces]
     normals = np.cross(triangles[:, 1] - triangles[:, 0], triangles[:, 2] - triangles[:, 0])
     normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
     light = np.array([0.4, 0.3, 0.87])
-    shade = 0.25 + 0.75 * np.abs(normals @ (light / np.linalg.norm(light)))
-    colours = np.c_[np.repeat(shade[:, None], 3, 1) * np.array([0.75, 0.8, 0.9]), np.ones(len(shade))]
+    shade = 0.45 + 0.55 * np.abs(normals @ (light / np.linalg.norm(light)))
+    scale = ScalarMappable(Normalize(0, 100 * error_max), plt.get_cmap("viridis"))
+    colours = scale.to_rgba(100 * error)
+    colours[:, :3] *= shade[:, None]
     lo, hi = vertices.min(0), vertices.max(0)
     fig = plt.figure(figsize=(12, 6))
     for i, (elev, azim, name) in enumerate(((89, -90, "from above"), (35, -60, "oblique"))):
@@ -153,5 +156,6 @@ def plot_mesh(vertices: np.ndarray, faces: np.ndarray, path: Path, title: str, m
         ax.set_box_aspect(hi - lo)
         ax.view_init(elev=elev, azim=azim)
         ax.set_axis_off()
+    fig.colorbar(scale, ax=fig.axes, fraction=0.02, label="distance to the reference (cm)")
     fig.suptitle(title)
     save_figure(fig, path)

@@ -7,7 +7,10 @@
 * Reconstruction (NeuralRecon, ManhattanSDF): points sampled on the predicted mesh against the reference cloud:
   accuracy = mean distance predicted -> reference, completeness = mean distance reference -> predicted,
   Chamfer-L1 = their mean, precision / recall = the share of predicted / reference points within 5 cm of the
-  other cloud, F-score = their harmonic mean. Both clouds are thinned to one point per 1 cm voxel first.
+  other cloud, F-score = their harmonic mean. Both clouds are thinned to one point per 1 cm voxel first, and
+  both are cut to what the scene's frames observed (``seen_by_views``): the papers render the predicted mesh from
+  the frames and fuse those depths again, so surface no frame saw (the closed back of a fitted SDF, an unscanned
+  corner of the reference mesh) is scored neither as wrong nor as missing.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from tasks.io import atomic_write
+from tasks.structures import PosedViews
 
 # how the leaderboard shows each metric: (factor, unit, decimals)
 DISPLAY = {"PSNR": (1.0, "dB", 2), "SSIM": (1.0, "", 3), "AbsRel": (1.0, "", 3), "RMSE": (100.0, "cm", 1),
@@ -26,6 +30,7 @@ DISPLAY = {"PSNR": (1.0, "dB", 2), "SSIM": (1.0, "", 3), "AbsRel": (1.0, "", 3),
            "chamfer_l1": (100.0, "cm", 1)}
 F_THRESHOLD = 0.05  # metres
 EVAL_VOXEL = 0.01  # metres: both clouds are thinned to this before scoring
+NEAR = 0.05  # metres: nearer to a camera than this is not seen by it
 
 
 def psnr(predicted: np.ndarray, target: np.ndarray) -> float:
@@ -78,14 +83,36 @@ def reconstruction_scores(predicted: np.ndarray, reference: np.ndarray, threshol
             "fscore": 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)}
 
 
-def mesh_from_sdf(sdf: np.ndarray, lo: np.ndarray, spacing: float) -> tuple[np.ndarray, np.ndarray]:
+def seen_by_views(points: np.ndarray, views: PosedViews, tolerance: float = F_THRESHOLD) -> np.ndarray:
+    """Which points (N, 3) some frame observes: in front of it, projecting onto a pixel of valid depth, and at most
+    ``tolerance`` behind that depth (nearer is space the frame saw to be empty). What lies behind every observed
+    surface, or where the sensor had no depth, is neither right nor wrong: the papers cut it by rendering the
+    mesh from the frames; the frames' own depth does it here without a rasterizer."""
+    seen = np.zeros(len(points), dtype=bool)
+    height, width = views.depth.shape[1:]
+    for k in range(len(views)):
+        world_to_camera = np.linalg.inv(views.cam_to_world[k])
+        camera = points @ world_to_camera[:3, :3].T + world_to_camera[:3, 3]
+        intrinsics = views.intrinsics[k]
+        z = np.maximum(camera[:, 2], NEAR)
+        u = np.floor(intrinsics[0, 0] * camera[:, 0] / z + intrinsics[0, 2])
+        v = np.floor(intrinsics[1, 1] * camera[:, 1] / z + intrinsics[1, 2])
+        index = np.flatnonzero((camera[:, 2] > NEAR) & (u >= 0) & (u < width) & (v >= 0) & (v < height))
+        observed = views.depth[k][v[index].astype(np.int64), u[index].astype(np.int64)]
+        seen[index] |= (observed > 0) & (camera[index, 2] <= observed + tolerance)
+    return seen
+
+
+def mesh_from_sdf(sdf: np.ndarray, lo: np.ndarray, spacing: float, step: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """The zero level set of an SDF sampled on a grid (X, Y, Z) whose first sample sits at ``lo``: vertices (V, 3)
-    in the grid's frame and triangles (F, 3). Raises when the SDF does not change sign."""
+    in the grid's frame and triangles (F, 3), marched every ``step`` samples (a coarser mesh to draw). Raises when
+    the SDF does not change sign."""
     from skimage.measure import marching_cubes
 
     if not (sdf.min() < 0 < sdf.max()):
         raise ValueError(f"the SDF has no zero crossing (range {sdf.min():.3g} .. {sdf.max():.3g})")
-    vertices, faces, _, _ = marching_cubes(sdf.astype(np.float32), level=0.0, spacing=(spacing,) * 3)
+    vertices, faces, _, _ = marching_cubes(sdf.astype(np.float32), level=0.0, spacing=(spacing,) * 3,
+                                         step_size=step)
     return vertices + np.asarray(lo, dtype=np.float64), faces.astype(np.int64)
 
 
