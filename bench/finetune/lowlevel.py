@@ -277,7 +277,7 @@ class Reconstruction(_LowLevel):
             error = cKDTree(reference).query(centres[scored])[0]
             plot_mesh(shown, shown_faces[scored], picture,
                       f"{spec.id}: {scene.name}, F-score {100 * scores['fscore']:.1f} (the part the frames see)",
-                      error)
+                      error, up=-scene.all_views.cam_to_world[:, :3, 1].mean(0))  # the cameras' mean up
         return {**scores, "mesh_vertices": len(vertices), "mesh_faces": len(faces),
                 "per_class": {scene.name: scores["fscore"]}}
 

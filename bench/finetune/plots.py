@@ -132,14 +132,17 @@ def plot_heldout_strip(frames: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray
 
 
 def plot_mesh(vertices: np.ndarray, faces: np.ndarray, path: Path, title: str, error: np.ndarray,
-              error_max: float = 0.1) -> None:
-    """The mesh seen from above and from an oblique corner, each face coloured by its ``error`` (metres, e.g. its
-    distance to the reference surface; clipped at ``error_max``) and Lambert-shaded by its normal."""
+              up: Sequence[float] = (0.0, 0.0, 1.0), error_max: float = 0.1) -> None:
+    """The mesh seen from above and from an oblique corner (``up`` is the scene's up direction: 7-Scenes' world
+    frame is the first camera's), each face coloured by its ``error`` (metres, e.g. its distance to the reference
+    surface; clipped at ``error_max``) and Lambert-shaded by its normal."""
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
     from mpl_toolkits.mplot3d.art3d import Poly3DCollection
+    from scipy.spatial.transform import Rotation
 
-    triangles = vertices[faces]
+    upright = Rotation.align_vectors([[0.0, 0.0, 1.0]], [up])[0]
+    triangles = upright.apply(vertices)[faces]
     normals = np.cross(triangles[:, 1] - triangles[:, 0], triangles[:, 2] - triangles[:, 0])
     normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
     light = np.array([0.4, 0.3, 0.87])
@@ -147,13 +150,15 @@ def plot_mesh(vertices: np.ndarray, faces: np.ndarray, path: Path, title: str, e
     scale = ScalarMappable(Normalize(0, 100 * error_max), plt.get_cmap("viridis"))
     colours = scale.to_rgba(100 * error)
     colours[:, :3] *= shade[:, None]
-    lo, hi = vertices.min(0), vertices.max(0)
-    fig = plt.figure(figsize=(12, 6))
+    lo, hi = triangles.reshape(-1, 3).min(0), triangles.reshape(-1, 3).max(0)
+    fig = plt.figure(figsize=(14, 6.5))
     for i, (elev, azim, name) in enumerate(((89, -90, "from above"), (35, -60, "oblique"))):
         ax = fig.add_subplot(1, 2, i + 1, projection="3d")
-        ax.add_collection3d(Poly3DCollection(triangles, facecolors=colours, linewidths=0))
+        # faces edged in their own colour: no seams between them
+        ax.add_collection3d(Poly3DCollection(triangles, facecolors=colours, edgecolors=colours, linewidths=0.3))
         ax.set(xlim=(lo[0], hi[0]), ylim=(lo[1], hi[1]), zlim=(lo[2], hi[2]), title=name)
-        ax.set_box_aspect(hi - lo)
+        ax.set_proj_type("ortho")
+        ax.set_box_aspect(hi - lo, zoom=1.4)
         ax.view_init(elev=elev, azim=azim)
         ax.set_axis_off()
     fig.colorbar(scale, ax=fig.axes, fraction=0.02, label="distance to the reference (cm)")
