@@ -111,22 +111,26 @@ def plot_boxes_on_camera(sample: SensorSample, view: int, boxes: Sequence[tuple[
 
 def plot_heldout_strip(frames: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], path: Path,
                        title: str) -> None:
-    """One row per held-out frame: real colour, rendered colour, rendered depth beside the real one, and the
+    """One row per held-out frame: real and rendered colour, real and rendered depth (one scale, metres), and the
     colour error (mean absolute, per pixel)."""
-    fig, axes = plt.subplots(len(frames), 4, figsize=(13, 2.6 * len(frames)), squeeze=False)
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    fig, axes = plt.subplots(len(frames), 5, figsize=(16, 2.4 * len(frames)), squeeze=False,
+                             layout="constrained")
     top = max(float(np.max(f[2])) for f in frames) or 1.0
+    depth_style, error_style = {"cmap": "viridis", "vmin": 0, "vmax": top}, {"cmap": "magma", "vmin": 0, "vmax": 0.5}
     for row, (real, rendered, real_depth, depth) in zip(axes, frames, strict=True):
-        error = np.abs(rendered - real).mean(-1)
-        panels = ((real, "real", {}), (rendered, "rendered", {}),
-                  (np.concatenate([depth, real_depth], 1), "depth: rendered | real (m)",
-                   {"cmap": "viridis", "vmin": 0, "vmax": top}),
-                  (error, "|colour error|", {"cmap": "magma", "vmin": 0, "vmax": 0.5}))
+        panels = ((real, "real", {}), (rendered, "rendered", {}), (real_depth, "real depth", depth_style),
+                  (depth, "rendered depth", depth_style),
+                  (np.abs(rendered - real).mean(-1), "|colour error|", error_style))
         for ax, (image, name, style) in zip(row, panels, strict=True):
-            shown_image = ax.imshow(image, **style)
+            ax.imshow(image, **style)
             ax.set_title(name, fontsize=9)
             ax.axis("off")
-            if style:
-                fig.colorbar(shown_image, ax=ax, fraction=0.03)
+    for style, columns, label in ((depth_style, slice(2, 4), "depth (m)"), (error_style, 4, "|colour error|")):
+        scale = ScalarMappable(Normalize(style["vmin"], style["vmax"]), plt.get_cmap(style["cmap"]))
+        fig.colorbar(scale, ax=axes[:, columns], fraction=0.03, label=label)
     fig.suptitle(title)
     save_figure(fig, path)
 
