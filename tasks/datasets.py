@@ -20,7 +20,7 @@ from tasks.contract import split_heldout
 from tasks.errors import DataFormatError
 from tasks.formats.base import SceneDataset
 from tasks.spec import TaskSpec
-from tasks.structures import Scene
+from tasks.structures import PosedViews, Scene
 
 
 def expected_path(spec: TaskSpec, root: str | Path) -> Path:
@@ -94,30 +94,29 @@ def _nuscenes(path: Path, split: str, version: str | None = None) -> SceneDatase
     return NuScenesLidarSegDataset(path, split, version=nuscenes_version(path, version))
 
 
+def _fused_with_views(views: PosedViews, name: str) -> Scene:
+    """A cloud fused from RGB-D frames, the frames attached (the low-level tasks split them themselves)."""
+    from tasks.formats.rgbd_frames import fuse_views
+
+    return replace(fuse_views(views, name), views=views)
+
+
 def _rgbd_capture(path: Path, split: str) -> SceneList:
     """A 7-Scenes-style RGB-D folder as one scene, its cloud fused from every frame and every frame attached (the
     low-level tasks split the frames by the contract's held-out rule themselves; ``split`` names no subset)."""
-    from dataclasses import replace
-
     from tasks.formats.rgbd_folder import RGBDFolder
 
-    folder = RGBDFolder(path)
-    return SceneList([path.name], lambda name: replace(folder.scene(), views=folder.views()))
+    folder = RGBDFolder(path)  # a missing or empty folder is refused here, naming it
+    return SceneList([path.name], lambda name: _fused_with_views(folder.views(), path.name))
 
 
 def _scannet_frames(path: Path, split: str) -> SceneList:
     """The RGB-D frames (``rgbd/<scene>``) of a ScanNet split's scenes, each scene a cloud fused from its frames
     with the frames attached; labels are not read (the test split has none)."""
-    from dataclasses import replace
-
-    from tasks.formats.rgbd_frames import fuse_views
     from tasks.formats.scannet import ScanNetDataset, read_scannet_frames
 
-    def load(name: str) -> Scene:
-        views = read_scannet_frames(path / "rgbd" / name)
-        return replace(fuse_views(views, name), views=views)
-
-    return SceneList(ScanNetDataset(path, split).names, load)
+    return SceneList(ScanNetDataset(path, split).names,
+                     lambda name: _fused_with_views(read_scannet_frames(path / "rgbd" / name), name))
 
 
 # loader name (TaskSpec.loader) -> factory(path, split, **options); the one place a folder becomes scenes

@@ -13,19 +13,29 @@ class NotApplicable(Exception):
     """This backbone or initialisation cannot run this task (e.g. a 2D backbone on a point-cloud task)."""
 
 
+def export_weights(path: str | Path) -> Path:
+    """The weights file of an export given as its folder or as the file itself."""
+    path = Path(path)
+    return path / "backbone.pt" if path.is_dir() else path
+
+
+def export_sha256(path: str | Path) -> str:
+    """The sha256 of an export's weights (what a record names the init by)."""
+    return hashlib.sha256(export_weights(path).read_bytes()).hexdigest()
+
+
 def load_export(backbone: torch.nn.Module, path: str | Path, name: str, in_channels: int) -> str:
     """Load a pre-training export into ``backbone``; returns its sha256.
 
     Refuses a file whose hash does not match its ``backbone.json``, another backbone's weights, and weights
     pre-trained on another number of input channels (see :mod:`tasks.contract`).
     """
-    path = Path(path)
-    weights = path / "backbone.pt" if path.is_dir() else path
+    weights = export_weights(path)
     meta_path = weights.with_name("backbone.json")
     if not weights.is_file() or not meta_path.is_file():
         raise FileNotFoundError(f"{weights}: pre-trained export (backbone.pt + backbone.json) not found")
     meta = json.loads(meta_path.read_text())
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    digest = export_sha256(weights)
     if digest != meta.get("sha256"):
         raise ValueError(f"{weights}: sha256 {digest[:12]} does not match backbone.json "
                          f"({str(meta.get('sha256'))[:12]})")

@@ -33,11 +33,12 @@ from scipy.spatial import cKDTree
 
 from backbones.registry import get_backbone_config
 from bench.finetune.engine import precise_batchnorm, register_task_type
-from bench.finetune.exports import NotApplicable
+from bench.finetune.exports import NotApplicable, export_sha256
 from bench.pretrain.data import HELDOUT_EPOCH, PretrainSample, SceneSource, build_sample, camera_preview
 from bench.pretrain.engine import Pretrainer
 from bench.pretrain.model import PonderModel, sample_to
 from bench.recipes import FinetuneRecipe, PretrainRecipe, get_recipe
+from renderer.fields import VolumeField
 from renderer.rays import RayBundle, near_far_from_box
 from tasks.contract import UNIT_BOX, split_heldout, voxel_size
 from tasks.errors import DataFormatError
@@ -113,10 +114,10 @@ def fit_recipe(recipe: FinetuneRecipe, backbone: str, seed: int) -> PretrainReci
 
 
 def fit_scene(scene: LowLevelScene, backbone: str, recipe: FinetuneRecipe, seed: int, init: str | Path | None,
-              cache: Path, device: str) -> tuple[PonderModel, float]:
+              init_sha: str | None, cache: Path, device: str) -> tuple[PonderModel, float]:
     """A Ponder model fitted to the scene's training frames (or the finished fit of the same key in ``cache``), and
-    its final rendering loss."""
-    label = (_sha(init) or "scratch")[:12]
+    its final rendering loss; ``init_sha`` names the export ``init`` in the key."""
+    label = (init_sha or "scratch")[:12]
     pretrain = fit_recipe(recipe, backbone, seed)
     digest = hashlib.sha256(repr(pretrain).encode()).hexdigest()[:8]  # another fit recipe: another folder
     run_dir = cache / f"{scene.name}-{backbone.replace(':', '_')}-{label}-seed{seed}-{digest}"
@@ -129,18 +130,22 @@ def fit_scene(scene: LowLevelScene, backbone: str, recipe: FinetuneRecipe, seed:
     return trainer.model.eval(), float(result.last_losses.get("total", float("nan")))
 
 
-def volume_sample(model: PonderModel, scene: LowLevelScene, device: torch.device) -> tuple[PretrainSample, Similarity]:
-    """The fitted model's input for the whole training cloud and the map to its unit cube. The model's BatchNorm
-    statistics are set to this input's (training leaves running averages that lag behind, momentum 0.01)."""
+@torch.no_grad()
+def scene_field(model: PonderModel, scene: LowLevelScene, device: torch.device
+                ) -> tuple[PretrainSample, VolumeField, Similarity]:
+    """The fitted model's input for the whole training cloud, its field bound to that input's volumes (computed
+    once for every render and SDF query of the scene), and the map to its unit cube. The model's BatchNorm
+    statistics are set to this input's first (training leaves running averages that lag behind, momentum 0.01)."""
     voxel = voxel_size("indoor", get_backbone_config(model.recipe.backbone).voxel_size)
     sample = sample_to(build_sample(scene.train, model.recipe, voxel, HELDOUT_EPOCH, 0, augment=False), device)
-    precise_batchnorm(model, [sample])
+    precise_batchnorm(model, [sample])  # -> eval mode
+    field = model.field.bind(*model.volumes(sample), sample.spec)
     _, norm = normalize_to_unit_cube(scene.train)
-    return sample, norm
+    return sample, field, norm
 
 
 @torch.no_grad()
-def render_view(model: PonderModel, sample: PretrainSample, view: PosedViews, norm: Similarity,
+def render_view(model: PonderModel, sample: PretrainSample, field: VolumeField, view: PosedViews, norm: Similarity,
                 size: tuple[int, int], device: torch.device) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(real rgb, rendered rgb, real depth, rendered depth) of one frame at ``size`` (h, w); depths in metres
     along the ray, 0 where the real frame has none."""
@@ -149,21 +154,18 @@ def render_view(model: PonderModel, sample: PretrainSample, view: PosedViews, no
     near, far, _ = near_far_from_box(origins, directions, *UNIT_BOX, near_min=0.01)
     rays = RayBundle(origins, directions, near, torch.maximum(far, near + 1e-3),
                      torch.zeros(len(origins), dtype=torch.long, device=device))
-    rgb, depth = model.render(sample, rays)
+    rgb, depth = model.render(sample, rays, field=field)
     h, w = size
     return (preview.rgb, rgb.reshape(h, w, 3).clamp(0, 1).cpu().numpy(), preview.depth / norm.scale,
             depth.reshape(h, w).cpu().numpy() / norm.scale)
 
 
 @torch.no_grad()
-def sdf_grid(model: PonderModel, sample: PretrainSample, resolution: int, device: torch.device
-             ) -> tuple[np.ndarray, np.ndarray, float]:
+def sdf_grid(field: VolumeField, resolution: int, device: torch.device) -> tuple[np.ndarray, np.ndarray, float]:
     """The fitted SDF on a ``resolution``^3 grid over the unit box: values (X, Y, Z), first sample, spacing."""
     lo, hi = np.array(UNIT_BOX[0]), np.array(UNIT_BOX[1])
     axis = np.linspace(lo[0], hi[0], resolution)
     spacing = float(axis[1] - axis[0])
-    sdf_volume, color_volume = model.volumes(sample)
-    field = model.field.bind(sdf_volume, color_volume, sample.spec)
     grid = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
     values = []
     for start in range(0, len(grid), 65_536):
@@ -193,13 +195,12 @@ class _LowLevel(ABC):
     def finetune(self, spec: TaskSpec, backbone_name: str, data_root: str | Path, *, seed: int,
                  recipe: FinetuneRecipe, init: str | Path | None, image_init: str | Path | None, linear_probe: bool,
                  device: str, progress: bool, picture: Path | None, artifacts: Path | None) -> dict[str, object]:
-        from backbones.registry import get_backbone_config
-
         if linear_probe:
             raise NotApplicable(f"{spec.id}: a low-level task fits the whole model to a scene; there is no probe")
         if get_backbone_config(backbone_name).modality != "3d":
             raise NotApplicable(f"{spec.id} fits a point-cloud Ponder model; {backbone_name} is a 2D backbone")
         scenes = lowlevel_scenes(spec, data_root)
+        init_sha = export_sha256(init) if init else None
         dev = torch.device(device)
         torch.manual_seed(seed)
         with tempfile.TemporaryDirectory() as scratch:
@@ -207,34 +208,34 @@ class _LowLevel(ABC):
             cache = folder.parents[1] / "fits" if artifacts is not None else Path(scratch) / "fits"
             per_scene, losses = [], []
             for i, scene in enumerate(scenes):
-                model, loss = fit_scene(scene, backbone_name, recipe, seed, init, cache, device)
+                model, loss = fit_scene(scene, backbone_name, recipe, seed, init, init_sha, cache, device)
                 losses.append(loss)
-                sample, norm = volume_sample(model, scene, dev)
-                per_scene.append(self.score(model, sample, norm, scene, recipe, dev, folder / scene.name,
+                sample, field, norm = scene_field(model, scene, dev)
+                per_scene.append(self.score(model, sample, field, norm, scene, recipe, dev, folder / scene.name,
                                             picture if i == 0 else None, spec))
         metrics = {k: float(np.mean([s[k] for s in per_scene])) for k in per_scene[0] if k != "per_class"}
         per_class = {k: v for s in per_scene for k, v in s["per_class"].items()}
-        return {**metrics, "per_class": per_class, "init_sha256": _sha(init), "train_scenes": len(scenes),
+        return {**metrics, "per_class": per_class, "init_sha256": init_sha, "train_scenes": len(scenes),
                 "eval_scenes": len(scenes), "final_train_loss": float(np.mean(losses)),
                 "steps": recipe.fit_steps * len(scenes)}
 
     @abstractmethod
-    def score(self, model: PonderModel, sample: PretrainSample, norm: Similarity, scene: LowLevelScene,
-              recipe: FinetuneRecipe, device: torch.device, folder: Path, picture: Path | None, spec: TaskSpec
-              ) -> dict[str, object]:
+    def score(self, model: PonderModel, sample: PretrainSample, field: VolumeField, norm: Similarity,
+              scene: LowLevelScene, recipe: FinetuneRecipe, device: torch.device, folder: Path, picture: Path | None,
+              spec: TaskSpec) -> dict[str, object]:
         """The scene's scores (and ``per_class``: per frame or per scene), pictures and files in ``folder``."""
 
 
 @register_task_type("nvs")
 class NovelViewSynthesis(_LowLevel):
-    def score(self, model: PonderModel, sample: PretrainSample, norm: Similarity, scene: LowLevelScene,
-              recipe: FinetuneRecipe, device: torch.device, folder: Path, picture: Path | None, spec: TaskSpec
-              ) -> dict[str, object]:
+    def score(self, model: PonderModel, sample: PretrainSample, field: VolumeField, norm: Similarity,
+              scene: LowLevelScene, recipe: FinetuneRecipe, device: torch.device, folder: Path, picture: Path | None,
+              spec: TaskSpec) -> dict[str, object]:
         from bench.finetune.plots import plot_heldout_strip
 
         rows, strip = [], []
         for v in range(len(scene.heldout)):
-            real, rendered, real_depth, depth = render_view(model, sample, scene.heldout.select([v]), norm,
+            real, rendered, real_depth, depth = render_view(model, sample, field, scene.heldout.select([v]), norm,
                                                             recipe.nvs_size, device)
             rows.append({"PSNR": psnr(rendered, real), "SSIM": ssim(rendered, real),
                          **depth_errors(depth, real_depth)})
@@ -250,12 +251,12 @@ class NovelViewSynthesis(_LowLevel):
 
 @register_task_type("recon")
 class Reconstruction(_LowLevel):
-    def score(self, model: PonderModel, sample: PretrainSample, norm: Similarity, scene: LowLevelScene,
-              recipe: FinetuneRecipe, device: torch.device, folder: Path, picture: Path | None, spec: TaskSpec
-              ) -> dict[str, object]:
+    def score(self, model: PonderModel, sample: PretrainSample, field: VolumeField, norm: Similarity,
+              scene: LowLevelScene, recipe: FinetuneRecipe, device: torch.device, folder: Path, picture: Path | None,
+              spec: TaskSpec) -> dict[str, object]:
         from bench.finetune.plots import plot_mesh
 
-        sdf, lo, spacing = sdf_grid(model, sample, recipe.mesh_resolution, device)
+        sdf, lo, spacing = sdf_grid(field, recipe.mesh_resolution, device)
         vertices, faces = mesh_from_sdf(sdf, lo, spacing)
         vertices = to_world(vertices, norm)
         write_mesh(folder / "mesh.ply", vertices, faces)
@@ -281,10 +282,3 @@ class Reconstruction(_LowLevel):
         return {**scores, "mesh_vertices": len(vertices), "mesh_faces": len(faces),
                 "per_class": {scene.name: scores["fscore"]}}
 
-
-def _sha(init: str | Path | None) -> str | None:
-    if not init:
-        return None
-    path = Path(init)
-    path = path / "backbone.pt" if path.is_dir() else path
-    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -87,13 +87,15 @@ class PonderModel(nn.Module):
             return rendering_losses(out, sample.rays, self.recipe.losses, emb)
 
     @torch.no_grad()
-    def render(self, sample: PretrainSample, rays: RayBundle, chunk: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
-        """RGB and depth of arbitrary rays through the sample's volume (no gradient, BatchNorm in eval mode)."""
+    def render(self, sample: PretrainSample, rays: RayBundle, chunk: int = 2048, field: VolumeField | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """RGB and depth of arbitrary rays through the sample's volume (no gradient, BatchNorm in eval mode).
+        ``field``: the field already bound to this sample's volumes, when many renders of one sample share them."""
         was_training = self.training
         self.eval()
         try:
-            sdf, color = self.volumes(sample)
-            field = self.field.bind(sdf, color, sample.spec)
+            if field is None:
+                field = self.field.bind(*self.volumes(sample), sample.spec)
             outs = [render_rays(field, rays[i:i + chunk], self.sampler) for i in range(0, len(rays), chunk)]
         finally:
             self.train(was_training)
