@@ -35,8 +35,8 @@ FORMATS = ("md", "csv", "html", "png")
 LeaderboardError = ResultsError  # what the leaderboard refuses is what load_results refuses
 
 
-def _fmt(mean: float, std: float, n: int) -> str:
-    return f"{mean:.1f}" if n < 2 else f"{mean:.1f} ± {std:.1f}"
+def _fmt(mean: float, std: float, n: int, decimals: int = 1) -> str:
+    return f"{mean:.{decimals}f}" if n < 2 else f"{mean:.{decimals}f} ± {std:.{decimals}f}"
 
 
 def _stats(ok: pd.DataFrame, column: str) -> pd.DataFrame:
@@ -106,8 +106,7 @@ def lowlevel_table(ok: pd.DataFrame) -> pd.DataFrame:
         for metric in get_task(task).metrics:
             factor, unit, decimals = DISPLAY[metric]
             values = runs[metric].astype(float) * factor
-            spread = f" ± {values.std():.{decimals}f}" if len(values) > 1 else ""
-            row[f"{metric} ({unit})" if unit else metric] = f"{values.mean():.{decimals}f}{spread}"
+            row[f"{metric} ({unit})" if unit else metric] = _fmt(values.mean(), values.std(), len(values), decimals)
         rows.append(row)
     columns = ["task", "backbone", "init", "n"]
     table = pd.DataFrame(rows)
