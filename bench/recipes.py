@@ -47,6 +47,7 @@ class PretrainRecipe:
     semantic_dim: int = 512  # 0: no semantic rendering
     n_uniform: int = 96
     n_importance: int = 36
+    ray_chunk: int | None = 320  # rays rendered (and back-propagated) at a time; None: all of a sample's at once
     losses: LossWeights = field(default_factory=LossWeights)
     # optimisation
     optimizer: str = "adamw"  # adamw | sgd (nesterov)

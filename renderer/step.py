@@ -11,6 +11,7 @@ un-chunked pass up to float summation order. PonderV2's eager path cannot render
 from __future__ import annotations
 
 import torch
+from torch.profiler import record_function
 
 from backbones.structures import GridSpec
 from renderer.fields import VolumeField
@@ -34,13 +35,16 @@ def render_and_backward(field: VolumeField, volumes: tuple[torch.Tensor, torch.T
     field.bind(*leaves, spec)
     size = chunk or len(rays)
     parts = [rays[i:i + size] for i in range(0, len(rays), size)]
-    samples = [sample_along(field, part, sampler, perturb, generator) for part in parts]
-    counts = LossCounts.of(rays, torch.cat([s.t for s in samples]), weights.truncation)
+    with record_function("render/sampling"):
+        samples = [sample_along(field, part, sampler, perturb, generator) for part in parts]
+        counts = LossCounts.of(rays, torch.cat([s.t for s in samples]), weights.truncation)
     totals: dict[str, float] = {}
     for part, part_samples in zip(parts, samples, strict=True):
         out = render_rays(field, part, sampler, samples=part_samples)
-        terms = rendering_losses(out, part, weights, class_embeddings, counts)
-        (terms["total"] * loss_scale).backward()
+        with record_function("render/losses"):
+            terms = rendering_losses(out, part, weights, class_embeddings, counts)
+        with record_function("render/backward"):
+            (terms["total"] * loss_scale).backward()
         for name, value in terms.items():
             totals[name] = totals.get(name, 0.0) + float(value.detach())
         del out, terms  # free this chunk's graph before the next one is built
@@ -51,5 +55,6 @@ def render_and_backward(field: VolumeField, volumes: tuple[torch.Tensor, torch.T
             v.grad = g if v.grad is None else v.grad.add_(g)
     graph = [(v, g) for v, g in sources if not v.is_leaf]
     if graph:  # on into the U-Net and the backbone
-        torch.autograd.backward([v for v, _ in graph], [g for _, g in graph])
+        with record_function("model/backward"):
+            torch.autograd.backward([v for v, _ in graph], [g for _, g in graph])
     return totals

@@ -156,7 +156,8 @@ def _free_port() -> int:
 
 
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tiny_root: Path, tmp_path: Path) -> None:
-    """DDP averages the two processes' gradients; one process accumulates the same two samples' halves.
+    """Data-parallel training averages the two processes' gradients; one process accumulates the same two samples'
+    halves.
 
     Both runs use one thread per process (the summation order of a matmul depends on the thread count, and
     the SDF band loss turns such float noise into visible differences), and SGD, whose updates are linear
@@ -211,3 +212,73 @@ def test_one_cycle_survives_short_runs(total: int) -> None:
     for _ in range(total):
         opt.step()
         schedule.step()
+
+
+def _micro_model_and_sample(tiny_root: Path, *extra: str):  # noqa: ANN202
+    from bench.pretrain.data import build_sample, open_source
+    from bench.pretrain.model import PonderModel
+
+    recipe = micro_recipe("indoor", *extra)
+    source = open_source(tiny_root / "scannet", recipe.mode)
+    torch.manual_seed(0)
+    return PonderModel(recipe, source.class_names), build_sample(source.scene(0), recipe, 0.1, 0, 0)
+
+
+def _gradients(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_the_chunked_step_gives_the_losses_and_gradients_of_one_pass(tiny_root: Path) -> None:
+    """The engine's step renders in chunks of ``ray_chunk``; the result is one un-chunked pass's (a plain
+    render, loss and backward, written out here), up to float summation order, perturbed samples included."""
+    from bench.pretrain.data import sample_rng
+    from renderer.losses import rendering_losses
+    from renderer.render import render_rays
+
+    model, sample = _micro_model_and_sample(tiny_root, "rays_per_view=64")
+    assert len(sample.rays) > 2 * 7 and sample.labels_known, "several chunks, the semantic loss included"
+    model.zero_grad()
+    sdf, color = model.volumes(sample)
+    out = render_rays(model.field.bind(sdf, color, sample.spec), sample.rays, model.sampler, perturb=True,
+                      generator=sample_rng(0, 0, 0)[1])
+    want = rendering_losses(out, sample.rays, model.recipe.losses, model.class_embeddings)
+    (want["total"] * 0.5).backward()
+    want_grads = _gradients(model)
+    for chunk in (None, 7):
+        object.__setattr__(model.recipe, "ray_chunk", chunk)
+        model.zero_grad()
+        got = model.train_step(sample, sample_rng(0, 0, 0)[1], loss_scale=0.5)
+        assert got.keys() == want.keys()
+        for name, value in want.items():
+            assert got[name] == pytest.approx(float(value.detach()), rel=1e-5, abs=1e-7), (chunk, name)
+        got_grads = _gradients(model)
+        assert got_grads.keys() == want_grads.keys()
+        for name, grad in want_grads.items():  # float32 sums in another order: noise relative to the gradient's scale
+            torch.testing.assert_close(got_grads[name], grad, rtol=1e-4, atol=1e-4 * float(grad.abs().max()) + 1e-9,
+                                       msg=lambda m, n=name, c=chunk: f"chunk {c}, {n}: {m}")
+
+
+def test_the_engine_and_the_renderer_benchmark_step_through_one_function(tiny_root: Path, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the renderer benchmarks (and results/perf) time is what pre-training runs: one function, at the
+    recipe's chunk size."""
+    import bench.perf.renderer_step as perf
+    import bench.pretrain.model as model_module
+    import renderer.step
+
+    original = renderer.step.render_and_backward
+    assert model_module.render_and_backward is original and perf.render_and_backward is original
+    chunks: list[int | None] = []
+
+    def spy(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        chunks.append(kwargs["chunk"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(model_module, "render_and_backward", spy)
+    monkeypatch.setattr(perf, "render_and_backward", spy)
+    Pretrainer(micro_recipe("indoor", "ray_chunk=20", "render_every=0"), tiny_root / "scannet", tmp_path / "run",
+               progress=False).run()
+    assert chunks == [20] * 4, "every pre-training step renders through it, in the recipe's chunks"
+    field, volumes, rays = perf.make_inputs("ours", rays=8)
+    perf.ours_step(field, volumes, rays)
+    assert chunks[-1] == get_recipe("indoor").ray_chunk is not None

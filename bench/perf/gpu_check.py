@@ -318,7 +318,7 @@ def renderer_steps() -> dict:
 
 
 LABELS = ("model/backbone", "model/scatter", "model/unet", "render/sampling", "render/fields", "render/compositing",
-          "render/losses")
+          "render/losses", "render/backward", "model/backward")
 
 
 def _room_samples(recipe: object, count: int) -> list:
@@ -362,32 +362,15 @@ def pretrain_step(amp: bool = True) -> dict:
     torch.manual_seed(0)
     model = PonderModel(recipe).to(DEVICE)
     samples = _room_samples(recipe, 4)
-    splits: list[tuple[float, float]] = []
 
-    def step(k: int = 0, record: bool = False) -> None:
-        sample = samples[k % len(samples)]
+    def step(k: int = 0) -> None:
         model.zero_grad(set_to_none=True)
-        events = [torch.cuda.Event(enable_timing=True) for _ in range(3)] if record and DEVICE == "cuda" else None
-        begin = time.perf_counter()
-        if events:
-            events[0].record()
-        terms = model(sample, sample_rng(0, 0, k)[1])
-        if events:
-            events[1].record()
-        middle = time.perf_counter()
-        terms["total"].backward()
-        if events:
-            events[2].record()
-            events[2].synchronize()
-            splits.append((events[0].elapsed_time(events[1]) / 1e3, events[1].elapsed_time(events[2]) / 1e3))
-        elif record:
-            splits.append((middle - begin, time.perf_counter() - middle))
+        model.train_step(samples[k % len(samples)], sample_rng(0, 0, k)[1])  # the pre-training engine's step
+        sync()
 
     counter = iter(range(10**6))
     peak_memory_reset()
-    total = timed(lambda: step(next(counter), record=True), repeats=5, warmup=2)
-    forward = statistics.median(s[0] for s in splits[-5:])
-    backward = statistics.median(s[1] for s in splits[-5:])
+    total = timed(lambda: step(next(counter)), repeats=5, warmup=2)
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA]
                                                           if DEVICE == "cuda" else [])
     with torch.profiler.profile(activities=activities) as prof:
@@ -396,9 +379,8 @@ def pretrain_step(amp: bool = True) -> dict:
     parts = _label_seconds(prof)
     return {"recipe": "indoor (spunet-v1m1, 128x128x32 grid, 96 ch, 96+36 samples), 5 views x 256 rays",
             "input_points_after_masking": int(len(samples[0].points.coord)), "amp_bf16_backbone": amp,
-            "step_s": total, "forward_s": forward, "backward_s": backward, "peak_gib": peak_memory_gib(),
-            "forward_parts_s": parts, "share_of_step": {k: v / total for k, v in parts.items()}
-            | {"backward": backward / total}}
+            "ray_chunk": recipe.ray_chunk, "step_s": total, "peak_gib": peak_memory_gib(), "parts_s": parts,
+            "share_of_step": {k: v / total for k, v in parts.items()}}
 
 
 def pretrain_steps() -> dict:

@@ -5,7 +5,8 @@ smooth sampler replaced by ``F.grid_sample`` as in ../shared/PERFORMANCE.md): th
 volume is sampled channels-first with ``grid_sample`` at every sample, the SDF gradient comes from
 grid_sample's double backward, transmittance is a cumprod, and per-sample tensors are concatenated.
 It shares the decoders (same weights, same FLOPs) and the NeuS sampler with ours, so the difference is
-the data path. Ours renders in chunks of 320 rays (:func:`renderer.step.render_and_backward`). Run as a
+the data path. Ours is the pre-training engine's step (:func:`renderer.step.render_and_backward`, in chunks of the
+reference recipe's ``ray_chunk``). Run as a
 script (``python -m bench.perf.renderer_step ours|eager``) it times steps in a fresh process and
 prints the peak RSS and the RSS before the first step (torch itself and the inputs), which the benchmark
 records.
@@ -22,13 +23,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from bench.recipes import get_recipe
 from renderer.fields import FieldConfig, VolumeField
-from renderer.losses import LossWeights
 from renderer.rays import RayBundle, near_far_from_box
 from renderer.samplers import NeuSSampler, RaySamples
 from renderer.step import render_and_backward
 from tasks.contract import INDOOR_GRID
 
+REFERENCE = get_recipe("indoor")  # the reference indoor pre-training: its sampler, losses and chunk
 RAYS = 1280
 CHANNELS = 128
 BOX = ((-0.55, -0.55, -0.55), (0.55, 0.55, 0.55))
@@ -59,9 +61,13 @@ def make_inputs(variant: str, rays: int = RAYS, seed: int = 0, device: str = "cp
     return field.to(device), volumes, bundle.to(device)
 
 
-def ours_step(field: VolumeField, volumes: tuple[torch.Tensor, ...], rays: RayBundle, chunk: int | None = 320
-              ) -> float:
-    return render_and_backward(field, volumes, INDOOR_GRID, rays, NeuSSampler(), LossWeights(), chunk=chunk)["total"]
+def ours_step(field: VolumeField, volumes: tuple[torch.Tensor, ...], rays: RayBundle,
+              chunk: int | None = REFERENCE.ray_chunk) -> float:
+    """The renderer half of the pre-training engine's step (``PonderModel.train_step``): the same function, at the
+    reference recipe's chunk size."""
+    return render_and_backward(field, volumes, INDOOR_GRID, rays, NeuSSampler(REFERENCE.n_uniform,
+                                                                              REFERENCE.n_importance),
+                               REFERENCE.losses, chunk=chunk)["total"]
 
 
 def composite_cumprod(alpha: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

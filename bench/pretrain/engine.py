@@ -2,13 +2,13 @@
 
 OneCycle AdamW/SGD, gradient clipping, AMP on CUDA, atomic checkpoints every epoch with exact resume, a stop
 with the step and loss terms on a non-finite loss, per-step losses in ``losses.jsonl``, loss-curve and
-rendered-vs-real pictures, and under ``torchrun`` DistributedDataParallel (NCCL on CUDA, gloo on CPU) with a
-DistributedSampler. At the end the backbone is exported on its own.
+rendered-vs-real pictures, and under ``torchrun`` data-parallel training (gradients averaged over the processes
+in one all-reduce a step; NCCL on CUDA, gloo on CPU) with a DistributedSampler. At the end the backbone is
+exported on its own.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -21,7 +21,6 @@ from pathlib import Path
 import pandas as pd
 import torch
 import torch.distributed as dist
-from torch import nn
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
@@ -103,8 +102,6 @@ class Pretrainer:
             channels = 3 if config.modality == "2d" else in_channels(recipe.domain)
             load_export(self.model.backbone, init, recipe.backbone, channels)
         self.model.to(self.device)
-        self.ddp = (nn.parallel.DistributedDataParallel(self.model, find_unused_parameters=True)
-                    if self.world > 1 else None)
         self.steps_per_epoch = recipe.steps_per_epoch or math.ceil(len(self.source) / (recipe.batch_size * self.world))
         self.total_steps = recipe.epochs * self.steps_per_epoch
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -194,12 +191,11 @@ class Pretrainer:
         held = heldout_samples(self.source, self.recipe, self.voxel) if self.rank == 0 else []
         before = self.heldout_depth_error(held) if self.step == 0 else self._summary_value("heldout_before")
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.progress, desc="pretrain")
-        model = self.ddp or self.model
         self.model.train()
         while self.epoch < self.recipe.epochs:
             order = self._epoch_order(self.epoch)
             for k in range(self.steps_per_epoch):
-                terms = self._train_step(model, order, k)
+                terms = self._train_step(order, k)
                 self.step += 1
                 if self.rank == 0:
                     self._log_step(terms)
@@ -223,7 +219,7 @@ class Pretrainer:
         dist.all_reduce(high, op=dist.ReduceOp.MAX)
         return bool(torch.equal(low, high))
 
-    def _train_step(self, model: nn.Module, order: list[int], k: int) -> dict[str, float]:
+    def _train_step(self, order: list[int], k: int) -> dict[str, float]:
         batch = self.recipe.batch_size
         self.optimizer.zero_grad(set_to_none=True)
         totals: dict[str, float] = {}
@@ -232,16 +228,14 @@ class Pretrainer:
                 self.recipe.render_every == 0
             sample = self._sample(self.epoch, k, j, order[k * batch + j], bool(want_picture))
             _, gen = sample_rng(self.recipe.seed, self.epoch, self._position(k, j))
-            sync = self.ddp is not None and j < batch - 1
-            with self.ddp.no_sync() if sync else contextlib.nullcontext():
-                terms = model(sample, gen)
-                self._check_finite(terms)
-                (terms["total"] / batch).backward()
+            terms = self.model.train_step(sample, gen, loss_scale=1.0 / batch)
+            self._check_finite(terms)
             for name, value in terms.items():
-                totals[name] = totals.get(name, 0.0) + float(value.detach()) / batch
+                totals[name] = totals.get(name, 0.0) + value / batch
             if want_picture:
                 self._picture(sample)
-        if self.world > 1:  # log the global batch's losses, as one process would
+        if self.world > 1:  # the global batch's gradients and losses, as one process would have them
+            self._average_gradients()
             names = sorted(totals)
             values = torch.tensor([totals[n] for n in names], dtype=torch.float64, device=self.device)
             dist.all_reduce(values)
@@ -252,12 +246,25 @@ class Pretrainer:
         self.scheduler.step()
         return totals
 
-    def _check_finite(self, terms: dict[str, torch.Tensor]) -> None:
-        finite = torch.tensor([float(all(torch.isfinite(v).all() for v in terms.values()))], device=self.device)
+    def _average_gradients(self) -> None:
+        """Mean of every parameter's gradient over the ranks, in one flat all-reduce. The renderer step runs its
+        own backward passes (chunks, then the volumes' graph), which DistributedDataParallel's one-backward-per-
+        forward hooks do not allow; a parameter a rank did not use contributes zeros."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.world
+        for p, g in zip(params, flat.split([g.numel() for g in grads]), strict=True):
+            p.grad = g.view_as(p).clone()
+
+    def _check_finite(self, terms: dict[str, float]) -> None:
+        """Before the optimiser step: the gradients of a non-finite loss never reach the weights."""
+        finite = torch.tensor([float(all(math.isfinite(v) for v in terms.values()))], device=self.device)
         if self.world > 1:
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
         if finite.item() < 1:
-            values = ", ".join(f"{n}={float(v.detach()):.4g}" for n, v in terms.items())
+            values = ", ".join(f"{n}={v:.4g}" for n, v in terms.items())
             raise NonFiniteLoss(f"non-finite loss at step {self.step + 1} (epoch {self.epoch}): {values}. "
                                 f"The last checkpoint ({self.checkpoint_path}) is intact; lower lr or check the data.")
 

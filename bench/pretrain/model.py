@@ -17,12 +17,12 @@ from backbones.registry import create_backbone, get_backbone_config
 from bench.pretrain.data import PretrainSample
 from bench.recipes import PretrainRecipe
 from renderer.fields import FieldConfig, VolumeField
-from renderer.losses import rendering_losses
 from renderer.projection import UNet3D
 from renderer.rays import RayBundle
 from renderer.render import render_rays
 from renderer.samplers import NeuSSampler
 from renderer.semantic import class_embeddings
+from renderer.step import render_and_backward
 from renderer.volume import scatter_mean
 from tasks.contract import in_channels
 
@@ -77,14 +77,20 @@ class PonderModel(nn.Module):
         with record_function("model/unet"):
             return self.unet(volume)
 
-    def forward(self, sample: PretrainSample, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """Weighted loss terms of one sample (and their sum, ``total``)."""
+    def train_step(self, sample: PretrainSample, generator: torch.Generator | None = None, loss_scale: float = 1.0
+                   ) -> dict[str, float]:
+        """Render the sample's rays in chunks of ``recipe.ray_chunk`` and back-propagate ``loss_scale`` x the loss
+        into every parameter; returns the weighted loss terms and their sum, ``total`` (unscaled).
+
+        The one renderer training path (:func:`renderer.step.render_and_backward`): pre-training, the low-level
+        fits and the renderer benchmarks run it, so the measured path is the product's. Chunks change the peak
+        memory, not the result (float summation order aside).
+        """
         sdf, color = self.volumes(sample)
-        out = render_rays(self.field.bind(sdf, color, sample.spec), sample.rays, self.sampler, perturb=True,
-                          generator=generator)
         emb = self.class_embeddings if sample.labels_known and self.class_embeddings.numel() else None
-        with record_function("render/losses"):
-            return rendering_losses(out, sample.rays, self.recipe.losses, emb)
+        return render_and_backward(self.field, (sdf, color), sample.spec, sample.rays, self.sampler,
+                                   self.recipe.losses, emb, chunk=self.recipe.ray_chunk, perturb=True,
+                                   generator=generator, loss_scale=loss_scale)
 
     @torch.no_grad()
     def render(self, sample: PretrainSample, rays: RayBundle, chunk: int = 2048, field: VolumeField | None = None
