@@ -20,6 +20,28 @@ from backbones.structures import PointBatch
 BatchNorm = partial(nn.BatchNorm1d, eps=1e-3, momentum=0.01)
 
 
+def unique_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.unique(rows, dim=0, return_inverse=True)`` for non-huge integer rows, through one int64 key per row.
+
+    Each row is read as the digits of a mixed-radix number (column ranges as radices), so the keys sort as the
+    rows do and the result is identical; ``unique`` over a 1-D key is many times faster on the CPU than over
+    rows (it was an eighth of a small SpUNet's training step).
+    """
+    low = rows.min(0).values
+    digits = rows - low
+    radix = digits.max(0).values + 1
+    key = digits[:, 0]
+    for c in range(1, rows.shape[1]):
+        key = key * radix[c] + digits[:, c]
+    unique, inverse = torch.unique(key, return_inverse=True)
+    columns = []
+    for c in reversed(range(1, rows.shape[1])):
+        columns.append(unique % radix[c])
+        unique = unique // radix[c]
+    columns.append(unique)
+    return torch.stack(columns[::-1], dim=1) + low, inverse
+
+
 class BasicBlock(spconv.SparseModule):
     """Two submanifold 3^3 convs with BN, and a 1^3 projection on the residual when widths differ."""
 
@@ -85,8 +107,9 @@ class SpUNet(nn.Module):
             self.dec.append(_stage(width + skip_channels[s], width, layers[len(channels) - s - 1], f"subm{s}", a))
 
     def forward(self, batch: PointBatch) -> torch.Tensor:
-        keys = torch.cat([batch.batch_index[:, None].to(torch.int32), batch.grid_coord.to(torch.int32)], dim=1)
-        voxels, inverse = torch.unique(keys, dim=0, return_inverse=True)
+        keys = torch.cat([batch.batch_index[:, None], batch.grid_coord], dim=1).long()
+        voxels, inverse = unique_rows(keys)
+        voxels = voxels.to(torch.int32)
         counts = torch.bincount(inverse, minlength=len(voxels)).to(batch.feat.dtype)
         feat = batch.feat.new_zeros(len(voxels), batch.feat.shape[1]).index_add(0, inverse, batch.feat)
         feat = feat / counts[:, None]

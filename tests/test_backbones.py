@@ -172,3 +172,16 @@ def test_config_follows_width_overrides() -> None:
     coord, grid = np.zeros((5, 3), np.float32), np.arange(15).reshape(5, 3)
     batch = PointBatch.collate([(coord, grid, np.ones((5, 4), np.float32))])
     assert net(batch).shape == (5, net.config.out_channels)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_unique_rows_is_torch_unique_over_rows(seed: int) -> None:
+    from backbones.spunet import unique_rows
+
+    gen = torch.Generator().manual_seed(seed)
+    rows = torch.cat([torch.randint(0, 3, (500, 1), generator=gen),
+                      torch.randint(-40, 60, (500, 3), generator=gen) // (seed + 1)], dim=1)
+    got, got_inverse = unique_rows(rows)
+    want, want_inverse = torch.unique(rows, dim=0, return_inverse=True)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    torch.testing.assert_close(got_inverse, want_inverse, rtol=0, atol=0)
