@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import time
@@ -12,15 +11,19 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.console import configure
+
 
 def _data_synth(args: argparse.Namespace) -> int:
     from tasks.synth.suite import synthesize
 
     root = Path(args.root or f"data/{args.suite}")
     start = time.perf_counter()
+    datasets = _csv(args.datasets) if args.datasets else None
     try:
-        synthesize(root, args.suite, seed=args.seed, **_parse_sizes(args.size))
-    except ValueError as exc:  # a bad size override: say so without a traceback
+        synthesize(root, args.suite, seed=args.seed, progress=not args.no_progress, datasets=datasets,
+                   workers=args.workers, **_parse_sizes(args.size))
+    except (ValueError, FileExistsError) as exc:  # a bad size override or dataset, or one already there
         raise SystemExit(f"ponderbench data synth: {exc}") from exc
     print(f"wrote the '{args.suite}' suite to {root} in {time.perf_counter() - start:.1f} s")
     return _print_check(root, None, None, ())
@@ -175,13 +178,16 @@ def _expand(args: argparse.Namespace, backbones: list[str]) -> list:
 
 def _execute(args: argparse.Namespace, runs: list) -> list:
     """Run the matrix (generating the mini suite first when it is the default and missing); print the counts."""
-    from bench.matrix.runner import run_matrix
+    from bench.matrix.runner import datasets_read, run_matrix
 
-    if args.data == DEFAULT_DATA and not Path(DEFAULT_DATA).is_dir():
-        from tasks.synth.suite import synthesize
+    if args.data == DEFAULT_DATA:
+        from tasks.synth.suite import DATASETS, synthesize
 
-        print(f"no {DEFAULT_DATA}: generating the mini suite first")
-        synthesize(DEFAULT_DATA, "mini", seed=0)
+        missing = [d for d in DATASETS if d in datasets_read(runs) and not (Path(DEFAULT_DATA) / d).is_dir()]
+        if missing:
+            print(f"generating the mini suite's {', '.join(missing)} in {DEFAULT_DATA} (what the chosen tasks read)")
+            synthesize(DEFAULT_DATA, "mini", seed=0, progress=not args.no_progress, datasets=missing,
+                       workers=args.workers)
     slurm = {k: v for k, v in {"slurm_partition": args.slurm_partition, "gpus_per_node": args.gpus_per_node,
                                "timeout_min": args.timeout_min, "cpus_per_task": args.cpus_per_task}.items() if v}
     records = run_matrix(runs, args.executor, args.workers, args.overwrite, slurm, progress=not args.no_progress)
@@ -369,6 +375,10 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--root", help="output folder (default: data/<suite>)")
     synth.add_argument("--suite", default="mini", choices=("mini", "tiny"), help="size preset (default: mini)")
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--datasets", help="comma-separated subset of scannet, s3dis, semantickitti, nuscenes "
+                                          "(default: all)")
+    synth.add_argument("--workers", type=int, default=_default_workers(), help="parallel processes")
+    synth.add_argument("--no-progress", action="store_true", help="no progress bar")
     synth.add_argument("--size", action="append", default=[], metavar="KEY=VALUE",
                        help="override a size of the suite, e.g. --size 'scannet_scenes=(4,2,1)' "
                             "--size lidar_azimuths=512 (fields: `ponderbench list suites`)")
@@ -462,8 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
-    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)  # a deprecation notice timm's import triggers
+    configure(args.verbose)
     if getattr(args, "plugin", None):
         from backbones.registry import load_plugin
 

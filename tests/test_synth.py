@@ -8,6 +8,7 @@ import io
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from tasks.check import check_root
@@ -106,3 +107,29 @@ def test_generated_nuscenes_lidar_projects_into_its_cameras(tiny_root: Path) -> 
         assert inside.sum() > 100, sample.cameras[v]
         seen |= inside
     assert seen.mean() > 0.5
+
+
+def test_a_dataset_written_alone_and_in_parallel_is_the_suites(tiny_root: Path, tmp_path: Path) -> None:
+    alone = synthesize(tmp_path / "alone", "tiny", seed=0, progress=False, datasets=["semantickitti", "s3dis"],
+                       workers=2)
+    assert sorted(p.name for p in alone.iterdir()) == ["s3dis", "semantickitti"], "nothing else, no partial folder"
+    for dataset in ("s3dis", "semantickitti"):
+        assert _digest(alone / dataset) == _digest(tiny_root / dataset), dataset
+    with pytest.raises(FileExistsError, match="s3dis"):  # never written over
+        synthesize(alone, "tiny", seed=1, progress=False, datasets=["s3dis"])
+    with pytest.raises(ValueError, match="writes no"):
+        synthesize(alone, "tiny", progress=False, datasets=["kitti"])
+
+
+def test_the_matrix_names_the_datasets_it_reads() -> None:
+    from bench.matrix.runner import datasets_read, expand
+
+    def read(tasks: str, inits: list[str]) -> set[str]:
+        return datasets_read(expand(backbones=["spunet-mini"], inits=inits, tasks=tasks, seeds=[0],
+                                    data_roots=("data",), results="results"))
+
+    main_job = "scannet-semseg,s3dis-area5-semseg,semantickitti-semseg"
+    assert read(main_job, ["scratch", "ponder"]) == {"scannet", "s3dis", "semantickitti"}
+    assert read("s3dis-area5-semseg", ["scratch"]) == {"s3dis"}
+    assert read("s3dis-area5-semseg", ["ponder"]) == {"s3dis", "scannet"}, "indoor pre-training reads ScanNet"
+    assert read("nuscenes-det-fusion", ["ponder"]) == {"nuscenes", "semantickitti", "scannet"}

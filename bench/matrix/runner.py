@@ -21,7 +21,8 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import Executor as FuturesExecutor
 from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
@@ -350,25 +351,75 @@ def pretrain_job(job: PretrainJob) -> tuple[str | None, str | None]:
         return None, f"{type(exc).__name__}: {exc}"
 
 
-def _map(fn: Callable, items: list, executor: Executor, workers: int, slurm: dict | None, folder: Path,
-         desc: str, progress: bool) -> list:
-    """``fn`` over ``items`` on the chosen executor, results in order."""
+def _map(fn: Callable, items: list, executor: Executor, slurm: dict | None, folder: Path, desc: str,
+         progress: bool) -> list:
+    """``fn`` over ``items`` as Slurm (or submitit debug) jobs, results in order."""
     if not items:
         return []
-    if executor == "local" and workers <= 1:
-        return [fn(item) for item in tqdm(items, desc=desc, disable=not progress)]
-    if executor == "local":
-        with ProcessPoolExecutor(min(workers, len(items)), mp_context=get_context("spawn"), initializer=_worker_init,
-                                 initargs=(workers,)) as pool:
-            return list(tqdm(pool.map(fn, items), total=len(items), desc=desc, disable=not progress))
-    if executor in ("slurm", "debug"):
-        import submitit
+    if executor not in ("slurm", "debug"):
+        raise ValueError(f"executor must be local, slurm or debug, got {executor!r}")
+    import submitit
 
-        pool = submitit.AutoExecutor(folder=folder, cluster="debug" if executor == "debug" else None)
-        pool.update_parameters(**(slurm or {}))
-        jobs = [pool.submit(fn, item) for item in items]
-        return [job.result() for job in tqdm(jobs, desc=desc, disable=not progress)]
-    raise ValueError(f"executor must be local, slurm or debug, got {executor!r}")
+    pool = submitit.AutoExecutor(folder=folder, cluster="debug" if executor == "debug" else None)
+    pool.update_parameters(**(slurm or {}))
+    jobs = [pool.submit(fn, item) for item in items]
+    return [job.result() for job in tqdm(jobs, desc=desc, disable=not progress)]
+
+
+class _InlineExecutor(FuturesExecutor):
+    """Runs each submitted call at once, in this process (one local worker)."""
+
+    def submit(self, fn: Callable, /, *args: object, **kwargs: object) -> Future:
+        future: Future = Future()
+        future.set_result(fn(*args, **kwargs))
+        return future
+
+
+def _local_pool(workers: int, jobs: int) -> FuturesExecutor:
+    if workers <= 1:
+        return _InlineExecutor()
+    return ProcessPoolExecutor(min(workers, jobs), mp_context=get_context("spawn"), initializer=_worker_init,
+                               initargs=(workers, log.isEnabledFor(logging.DEBUG)))
+
+
+def _with_export(run: RunSpec, slot: str, path: str | None, error: str | None) -> RunSpec:
+    """``run`` with a pre-training's export in ``slot`` (or its error: the run then records the failure)."""
+    return replace(run, **{slot: path}, pretrain_error=run.pretrain_error or error)
+
+
+def _run_local(todo: list[RunSpec], needed: dict[PretrainJob, list[tuple[RunSpec, str]]], workers: int,
+               progress: bool) -> dict[RunSpec, RunRecord]:
+    """Pre-trainings and runs in one pool of local processes. The runs that need no pre-training start at once,
+    beside the pre-trainings; a ``ponder`` run starts as soon as its exports exist. Fine-tunes are queued before
+    probes (longest first), so no worker idles while another finishes a long run."""
+    blocked = {run: {job for job, waiting in needed.items() if any(r == run for r, _ in waiting)} for run in todo}
+    resolved = {run: run for run in todo}
+    records: dict[RunSpec, RunRecord] = {}
+
+    def longest_first(runs: list[RunSpec]) -> list[RunSpec]:
+        return sorted(runs, key=lambda run: run.linear_probe)
+
+    with _local_pool(workers, len(todo) + len(needed)) as pool, \
+            tqdm(total=len(todo) + len(needed), desc="pre-training and runs", disable=not progress) as bar:
+        futures: dict[Future, PretrainJob | RunSpec] = {pool.submit(pretrain_job, job): job for job in needed}
+        futures |= {pool.submit(execute, run): run for run in longest_first([r for r in todo if not blocked[r]])}
+        while futures:
+            done, _ = wait(futures, return_when=FIRST_COMPLETED)
+            for future in done:
+                item = futures.pop(future)
+                bar.update()
+                if isinstance(item, RunSpec):
+                    records[item] = future.result()
+                    continue
+                path, error = future.result()
+                ready = []
+                for run, slot in needed[item]:
+                    resolved[run] = _with_export(resolved[run], slot, path, error)
+                    blocked[run].discard(item)
+                    if not blocked[run]:
+                        ready.append(run)
+                futures |= {pool.submit(execute, resolved[run]): run for run in longest_first(ready)}
+    return records
 
 
 def pretrain_jobs(runs: list[RunSpec]) -> dict[PretrainJob, list[tuple[RunSpec, str]]]:
@@ -384,6 +435,12 @@ def pretrain_jobs(runs: list[RunSpec]) -> dict[PretrainJob, list[tuple[RunSpec, 
                               preset=run.preset, device=run.device, plugins=run.plugins)
             needed.setdefault(job, []).append((run, slot))
     return needed
+
+
+def datasets_read(runs: Sequence[RunSpec]) -> set[str]:
+    """The dataset folders the runs read, and the pre-trainings of their ``ponder`` inits."""
+    return ({get_task(run.task).dataset for run in runs}
+            | {PRETRAIN_DATA[job.mode] for job in pretrain_jobs(list(runs))})
 
 
 def _pretrainings(spec: TaskSpec, run: RunSpec) -> list[tuple[str, Mode, str]]:
@@ -407,23 +464,26 @@ def run_matrix(runs: list[RunSpec], executor: Executor = "local", workers: int =
     """Execute the runs that are not finished yet; returns every run's record (finished ones included)."""
     done = {} if overwrite else {run: rec for run in runs if (rec := finished(run)) is not None}
     todo = [run for run in runs if run not in done]
-    folder = Path(runs[0].results) / "slurm" if runs else Path("slurm")
     needed = pretrain_jobs(todo)
-    exports = dict(zip(needed, _map(pretrain_job, list(needed), executor, workers, slurm, folder, "pre-training",
-                                    progress), strict=True))
+    if executor == "local":
+        return [({**done, **_run_local(todo, needed, workers, progress)})[run] for run in runs]
+    folder = Path(runs[0].results) / "slurm" if runs else Path("slurm")
+    exports = dict(zip(needed, _map(pretrain_job, list(needed), executor, slurm, folder, "pre-training", progress),
+                       strict=True))
     resolved: dict[RunSpec, RunSpec] = {}
     for job, waiting in needed.items():
         path, error = exports[job]
         for run, slot in waiting:
-            current = resolved.get(run, run)
-            resolved[run] = replace(current, **{slot: path}, pretrain_error=current.pretrain_error or error)
-    fresh = _map(execute, [resolved.get(run, run) for run in todo], executor, workers, slurm, folder, "runs",
-                 progress)
+            resolved[run] = _with_export(resolved.get(run, run), slot, path, error)
+    fresh = _map(execute, [resolved.get(run, run) for run in todo], executor, slurm, folder, "runs", progress)
     by_run = {**done, **dict(zip(todo, fresh, strict=True))}
     return [by_run[run] for run in runs]
 
 
-def _worker_init(workers: int) -> None:
+def _worker_init(workers: int, verbose: bool) -> None:
     import torch
 
+    from bench.console import configure
+
+    configure(verbose)  # a spawned process starts with neither the parent's logging nor its warning filters
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, fields
+from multiprocessing import get_context
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -63,39 +68,105 @@ def suite_size(name: str, **overrides: object) -> SuiteSize:
     return SuiteSize(**{**base.__dict__, **overrides})
 
 
+# The dataset folders the generator writes, each with the job kind that writes it.
+DATASETS = {"scannet": "scannet", "s3dis": "s3dis", "semantickitti": "kitti", "nuscenes": "nuscenes"}
+
+
 def synthesize(root: str | Path, suite: str = "mini", seed: int = 0, progress: bool = True,
-               **overrides: object) -> Path:
-    """Write ScanNet(+200, +RGB-D), S3DIS, SemanticKITTI and nuScenes datasets under ``root``."""
+               datasets: Iterable[str] | None = None, workers: int = 1, **overrides: object) -> Path:
+    """Write ScanNet(+200, +RGB-D), S3DIS, SemanticKITTI and nuScenes datasets under ``root`` (``datasets``: only
+    these folders of :data:`DATASETS`; ``workers``: processes writing the point-cloud scenes).
+
+    Every dataset draws from generators seeded by its own scenes, so one written alone is byte for byte the one
+    the whole suite holds. Each is written into a hidden folder beside its place and renamed into it when whole:
+    a killed generation leaves no half dataset that a later run would take for a finished one. An existing
+    dataset folder is refused, not overwritten.
+    """
     root = Path(root)
     size = suite_size(suite, **overrides)
-    jobs = (
+    chosen = list(DATASETS) if datasets is None else list(dict.fromkeys(datasets))
+    unknown = sorted(set(chosen) - set(DATASETS))
+    if unknown:
+        raise ValueError(f"the generator writes no {unknown}; choose from {', '.join(DATASETS)}")
+    existing = [str(root / d) for d in chosen if (root / d).exists()]
+    if existing:
+        raise FileExistsError(f"{', '.join(existing)} already exist(s); remove it or choose another root")
+    partial = {d: root / f".{d}.partial" for d in chosen}
+    for folder in partial.values():
+        shutil.rmtree(folder, ignore_errors=True)  # left by a killed generation
+    kinds = {DATASETS[d] for d in chosen}
+    jobs = [job for job in (
         [("scannet", i) for i in range(sum(size.scannet_scenes))]
         + [("s3dis", (a, r)) for a, n in size.s3dis_rooms.items() for r in range(n)]
         + [("kitti", (s, f)) for s, n in size.kitti_scans.items() for f in range(n)]
         + [("nuscenes", i) for i in range(sum(size.nuscenes_scenes))]
-    )
-    nus = NuScenesWriter(root / "nuscenes", "v1.0-mini", seed, size.camera_size, size.lidar_azimuths)
+    ) if job[0] in kinds]
+    bar = tqdm(total=len(jobs), desc=f"synth {suite}", disable=not progress, unit="scene")
+    folder_of = {kind: partial[d] for d, kind in DATASETS.items() if d in partial}
+    scenes = [_SceneJob(kind, key, folder_of[kind], size, seed) for kind, key in jobs if kind != "nuscenes"]
     kitti_poses: dict[int, list[np.ndarray]] = {}
-    for kind, key in tqdm(jobs, desc=f"synth {suite}", disable=not progress, unit="scene"):
-        rng = np.random.default_rng([seed, hash_key(kind), *np.atleast_1d(key)])
-        if kind == "scannet":
-            _write_scannet(root / "scannet", key, size, rng)
-        elif kind == "s3dis":
-            _write_s3dis(root / "s3dis", *key, size, rng)
-        elif kind == "kitti":
-            kitti_poses.setdefault(key[0], []).append(_write_kitti(root / "semantickitti", *key, size, rng))
-        else:
-            n_train = size.nuscenes_scenes[0]
-            name = NUSCENES_MINI_TRAIN[key] if key < n_train else NUSCENES_MINI_VAL[key - n_train]
-            nus.add_scene(name, make_street(rng, mix=NUSCENES_MIX), size.nuscenes_samples, rng)
+    for job, pose in zip(scenes, _map(_write_scene, scenes, workers), strict=True):
+        if pose is not None:
+            kitti_poses.setdefault(job.key[0], []).append(pose)
+        bar.update()
     for seq, poses in kitti_poses.items():
-        write_semantickitti_sequence_meta(root / "semantickitti", seq, np.stack(poses), np.arange(len(poses)) * 0.1)
-    nus.finish()
+        write_semantickitti_sequence_meta(partial["semantickitti"], seq, np.stack(poses),
+                                          np.arange(len(poses)) * 0.1)
+    if "nuscenes" in partial:  # one writer holds the tables of every scene: in this process
+        nus = NuScenesWriter(partial["nuscenes"], "v1.0-mini", seed, size.camera_size, size.lidar_azimuths)
+        n_train = size.nuscenes_scenes[0]
+        for _, key in (job for job in jobs if job[0] == "nuscenes"):
+            name = NUSCENES_MINI_TRAIN[key] if key < n_train else NUSCENES_MINI_VAL[key - n_train]
+            rng = _rng(seed, "nuscenes", key)
+            nus.add_scene(name, make_street(rng, mix=NUSCENES_MIX), size.nuscenes_samples, rng)
+            bar.update()
+        nus.finish()
+    bar.close()
+    for dataset, folder in partial.items():
+        if folder.is_dir():  # a dataset sized to nothing has none
+            folder.rename(root / dataset)
     return root
 
 
 def hash_key(kind: str) -> int:
     return sum(ord(c) * 31**i for i, c in enumerate(kind)) % (2**31)
+
+
+def _rng(seed: int, kind: str, key: object) -> np.random.Generator:
+    """The generator of one scene: it depends on the suite's seed and the scene alone."""
+    return np.random.default_rng([seed, hash_key(kind), *np.atleast_1d(key)])
+
+
+@dataclass(frozen=True)
+class _SceneJob:
+    """One independent scene of the point-cloud datasets (a ScanNet room, an S3DIS room, a SemanticKITTI scan)."""
+
+    kind: str
+    key: Any
+    folder: Path
+    size: SuiteSize
+    seed: int
+
+
+def _write_scene(job: _SceneJob) -> np.ndarray | None:
+    """Write one scene; a SemanticKITTI scan returns its pose (the sequence's poses file is written last)."""
+    rng = _rng(job.seed, job.kind, job.key)
+    if job.kind == "scannet":
+        _write_scannet(job.folder, job.key, job.size, rng)
+    elif job.kind == "s3dis":
+        _write_s3dis(job.folder, *job.key, job.size, rng)
+    else:
+        return _write_kitti(job.folder, *job.key, job.size, rng)
+    return None
+
+
+def _map(fn: Callable[[_SceneJob], Any], jobs: list[_SceneJob], workers: int) -> Iterator[Any]:
+    """``fn`` over ``jobs`` in order, in ``workers`` processes (here when 1): scenes share no state."""
+    if workers <= 1 or len(jobs) < 2:
+        yield from map(fn, jobs)
+        return
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        yield from pool.map(fn, jobs, chunksize=4)
 
 
 def _write_scannet(root: Path, index: int, size: SuiteSize, rng: np.random.Generator) -> None:

@@ -1,0 +1,23 @@
+"""What reaches the terminal of a ``ponderbench`` command: the suite's own messages, not third-party notices.
+
+Called by the command line and by every worker process it starts (spawned workers inherit neither logging nor
+warning filters). Library use (``import bench``) is left alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+OWN_PACKAGES = ("bench", "tasks", "renderer", "backbones")
+
+
+def configure(verbose: bool = False) -> None:
+    """The suite's loggers at INFO (DEBUG with ``verbose``); third-party loggers and warnings only from ERROR up."""
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(message)s")
+    for name in OWN_PACKAGES:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
+    # torch logs through a handler of its own (propagation off), so the root level does not reach it
+    logging.getLogger("torch").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    warnings.filterwarnings("default", module=rf"({'|'.join(OWN_PACKAGES)})(\.|$)")
