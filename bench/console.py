@@ -12,11 +12,13 @@ import warnings
 OWN_PACKAGES = ("bench", "tasks", "renderer", "backbones")
 
 
-def configure(verbose: bool = False) -> None:
-    """The suite's loggers at INFO (DEBUG with ``verbose``); third-party loggers and warnings only from ERROR up."""
+def configure(verbose: bool = False, worker: bool = False) -> None:
+    """The suite's loggers at INFO (a worker's at WARNING: its progress is the parent's bar; DEBUG with
+    ``verbose``); third-party loggers and warnings only from ERROR up."""
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(message)s")
+    level = logging.DEBUG if verbose else logging.WARNING if worker else logging.INFO
     for name in OWN_PACKAGES:
-        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
+        logging.getLogger(name).setLevel(level)
     # torch logs through a handler of its own (propagation off), so the root level does not reach it
     logging.getLogger("torch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")

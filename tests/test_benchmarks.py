@@ -464,3 +464,35 @@ def test_the_backbone_may_learn_slower_than_the_head() -> None:
     frozen = SegmentationModel(create_backbone("spunet-micro"), 16, 5, freeze_backbone=True)
     probe, peaks = make_optimizer(frozen, recipe)
     assert len(probe.param_groups) == 1 and peaks == [recipe.lr]  # a frozen backbone has nothing to train
+
+
+def test_local_schedule_runs_each_once_and_ponder_runs_after_their_pretraining(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """One local pool: runs that need no export go first beside the pre-trainings (fine-tunes before probes);
+    a ponder run waits for its export, gets its path (or its error); nothing runs twice."""
+    import bench.matrix.runner as runner
+
+    events: list[str] = []
+
+    def fake_pretrain(job: runner.PretrainJob) -> tuple[str | None, str | None]:
+        events.append(f"pretrain {job.mode}")
+        return (None, "RuntimeError: no data") if job.mode == "outdoor" else (f"/exports/{job.mode}", None)
+
+    def fake_execute(run: runner.RunSpec) -> str:
+        events.append(f"{run.task} {run.init} {run.protocol}")
+        assert run.init != "ponder" or (run.init_path, run.pretrain_error) in (
+            ("/exports/indoor", None), (None, "RuntimeError: no data"))
+        return f"record of {run.name}"
+
+    monkeypatch.setattr(runner, "pretrain_job", fake_pretrain)
+    monkeypatch.setattr(runner, "execute", fake_execute)
+    runs = expand(backbones=["spunet-micro"], inits=["scratch", "ponder"], protocols=["probe", "finetune"],
+                  tasks="scannet-semseg,semantickitti-semseg", seeds=[0], data_roots=("data",),
+                  results=str(tmp_path))
+    records = run_matrix(runs, workers=1, progress=False)
+    assert records == [f"record of {run.name}" for run in runs]
+    assert len(events) == len(runs) + 2 and len(set(events)) == len(events), "each job once"
+    assert events[:2] == ["pretrain indoor", "pretrain outdoor"]
+    independent = events[2:6]
+    assert all("ponder" not in e for e in independent)
+    assert [("probe" in e) for e in independent] == [False, False, True, True], "fine-tunes first"

@@ -44,6 +44,7 @@ def _assert_complete(results: Path) -> list[RunRecord]:
     return records
 
 
+@pytest.mark.slow
 def test_kill_9_mid_finetune_then_the_same_command_finishes(tiny_root: Path, tmp_path: Path) -> None:
     results = tmp_path / "results"
     child = _child("import sys; from bench.cli import main; sys.exit(main(sys.argv[1:]))",
@@ -63,6 +64,7 @@ def test_kill_9_mid_finetune_then_the_same_command_finishes(tiny_root: Path, tmp
     assert first[0].stat().st_mtime_ns == stamp  # the finished run was not redone
 
 
+@pytest.mark.slow
 def test_kill_9_mid_record_write_then_the_same_command_finishes(tiny_root: Path, tmp_path: Path) -> None:
     """The child is killed by SIGKILL in the middle of writing its first record (half the bytes in the file)."""
     results = tmp_path / "results"

@@ -123,6 +123,7 @@ def test_a_wall_hides_what_lies_behind_it() -> None:
     assert not seen[-len(unseen):].any()
 
 
+@pytest.mark.slow
 def test_the_real_frames_see_the_cloud_fused_from_them(shared_data: Path) -> None:
     from tasks.formats.rgbd_folder import RGBDFolder
     from tasks.formats.rgbd_frames import fuse_views

@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from bench.finetune.engine import finetune
 from bench.finetune.lowlevel import lowlevel_scenes
@@ -27,6 +28,7 @@ def test_scenes_hold_out_frames_by_the_contracts_rule(tiny_root: Path) -> None:
     assert scene.mesh is not None and len(read_mesh(scene.mesh)[0]) > 10_000  # the exact surface, 2 cm apart
 
 
+@pytest.mark.slow
 def test_both_tasks_share_one_fit_and_write_their_outputs(tiny_root: Path, tmp_path: Path) -> None:
     runs = tmp_path / "results" / "runs" / "finetune"
     nvs = finetune(get_task("nvs-scannet"), "spunet-micro", tiny_root, recipe=RECIPE, artifacts=runs / "nvs",
@@ -46,6 +48,7 @@ def test_both_tasks_share_one_fit_and_write_their_outputs(tiny_root: Path, tmp_p
     assert (tmp_path / "mesh.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_nvs_on_the_real_7scenes_frames(shared_data: Path, tmp_path: Path) -> None:
     spec = get_task("nvs-7scenes")
     (scene,) = lowlevel_scenes(spec, shared_data)

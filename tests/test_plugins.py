@@ -33,6 +33,7 @@ def _args(tiny_root: Path, results: Path, *extra: str) -> list[str]:
             "--inits", "scratch", "--results", str(results), "--no-progress", *extra]
 
 
+@pytest.mark.slow
 def test_one_file_runs_and_compares(tiny_root: Path, tmp_path: Path, plugin: Path, capsys) -> None:  # noqa: ANN001
     results = tmp_path / "results"
     name = _name(plugin)
@@ -58,6 +59,7 @@ def test_one_file_runs_and_compares(tiny_root: Path, tmp_path: Path, plugin: Pat
     assert list(cost.backbone) == [name, "spunet-micro"] and (cost.points > 0).all()
 
 
+@pytest.mark.slow
 def test_plugins_reach_worker_processes(tiny_root: Path, tmp_path: Path, plugin: Path) -> None:
     results = tmp_path / "results"
     assert main(["run", "--plugin", str(plugin), "--backbones", _name(plugin), "--workers", "2",
@@ -81,6 +83,7 @@ def test_a_typo_exits_2_before_any_work(tiny_root: Path, tmp_path: Path, words: 
     assert not results.exists()
 
 
+@pytest.mark.slow
 def test_a_2d_backbone_on_a_point_cloud_task_is_not_applicable(tiny_root: Path, tmp_path: Path) -> None:
     results = tmp_path / "results"
     assert main(["run", "--backbones", "timm:resnet18", "--inits", "ponder", "--data", str(tiny_root), "--tasks",
@@ -91,6 +94,7 @@ def test_a_2d_backbone_on_a_point_cloud_task_is_not_applicable(tiny_root: Path, 
     assert not (results / "runs" / "pretrain").exists()
 
 
+@pytest.mark.slow
 def test_ponder_pretrains_a_new_backbone_without_extra_code(tiny_root: Path, tmp_path: Path, plugin: Path) -> None:
     """``--inits ponder`` renders with the plugin's backbone (it returns per-point features) and fine-tunes the
     export."""

@@ -96,6 +96,7 @@ def test_resume_refuses_another_recipe(tiny_root: Path, tmp_path: Path) -> None:
         Pretrainer(micro_recipe("indoor", "epochs=1", "lr=0.5"), tiny_root / "scannet", tmp_path, resume=True)
 
 
+@pytest.mark.slow
 def test_kill_9_loses_at_most_the_current_epoch(tiny_root: Path, tmp_path: Path) -> None:
     args = [*MICRO, *PRESETS["indoor"][2], "epochs=3", "steps_per_epoch=3", "render_every=0"]
     cmd = [sys.executable, "-m", "bench.cli", "pretrain", "--preset", "indoor-mini", "--data",
@@ -155,6 +156,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tiny_root: Path, tmp_path: Path) -> None:
     """Data-parallel training averages the two processes' gradients; one process accumulates the same two samples'
     halves.

@@ -16,6 +16,10 @@ from tasks.spec import get_task
 from tasks.structures import Scene
 from tasks.synth.indoor import TO_SCANNET20, make_room, room_cloud
 
+# Bars below the lowest score of 5 seeds x 1 and 2 threads (python -m tests.score_spread): measured, see the README.
+ROOMS_BAR = 0.90
+SWEEPS_BAR = 0.90
+
 
 def _generated_rooms(count: int) -> list[Scene]:
     rooms = []
@@ -30,16 +34,25 @@ def _generated_rooms(count: int) -> list[Scene]:
 FIT = FinetuneRecipe(epochs=150, batch_size=2, optimizer="adamw", lr=0.005, weight_decay=0.01, max_points=12_000)
 
 
-def test_fits_two_generated_rooms_it_trained_on() -> None:
+def fit_generated_rooms(seed: int = 0) -> dict[str, object]:
     rooms = _generated_rooms(2)
-    result = fit_and_evaluate(get_task("scannet-semseg"), "spunet-mini", rooms, rooms, recipe=FIT)
-    assert result["allAcc"] >= 0.90, result
+    return fit_and_evaluate(get_task("scannet-semseg"), "spunet-mini", rooms, rooms, recipe=FIT, seed=seed)
+
+
+def fit_real_sweeps(shared_data: Path, seed: int = 0) -> dict[str, object]:
+    spec = get_task("nuscenes-lidarseg-samples")
+    sweeps = open_dataset(spec.loader, shared_data / spec.dataset, "train")
+    four = [sweeps[i] for i in range(4)]
+    return fit_and_evaluate(spec, "spunet-mini", four, four, recipe=FIT, seed=seed)
+
+
+@pytest.mark.slow
+def test_fits_two_generated_rooms_it_trained_on() -> None:
+    result = fit_generated_rooms()
+    assert result["allAcc"] >= ROOMS_BAR, result
 
 
 @pytest.mark.slow
 def test_fits_four_real_nuscenes_sweeps_it_trained_on(shared_data: Path) -> None:
-    spec = get_task("nuscenes-lidarseg-samples")
-    sweeps = open_dataset(spec.loader, shared_data / spec.dataset, "train")
-    four = [sweeps[i] for i in range(4)]
-    result = fit_and_evaluate(spec, "spunet-mini", four, four, recipe=FIT)
-    assert result["allAcc"] >= 0.90, result
+    result = fit_real_sweeps(shared_data)
+    assert result["allAcc"] >= SWEEPS_BAR, result

@@ -466,7 +466,8 @@ def run_matrix(runs: list[RunSpec], executor: Executor = "local", workers: int =
     todo = [run for run in runs if run not in done]
     needed = pretrain_jobs(todo)
     if executor == "local":
-        return [({**done, **_run_local(todo, needed, workers, progress)})[run] for run in runs]
+        by_run = {**done, **_run_local(todo, needed, workers, progress)}
+        return [by_run[run] for run in runs]
     folder = Path(runs[0].results) / "slurm" if runs else Path("slurm")
     exports = dict(zip(needed, _map(pretrain_job, list(needed), executor, slurm, folder, "pre-training", progress),
                        strict=True))
@@ -485,5 +486,5 @@ def _worker_init(workers: int, verbose: bool) -> None:
 
     from bench.console import configure
 
-    configure(verbose)  # a spawned process starts with neither the parent's logging nor its warning filters
+    configure(verbose, worker=True)  # a spawned process has neither the parent's logging nor its warning filters
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
