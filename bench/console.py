@@ -19,7 +19,10 @@ def configure(verbose: bool = False, worker: bool = False) -> None:
     level = logging.DEBUG if verbose else logging.WARNING if worker else logging.INFO
     for name in OWN_PACKAGES:
         logging.getLogger(name).setLevel(level)
-    # torch logs through a handler of its own (propagation off), so the root level does not reach it
+    # torch logs through a handler of its own (propagation off) and sets its loggers' levels when imported: after
+    # its import, the level of its top logger holds for the rest
+    import torch  # noqa: F401
+
     logging.getLogger("torch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     warnings.filterwarnings("default", module=rf"({'|'.join(OWN_PACKAGES)})(\.|$)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -27,6 +28,32 @@ def test_console_script_is_installed() -> None:
     out = subprocess.run([sys.executable, "-m", "bench.cli", "list", "datasets"], capture_output=True, text=True,
                          check=True).stdout
     assert out.split() == ["scannet", "scannet200", "s3dis", "semantickitti", "nuscenes"]
+
+
+FORWARD = """
+import torch
+from backbones.registry import create_backbone
+from backbones.structures import PointBatch
+import matplotlib.pyplot
+net = create_backbone("spunet-micro")
+coord = torch.rand(200, 3) * 2
+net(PointBatch.collate([(coord.numpy(), (coord / 0.1).int().numpy(), torch.rand(200, 6).numpy())]))
+"""
+
+
+@pytest.mark.slow
+def test_no_third_party_notice_reaches_the_terminal(tmp_path: Path) -> None:
+    """A process set up as the command line and its workers are (``bench.console.configure``) prints nothing of
+    the notices a sparse forward (torch's is_fx_tracing) and a fresh matplotlib font cache give; without it, they
+    reach stderr."""
+    env = {**os.environ, "MPLCONFIGDIR": str(tmp_path / "mpl")}  # a fresh font cache: matplotlib logs building it
+    setup = "import logging; logging.basicConfig(level=logging.INFO)\n"
+    bare = subprocess.run([sys.executable, "-c", setup + FORWARD], capture_output=True, text=True, check=True, env=env)
+    assert "is_fx_tracing" in bare.stderr and "fontManager" in bare.stderr, "the test's notices still exist"
+    env["MPLCONFIGDIR"] = str(tmp_path / "mpl2")
+    quiet = "from bench.console import configure; configure(worker=True)\n"
+    done = subprocess.run([sys.executable, "-c", quiet + FORWARD], capture_output=True, text=True, check=True, env=env)
+    assert done.stderr == ""
 
 
 def test_list_backbones(capsys) -> None:
