@@ -16,9 +16,12 @@ from tasks.spec import get_task
 from tasks.structures import Scene
 from tasks.synth.indoor import TO_SCANNET20, make_room, room_cloud
 
-# Bars below the lowest score of 5 seeds x 1 and 2 threads (python -m tests.score_spread): measured, see the README.
-ROOMS_BAR = 0.90
-SWEEPS_BAR = 0.90
+# Bars set from measured spreads (python -m tests.score_spread, 2026-12-03, 2 cores), each with a margin below the
+# lowest score larger than the whole spread; a train/eval mismatch scores far lower (19 % on a real ScanNet scene).
+# rooms: seeds 0-4 x 1 and 2 threads, allAcc 0.811-0.913 (spread 0.10): bar 0.70
+# sweeps: seeds 0-4 x 1 thread, allAcc 0.920-0.936 (spread 0.016): bar 0.85
+ROOMS_BAR = 0.70
+SWEEPS_BAR = 0.85
 
 
 def _generated_rooms(count: int) -> list[Scene]:
