@@ -496,3 +496,4 @@ def test_local_schedule_runs_each_once_and_ponder_runs_after_their_pretraining(t
     independent = events[2:6]
     assert all("ponder" not in e for e in independent)
     assert [("probe" in e) for e in independent] == [False, False, True, True], "fine-tunes first"
+    assert run_matrix([], workers=2, progress=False) == [], "nothing to do starts no pool"

@@ -7,8 +7,9 @@ pipeline a ``not-runnable`` one, a combination that cannot run a ``not-applicabl
 ``failed`` one with the error, and the matrix goes on.
 
 The ``ponder`` initialisation needs a pre-trained export per (backbone, domain, preset). Those pre-trainings
-run first, as jobs of the same executor as the fine-tunes (on Slurm: as jobs, never on the submitting
-node); a pre-training that fails makes the runs that needed it ``failed`` records with its error.
+run as jobs of the same executor as the fine-tunes (on Slurm: as jobs, never on the submitting node, before
+the runs; locally: in the same pool, beside the runs that need no export); a pre-training that fails makes
+the runs that needed it ``failed`` records with its error.
 """
 
 from __future__ import annotations
@@ -392,6 +393,8 @@ def _run_local(todo: list[RunSpec], needed: dict[PretrainJob, list[tuple[RunSpec
     """Pre-trainings and runs in one pool of local processes. The runs that need no pre-training start at once,
     beside the pre-trainings; a ``ponder`` run starts as soon as its exports exist. Fine-tunes are queued before
     probes (longest first), so no worker idles while another finishes a long run."""
+    if not todo:
+        return {}
     blocked = {run: {job for job, waiting in needed.items() if any(r == run for r, _ in waiting)} for run in todo}
     resolved = {run: run for run in todo}
     records: dict[RunSpec, RunRecord] = {}
