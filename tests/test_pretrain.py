@@ -240,7 +240,7 @@ def test_the_chunked_step_gives_the_losses_and_gradients_of_one_pass(tiny_root: 
     model, sample = _micro_model_and_sample(tiny_root, "rays_per_view=64")
     assert len(sample.rays) > 2 * 7 and sample.labels_known, "several chunks, the semantic loss included"
     model.zero_grad()
-    sdf, color = model.volumes(sample)
+    sdf, color = model(sample)
     out = render_rays(model.field.bind(sdf, color, sample.spec), sample.rays, model.sampler, perturb=True,
                       generator=sample_rng(0, 0, 0)[1])
     want = rendering_losses(out, sample.rays, model.recipe.losses, model.class_embeddings)

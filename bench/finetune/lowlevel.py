@@ -139,7 +139,7 @@ def scene_field(model: PonderModel, scene: LowLevelScene, device: torch.device
     voxel = voxel_size("indoor", get_backbone_config(model.recipe.backbone).voxel_size)
     sample = sample_to(build_sample(scene.train, model.recipe, voxel, HELDOUT_EPOCH, 0, augment=False), device)
     precise_batchnorm(model, [sample])  # -> eval mode
-    field = model.field.bind(*model.volumes(sample), sample.spec)
+    field = model.field.bind(*model(sample), sample.spec)
     _, norm = normalize_to_unit_cube(scene.train)
     return sample, field, norm
 

@@ -53,8 +53,9 @@ class PonderModel(nn.Module):
         self.register_buffer("class_embeddings", class_embeddings(list(class_names), dim=semantic_dim)
                              if semantic_dim else torch.zeros(0))
 
-    def volumes(self, sample: PretrainSample) -> tuple[torch.Tensor, torch.Tensor]:
-        """The sample's SDF and colour volumes, (1, Z, Y, X, C) each."""
+    def forward(self, sample: PretrainSample) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sample's SDF and colour volumes, (1, Z, Y, X, C) each (backbone, feature volume, U-Net: every
+        BatchNorm of the model); :meth:`train_step` and :meth:`render` run the field's decoders on them."""
         amp = self.recipe.amp and sample.rays.origins.is_cuda
         with record_function("model/backbone"), torch.autocast("cuda", torch.bfloat16, enabled=amp):
             if self.modality == "3d":
@@ -86,7 +87,7 @@ class PonderModel(nn.Module):
         fits and the renderer benchmarks run it, so the measured path is the product's. Chunks change the peak
         memory, not the result (float summation order aside).
         """
-        sdf, color = self.volumes(sample)
+        sdf, color = self(sample)
         emb = self.class_embeddings if sample.labels_known and self.class_embeddings.numel() else None
         return render_and_backward(self.field, (sdf, color), sample.spec, sample.rays, self.sampler,
                                    self.recipe.losses, emb, chunk=self.recipe.ray_chunk, perturb=True,
@@ -101,7 +102,7 @@ class PonderModel(nn.Module):
         self.eval()
         try:
             if field is None:
-                field = self.field.bind(*self.volumes(sample), sample.spec)
+                field = self.field.bind(*self(sample), sample.spec)
             outs = [render_rays(field, rays[i:i + chunk], self.sampler) for i in range(0, len(rays), chunk)]
         finally:
             self.train(was_training)
