@@ -177,13 +177,15 @@ def _expand(args: argparse.Namespace, backbones: list[str]) -> list:
 
 
 def _execute(args: argparse.Namespace, runs: list) -> list:
-    """Run the matrix (generating the mini suite first when it is the default and missing); print the counts."""
+    """Run the matrix (first generating what the runs read of the mini suite, when it is the default data root and
+    lacks it); print the counts."""
     from bench.matrix.runner import datasets_read, run_matrix
 
     if args.data == DEFAULT_DATA:
         from tasks.synth.suite import DATASETS, synthesize
 
-        missing = [d for d in DATASETS if d in datasets_read(runs) and not (Path(DEFAULT_DATA) / d).is_dir()]
+        read = datasets_read(runs)
+        missing = [d for d in DATASETS if d in read and not (Path(DEFAULT_DATA) / d).is_dir()]
         if missing:
             print(f"generating the mini suite's {', '.join(missing)} in {DEFAULT_DATA} (what the chosen tasks read)")
             synthesize(DEFAULT_DATA, "mini", seed=0, progress=not args.no_progress, datasets=missing,
