@@ -47,6 +47,11 @@ class PointBatch:
         return PointBatch(self.coord.to(device), self.grid_coord.to(device), self.feat.to(device),
                           self.offset.to(device))
 
+    def pin_memory(self) -> PointBatch:
+        """A copy in page-locked memory (what a DataLoader with ``pin_memory`` calls), for faster copies to CUDA."""
+        return PointBatch(self.coord.pin_memory(), self.grid_coord.pin_memory(), self.feat.pin_memory(),
+                          self.offset.pin_memory())
+
     @classmethod
     def collate(cls, clouds: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> PointBatch:
         """Stack (coord, grid_coord, feat) arrays of several clouds into one batch."""

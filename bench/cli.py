@@ -320,6 +320,25 @@ def _leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _runs_show(args: argparse.Namespace) -> int:
+    from bench.finetune.runlog import METRICS, read_run_log
+
+    folder = Path(args.run)
+    if not folder.is_dir():
+        runs = Path(args.results) / "runs" / "finetune"
+        found = sorted(p for p in runs.glob(args.run) if (p / METRICS).is_file()) if runs.is_dir() else []
+        if len(found) != 1:
+            names = "; matches: " + ", ".join(p.name for p in found) if found else ""
+            return _usage_error("runs show", ValueError(f"{args.run!r} names {len(found)} runs with a log under "
+                                                        f"{runs}{names}"))
+        folder = found[0]
+    if not (folder / METRICS).is_file():
+        return _usage_error("runs show", FileNotFoundError(f"{folder / METRICS}: no run log there"))
+    table = read_run_log(folder / METRICS)
+    print(f"{folder}\n{table.dropna(axis=1, how='all').to_string(index=False)}")
+    return 0
+
+
 def _matrix_parser(seeds: str, inits: str, protocols: str) -> argparse.ArgumentParser:
     """The options run and compare share (a parser of its own for each: parents share their actions)."""
     from bench.recipes import FINETUNE_PRESETS
@@ -464,6 +483,12 @@ def build_parser() -> argparse.ArgumentParser:
     det.add_argument("--min-score", type=float, default=0.2, help="predicted boxes drawn from this score up")
     det.add_argument("--device", default="cuda" if _cuda() else "cpu")
     det.set_defaults(func=_detect)
+
+    runs = sub.add_parser("runs", help="inspect fine-tuning runs").add_subparsers(dest="action", required=True)
+    show = runs.add_parser("show", help="print a run's log (loss, lr, steps/s per interval; evaluation scores)")
+    show.add_argument("run", help="the run's folder, or its name (wildcards) under RESULTS/runs/finetune")
+    show.add_argument("--results", default="results")
+    show.set_defaults(func=_runs_show)
 
     lister = sub.add_parser("list", parents=[plugins], help="list what the suite knows")
     lister.add_argument("what", choices=("backbones", "datasets", "suites", "tasks", "recipes"))

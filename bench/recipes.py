@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import json
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal, get_args, get_type_hints
 
@@ -17,6 +18,7 @@ from tasks.contract import Domain
 
 Mode = Literal["indoor", "outdoor", "image"]  # 3D + RGB-D views | LiDAR | 2D backbone on multi-view images
 Optimizer = Literal["sgd", "adamw"]
+Precision = Literal["fp32", "bf16", "fp16"]  # fine-tuning's autocast dtype on CUDA (fp16 with a GradScaler)
 MODES: tuple[Mode, ...] = get_args(Mode)
 
 
@@ -108,6 +110,10 @@ class FinetuneRecipe:
     pct_start: float = 0.05
     lovasz_weight: float = 1.0
     max_points: int | None = None  # cap on training points per scene (after grid sampling)
+    grad_clip: float | None = None  # max global gradient norm (None: no clipping)
+    precision: Precision = "fp32"  # bf16 / fp16 autocast: CUDA only
+    num_workers: int = 0  # DataLoader processes preparing the training clouds (0: the training process)
+    log_every: int = 10  # optimiser steps per row of the run's metrics.jsonl
     tta: bool = False
     # detection: the image backbone of the fusion track (and of the camera track when no 2D backbone is named),
     # the size camera images are resized to (H, W; multiples of 32), and the epochs (mini splits hold few samples)
@@ -129,6 +135,21 @@ class FinetuneRecipe:
             raise ValueError(f"lr must be > 0 and backbone_lr_scale >= 0, got {self.lr}, {self.backbone_lr_scale}")
         if self.optimizer not in get_args(Optimizer):
             raise ValueError(f"optimizer must be one of {get_args(Optimizer)}, got {self.optimizer!r}")
+        if self.precision not in get_args(Precision):
+            raise ValueError(f"precision must be one of {get_args(Precision)}, got {self.precision!r}")
+        if self.num_workers < 0 or self.log_every < 1 or (self.grad_clip is not None and self.grad_clip <= 0):
+            raise ValueError(f"num_workers must be >= 0, log_every >= 1 and grad_clip > 0 or None, got "
+                             f"{self.num_workers}, {self.log_every} and {self.grad_clip}")
+
+
+# fields that change how a fine-tune runs, not what it computes: a record or checkpoint made with other values is
+# still the same run
+EXECUTION_FIELDS = ("num_workers", "log_every")
+
+
+def result_fields(recipe: FinetuneRecipe) -> dict[str, Any]:
+    """The recipe's fields that decide a fine-tune's result (all but :data:`EXECUTION_FIELDS`), as JSON holds them."""
+    return {k: v for k, v in json.loads(json.dumps(dataclasses.asdict(recipe))).items() if k not in EXECUTION_FIELDS}
 
 
 # AdamW learns the mini suite in a few hundred steps, where SGD at Pointcept's rate needs thousands
@@ -136,7 +157,7 @@ _MINI_FINETUNE = FinetuneRecipe(epochs=10, batch_size=2, optimizer="adamw", lr=0
                                 max_points=12_000, image_size=(96, 160), detection_epochs=20,
                                 fit_preset="indoor-mini", fit_steps=150, nvs_size=(120, 160), mesh_resolution=128)
 FINETUNE_PRESETS: dict[str, FinetuneRecipe] = {
-    "reference": FinetuneRecipe(),
+    "reference": FinetuneRecipe(num_workers=4),
     "mini": _MINI_FINETUNE,
     "small": _MINI_FINETUNE,  # mini's fine-tuning; what differs is the ponder init's pre-training (20x longer)
     "tiny": FinetuneRecipe(epochs=2, batch_size=2, optimizer="adamw", lr=0.005, weight_decay=0.01,

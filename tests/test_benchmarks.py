@@ -433,7 +433,7 @@ def test_slurm_pretraining_is_a_job_and_its_failure_fails_the_runs(tiny_root: Pa
     real_submit = submitit.AutoExecutor.submit
 
     def spy(self, fn, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
-        submitted.append(fn.__name__)
+        submitted.append(fn.fn.__name__)  # every job requeues itself on preemption (a Checkpointable wrapper)
         return real_submit(self, fn, *args, **kwargs)
 
     def no_gpu(job: object) -> str:

@@ -23,8 +23,9 @@ from tqdm import tqdm
 
 from backbones.registry import create_backbone, get_backbone_config
 from backbones.structures import PointBatch
-from bench.finetune.engine import epoch_order, make_optimizer, optimizer_step, precise_batchnorm, register_task_type
+from bench.finetune.engine import epoch_order, make_optimizer, precise_batchnorm, register_task_type
 from bench.finetune.exports import NotApplicable, load_export
+from bench.finetune.loop import optimizer_step
 from bench.optim import one_cycle
 from bench.recipes import FinetuneRecipe
 from tasks.contract import OUTDOOR_VOXEL, in_channels, point_features

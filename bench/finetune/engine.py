@@ -19,13 +19,14 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from backbones.registry import create_backbone, get_backbone_config
 from backbones.structures import PointBatch
 from bench.finetune.exports import NotApplicable, load_export
+from bench.finetune.loop import Draw, StepBatches, train_loop
+from bench.finetune.runlog import METRICS, RunLog
 from bench.optim import one_cycle
-from bench.recipes import FinetuneRecipe
+from bench.recipes import FinetuneRecipe, result_fields
 from tasks.contract import Domain, in_channels, point_features, voxel_size
 from tasks.datasets import task_scenes
 from tasks.spec import TaskSpec
@@ -116,6 +117,26 @@ def train_cloud(scene: Scene, domain: Domain, voxel: float, limit: int | None, r
     return (scene.coord[index], grid, point_features(scene, domain)[index]), scene, index
 
 
+@dataclass(frozen=True)
+class SceneBatch:
+    """Makes a training batch from draws: each scene augmented, grid-sampled and cropped by its draw's generator,
+    collated, with the task type's targets of the chosen points. Runs in the DataLoader's workers."""
+
+    scenes: Sequence[Scene]
+    part: TaskPart
+    domain: Domain
+    voxel: float
+    limit: int | None
+
+    def __call__(self, draws: list[Draw]) -> tuple[PointBatch, np.ndarray]:
+        clouds, targets = [], []
+        for i, rng in draws:
+            cloud, scene, index = train_cloud(self.scenes[i], self.domain, self.voxel, self.limit, rng)
+            clouds.append(cloud)
+            targets.append(self.part.targets(scene, index))
+        return PointBatch.collate(clouds), np.concatenate(targets)
+
+
 def cloud_inputs(clouds: Sequence[Cloud], device: torch.device) -> Iterator[PointBatch]:
     """One-cloud batches of ``clouds``, on ``device``: the inputs of a point-cloud model."""
     return (PointBatch.collate([cloud]).to(device) for cloud in clouds)
@@ -160,19 +181,6 @@ def epoch_order(rng: np.random.Generator, scenes: int, draws: int) -> np.ndarray
     return np.concatenate([rng.permutation(scenes) for _ in range(passes)])[:draws]
 
 
-def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
-                   scheduler: torch.optim.lr_scheduler.LRScheduler, task: str) -> float:
-    """One step on ``loss`` (refused when it is not finite: training on garbage is worse than stopping); returns
-    its value."""
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"task {task}: non-finite fine-tuning loss")
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    scheduler.step()
-    return float(loss.detach())
-
-
 def make_optimizer(model: torch.nn.Module, recipe: FinetuneRecipe
                    ) -> tuple[torch.optim.Optimizer, list[float]]:
     """The recipe's optimiser over the trainable parameters, the backbone's at ``lr x backbone_lr_scale``;
@@ -198,8 +206,8 @@ def finetune(spec: TaskSpec, backbone_name: str, data_root: str | Path, *, seed:
     A limited-reconstruction task (a fraction of the training scenes) trains for as many optimiser steps as the
     full split would: the protocol measures what few scenes teach, not what few steps do. A task type whose input
     is not one point cloud per scene (detection: sweeps and camera images) runs its own :class:`SampleTask` loop;
-    ``image_init`` (its image backbone's export) and ``artifacts`` (a folder for the submission file and the
-    trained model) are for it.
+    ``image_init`` (its image backbone's export) is for it. ``artifacts``: the run's folder (checkpoint,
+    ``metrics.jsonl``; detection's submission file and model).
     """
     part = task_part(spec)  # a task without a pipeline is refused before any data is opened
     if isinstance(part, SampleTask):
@@ -214,17 +222,19 @@ def finetune(spec: TaskSpec, backbone_name: str, data_root: str | Path, *, seed:
         steps = math.ceil(len(full) / recipe.batch_size)
     return fit_and_evaluate(spec, backbone_name, train, evaluation, seed=seed, recipe=recipe, init=init,
                             linear_probe=linear_probe, device=device, progress=progress, picture=picture,
-                            steps_per_epoch=steps)
+                            steps_per_epoch=steps, artifacts=artifacts)
 
 
 def fit_and_evaluate(spec: TaskSpec, backbone_name: str, train: Sequence[Scene], evaluation: Sequence[Scene], *,
                      seed: int = 0, recipe: FinetuneRecipe = FinetuneRecipe(),  # noqa: B008
                      init: str | Path | None = None, linear_probe: bool = False, device: str = "cpu",
-                     progress: bool = False, picture: Path | None = None, steps_per_epoch: int | None = None
-                     ) -> dict[str, object]:
+                     progress: bool = False, picture: Path | None = None, steps_per_epoch: int | None = None,
+                     artifacts: Path | None = None) -> dict[str, object]:
     """The engine on given scenes (any sized, indexable collections), e.g. training = evaluation in tests.
 
-    ``steps_per_epoch``: optimiser steps per epoch (default: one pass over ``train``). With ``linear_probe`` the
+    ``steps_per_epoch``: optimiser steps per epoch (default: one pass over ``train``). With ``artifacts``, a
+    checkpoint of the same run there is resumed from and one is written every epoch (:mod:`bench.finetune.loop`),
+    beside the run's ``metrics.jsonl``. With ``linear_probe`` the
     frozen backbone's BatchNorm statistics are first recomputed on the training scenes (no labels), the same for
     every init: a probe reads features normalised for the task's data, not an init's leftover statistics.
     """
@@ -236,7 +246,6 @@ def fit_and_evaluate(spec: TaskSpec, backbone_name: str, train: Sequence[Scene],
         raise NotApplicable(f"{backbone_name} is a 2D backbone; {spec.id} is a point-cloud task")
     channels = in_channels(spec.domain)
     torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
     backbone = create_backbone(backbone_name, in_channels=channels)
     init_sha = load_export(backbone, init, backbone_name, channels) if init else None
     voxel = voxel_size(spec.domain, config.voxel_size)  # the contract's: what pre-training used
@@ -250,25 +259,24 @@ def fit_and_evaluate(spec: TaskSpec, backbone_name: str, train: Sequence[Scene],
         precise_batchnorm(model.backbone, cloud_inputs(stats_clouds, ctx.device))
     optimizer, peaks = make_optimizer(model, recipe)
     steps_per_epoch = steps_per_epoch or math.ceil(len(train) / recipe.batch_size)
-    scheduler = one_cycle(optimizer, peaks, recipe.epochs * steps_per_epoch, recipe.pct_start)
-    model.train()
-    last_loss = float("nan")
-    order = epoch_order(rng, len(train), recipe.epochs * steps_per_epoch * recipe.batch_size)
-    batches = order.reshape(-1, recipe.batch_size)
-    for batch in tqdm(batches, desc=f"{spec.id} {backbone_name}", disable=not progress):
-        clouds, targets = [], []
-        for i in batch:
-            cloud, scene, index = train_cloud(train[int(i)], ctx.domain, voxel, recipe.max_points, rng)
-            clouds.append(cloud)
-            targets.append(part.targets(scene, index))
-        output = model(PointBatch.collate(clouds).to(ctx.device))
-        loss = part.loss(output, np.concatenate(targets), ctx)
-        if loss is None:
-            scheduler.step()
-            continue
-        last_loss = optimizer_step(loss, optimizer, scheduler, spec.id)
+    steps = recipe.epochs * steps_per_epoch
+    scheduler = one_cycle(optimizer, peaks, steps, recipe.pct_start)
+    batches = StepBatches(SceneBatch(train, part, ctx.domain, voxel, recipe.max_points), seed=seed,
+                          scenes=len(train), batch_size=recipe.batch_size, steps=steps)
+    fingerprint = {"task": spec.id, "backbone": backbone_name, "seed": seed, "init_sha256": init_sha,
+                   "linear_probe": linear_probe, "recipe": result_fields(recipe), "train_scenes": len(train),
+                   "steps": steps}
+    runlog = RunLog(artifacts / METRICS if artifacts is not None else None)
+
+    def step_loss(batch: tuple[PointBatch, np.ndarray]) -> torch.Tensor | None:
+        return part.loss(model(batch[0].to(ctx.device)), batch[1], ctx)
+
+    done = train_loop(model, batches, step_loss, optimizer, scheduler, recipe=recipe, steps_per_epoch=steps_per_epoch,
+                      fingerprint=fingerprint, folder=artifacts, runlog=runlog, device=ctx.device,
+                      desc=f"{spec.id} {backbone_name}", progress=progress, task=spec.id)
     precise_batchnorm(model, cloud_inputs(stats_clouds, ctx.device),  # -> eval mode
                       keep=model.backbone if linear_probe else None)
     metrics = part.evaluate(model, evaluation, ctx)
+    runlog.evaluation(done.steps, metrics)
     return {**metrics, "init_sha256": init_sha, "train_scenes": len(train), "eval_scenes": len(evaluation),
-            "final_train_loss": last_loss, "steps": len(batches)}  # batches drawn (one optimiser step each)
+            "final_train_loss": done.last_loss, "steps": done.steps, "resumed_from_step": done.resumed_from}

@@ -15,7 +15,6 @@ the runs that needed it ``failed`` records with its error.
 from __future__ import annotations
 
 import difflib
-import json
 import logging
 import os
 import threading
@@ -42,7 +41,14 @@ from bench.matrix.records import (
     safe_name,
     write_record,
 )
-from bench.recipes import FINETUNE_PRESETS, FinetuneRecipe, Mode, get_finetune_recipe
+from bench.recipes import (
+    EXECUTION_FIELDS,
+    FINETUNE_PRESETS,
+    FinetuneRecipe,
+    Mode,
+    get_finetune_recipe,
+    result_fields,
+)
 from tasks.datasets import expected_path
 from tasks.spec import TaskSpec, get_task, list_tasks
 
@@ -252,6 +258,7 @@ class PeakRSS:
 def execute(run: RunSpec) -> RunRecord:
     """Run one cell of the matrix and write its record; returns the record. Never raises."""
     from bench.finetune import NotApplicable, finetune
+    from bench.finetune.loop import discard_checkpoint
 
     spec = get_task(run.task)
     recipe = run.recipe()
@@ -297,6 +304,8 @@ def execute(run: RunSpec) -> RunRecord:
             record.status, record.error = "failed", traceback.format_exc()[-4000:]
         record.wall_s = time.perf_counter() - start
     write_record(Path(run.results), record)
+    if record.status == "ok":
+        discard_checkpoint(run.artifacts_dir())  # the record holds the result; only now may the checkpoint go
     return record
 
 
@@ -313,8 +322,9 @@ def finished(run: RunSpec) -> RunRecord | None:
     if record.status not in FINISHED:
         return None
     # the preset also names the ponder init's pre-training (mini and small fine-tune alike)
-    wanted = json.loads(json.dumps(asdict(run.recipe())))  # as the record holds it (tuples become lists)
-    differs = sorted(k for k in {*wanted, *record.finetune_recipe} if wanted.get(k) != record.finetune_recipe.get(k))
+    wanted = result_fields(run.recipe())  # as the record holds it (tuples become lists)
+    held = {k: v for k, v in record.finetune_recipe.items() if k not in EXECUTION_FIELDS}
+    differs = sorted(k for k in {*wanted, *held} if wanted.get(k) != held.get(k))
     if run.init == "ponder" and record.finetune_preset != run.preset:
         differs.append("the ponder init's pre-training (preset)")
     if record.status == "ok" and differs:
@@ -363,8 +373,23 @@ def _map(fn: Callable, items: list, executor: Executor, slurm: dict | None, fold
 
     pool = submitit.AutoExecutor(folder=folder, cluster="debug" if executor == "debug" else None)
     pool.update_parameters(**(slurm or {}))
-    jobs = [pool.submit(fn, item) for item in items]
+    jobs = [pool.submit(requeued(fn), item) for item in items]
     return [job.result() for job in tqdm(jobs, desc=desc, disable=not progress)]
+
+
+def requeued(fn: Callable) -> Callable:
+    """``fn`` as a Slurm job that requeues itself when preempted or timed out (submitit calls ``checkpoint``, which
+    resubmits the same call): fine-tunes and pre-trainings resume from their last checkpoint."""
+    from submitit.helpers import Checkpointable
+
+    class Requeued(Checkpointable):
+        def __init__(self, fn: Callable) -> None:
+            self.fn = fn
+
+        def __call__(self, item: object) -> object:
+            return self.fn(item)
+
+    return Requeued(fn)
 
 
 class _InlineExecutor(FuturesExecutor):

@@ -1,0 +1,186 @@
+"""The fine-tuning loop: draws fixed by (seed, draw), the same run with any number of loader workers, checkpoints
+that a re-run resumes from (also after ``kill -9``) with the uninterrupted run's exact metrics, and the run log."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bench.cli import main
+from bench.finetune import loop
+from bench.finetune.engine import fit_and_evaluate
+from bench.finetune.loop import CHECKPOINT, scene_draw
+from bench.finetune.runlog import METRICS, RunLog, read_run_log
+from bench.matrix.records import RunRecord, record_files
+from bench.recipes import get_finetune_recipe
+from tasks.datasets import task_scenes
+from tasks.errors import DataFormatError
+from tasks.spec import get_task
+
+REPO = Path(__file__).resolve().parents[1]
+TASK = "semantickitti-semseg"
+RECIPE = get_finetune_recipe("tiny", ["epochs=3", "max_points=1500"])
+
+
+def _fit(tiny_root: Path, artifacts: Path | None = None, **changes: object) -> dict[str, object]:
+    spec = get_task(TASK)
+    train, evaluation = task_scenes(spec, tiny_root, "train"), task_scenes(spec, tiny_root, "val")
+    return fit_and_evaluate(spec, "spunet-micro", train, evaluation, recipe=replace(RECIPE, **changes),
+                            artifacts=artifacts)
+
+
+def _scores(result: dict[str, object]) -> dict[str, object]:
+    return {k: result[k] for k in ("mIoU", "mAcc", "allAcc", "per_class", "final_train_loss", "steps")}
+
+
+def test_a_draw_depends_only_on_the_seed_and_its_number() -> None:
+    draws = [scene_draw(3, 5, j) for j in range(15)]
+    for p in range(3):  # whole shuffled passes
+        assert sorted(i for i, _ in draws[5 * p: 5 * p + 5]) == list(range(5))
+    again = scene_draw(3, 5, 7)
+    assert again[0] == draws[7][0] and again[1].integers(1 << 30) == draws[7][1].integers(1 << 30)
+    assert len({tuple(i for i, _ in draws[5 * p: 5 * p + 5]) for p in range(3)}) > 1  # each pass shuffled anew
+
+
+def test_loader_workers_do_not_change_the_run(tiny_root: Path) -> None:
+    assert _scores(_fit(tiny_root, num_workers=0)) == _scores(_fit(tiny_root, num_workers=2))
+
+
+def test_a_stopped_run_resumes_from_its_checkpoint_with_the_same_result(tiny_root: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    straight = _fit(tiny_root, tmp_path / "straight")
+    saved = loop._save_checkpoint
+
+    def save_then_stop(*args: object) -> None:
+        saved(*args)
+        raise KeyboardInterrupt  # stopped right after the first epoch's checkpoint
+
+    monkeypatch.setattr(loop, "_save_checkpoint", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        _fit(tiny_root, tmp_path / "resumed")
+    monkeypatch.setattr(loop, "_save_checkpoint", saved)
+    resumed = _fit(tiny_root, tmp_path / "resumed")
+    per_epoch = straight["steps"] // RECIPE.epochs
+    assert straight["resumed_from_step"] is None and resumed["resumed_from_step"] == per_epoch
+    assert _scores(resumed) == _scores(straight)  # bitwise: same draws, same optimiser and schedule state
+    log = read_run_log(tmp_path / "resumed" / METRICS)
+    assert log[log.event == "resume"].step.tolist() == [per_epoch]
+    before = log.index[log.event == "resume"][0]
+    assert (log.step[:before] <= per_epoch).all() and (log.step[before + 1:] > per_epoch).all()
+    assert log.event.iloc[-1] == "eval" and log[log.event == "train"].step.iloc[-1] == straight["steps"]
+
+
+def test_a_checkpoint_of_another_run_is_not_resumed(tiny_root: Path, tmp_path: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    first = _fit(tiny_root, tmp_path, lr=0.001)
+    other = _fit(tiny_root, tmp_path)
+    assert first["resumed_from_step"] is None and other["resumed_from_step"] is None
+    assert "belongs to another run (differs in recipe)" in caplog.text
+    assert _scores(other) == _scores(_fit(tiny_root))
+
+
+def test_gradient_clipping_changes_the_run_and_mixed_precision_needs_cuda(tiny_root: Path) -> None:
+    assert _scores(_fit(tiny_root, grad_clip=1e-3)) != _scores(_fit(tiny_root))
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="precision=bf16 needs a CUDA device"):
+            _fit(tiny_root, precision="bf16")
+
+
+def test_the_run_log_is_cut_back_on_resume_and_read_with_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / METRICS
+    runlog = RunLog(path)
+    runlog.begin(None)
+    for step in (10, 20, 30):
+        runlog.train(step=step, epoch=1, loss=float("nan") if step == 10 else 1.0, lr=0.1, steps_per_s=2.0)
+    with path.open("a") as f:
+        f.write('{"event": "train", "st')  # a kill while writing
+    runlog.begin(20)
+    rows = read_run_log(path)
+    assert rows.step.tolist() == [10, 20, 20] and rows.event.tolist() == ["train", "train", "resume"]
+    assert rows.loss.isna().tolist()[0]  # a non-finite loss is written as null, not as invalid JSON
+    path.write_text('{"event": "train", "step": 1}\nnot json\n{"event": "train", "step": 2}\n')
+    with pytest.raises(DataFormatError, match=f"{path}: line 2 is not a run-log row"):
+        read_run_log(path)
+
+
+def test_runs_show_prints_a_run_log(tiny_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    folder = tmp_path / "runs" / "finetune" / "semantickitti-semseg_spunet-micro_scratch_full_seed0"
+    _fit(tiny_root, folder)
+    assert main(["runs", "show", "semantickitti*", "--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "steps_per_s" in out and "mIoU" in out
+    assert main(["runs", "show", "nothing*", "--results", str(tmp_path)]) == 2
+
+
+def _cli(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "bench.cli", *args], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+@pytest.mark.slow
+def test_kill_9_mid_finetune_resumes_to_the_uninterrupted_metrics(tiny_root: Path, tmp_path: Path) -> None:
+    def args(results: Path) -> list[str]:
+        return ["run", "--data", str(tiny_root), "--tasks", TASK, "--inits", "scratch", "--preset", "tiny",
+                "--backbones", "spunet-micro", "--results", str(results), "--no-progress", "--workers", "1",
+                "--protocols", "finetune", "epochs=8"]
+
+    straight = _cli(args(tmp_path / "straight"))
+    assert straight.wait(timeout=300) == 0, straight.stderr.read().decode()[-2000:]
+    killed = _cli(args(tmp_path / "killed"))
+    folder = tmp_path / "killed" / "runs" / "finetune"
+    deadline = time.monotonic() + 240
+    while not list(folder.glob(f"*/{CHECKPOINT}")) and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert killed.poll() is None, "the run ended before it could be killed"
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert not record_files(tmp_path / "killed"), "the run finished before the kill; the test needs a longer run"
+    again = _cli(args(tmp_path / "killed"))
+    err = again.stderr.read().decode()
+    assert again.wait(timeout=300) == 0, err[-2000:]
+    assert "resumed from its checkpoint at step" in err
+    (one,), (other,) = record_files(tmp_path / "straight"), record_files(tmp_path / "killed")
+    a, b = RunRecord.from_json(one), RunRecord.from_json(other)
+    assert b.metrics["resumed_from_step"] > 0 and a.metrics["resumed_from_step"] is None
+    for key in ("mIoU", "mAcc", "allAcc", "final_train_loss", "steps"):
+        assert a.metrics[key] == b.metrics[key], key  # bitwise: one process on the CPU
+    assert a.per_class == b.per_class
+    assert not list(folder.glob(f"*/{CHECKPOINT}"))  # discarded once the record is written
+    rows = [json.loads(line) for line in next(folder.glob(f"*/{METRICS}")).read_text().splitlines()]
+    assert [r["event"] for r in rows].count("resume") == 1 and rows[-1]["event"] == "eval"
+
+
+def test_execution_fields_do_not_make_a_record_stale(tiny_root: Path, tmp_path: Path) -> None:
+    from bench.matrix.runner import expand, finished, run_matrix
+
+    def runs(*overrides: str) -> list:
+        return expand(backbones=["spunet-micro"], inits=["scratch"], tasks=TASK, seeds=[0],
+                      data_roots=(str(tiny_root),), results=str(tmp_path), preset="tiny",
+                      overrides=["epochs=1", *overrides])
+
+    run_matrix(runs(), workers=1, progress=False)
+    assert finished(runs("num_workers=2", "log_every=3")[0]) is not None
+    assert finished(runs("grad_clip=1.0")[0]) is None
+    assert np.isfinite(RunRecord.from_json(record_files(tmp_path)[0]).main_value)
+
+
+def test_slurm_jobs_requeue_themselves_with_the_same_call() -> None:
+    from submitit.helpers import Checkpointable, DelayedSubmission
+
+    from bench.matrix.runner import requeued
+
+    job = requeued(str.upper)
+    assert isinstance(job, Checkpointable) and job("run") == "RUN"
+    again = job.checkpoint("run")  # what submitit calls on preemption or timeout
+    assert isinstance(again, DelayedSubmission) and again.function is job and again.args == ("run",)
