@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from bench.finetune import NotApplicable, finetune, load_export
-from bench.finetune.engine import epoch_order
 from bench.matrix.leaderboard import LeaderboardError, leaderboard
 from bench.matrix.records import RunRecord, read_records, write_record
 from bench.matrix.runner import execute, expand, run_matrix
@@ -140,12 +139,6 @@ def test_every_finetune_preset_names_its_pretraining() -> None:
         mini, small = (pretrain_recipe_for(p, domain, "spunet-mini") for p in ("mini", "small"))
         assert small.epochs > mini.epochs and small.grid == mini.grid and small.backbone == "spunet-mini"
         assert pretrain_recipe_for("reference", domain, "spunet-v1m1").grid != mini.grid
-
-
-def test_epoch_order_makes_whole_shuffled_passes() -> None:
-    order = epoch_order(np.random.default_rng(0), 3, 8)
-    assert len(order) == 8
-    assert sorted(order[:3]) == sorted(order[3:6]) == [0, 1, 2] and set(order[6:]) <= {0, 1, 2}
 
 
 def test_the_probe_normalises_frozen_features_on_the_task_data(tiny_root: Path) -> None:

@@ -19,6 +19,7 @@ from bench.finetune.detection import (
     transform_boxes,
 )
 from bench.finetune.engine import finetune
+from bench.finetune.runlog import METRICS, read_run_log
 from bench.recipes import FINETUNE_PRESETS
 from tasks.errors import DataFormatError
 from tasks.formats.nuscenes import NuScenesLidarSegDataset, read_mmdet3d_info
@@ -179,7 +180,7 @@ def test_augmented_cameras_still_see_the_boxes_where_they_were(tiny_root: Path) 
     expected, front = project(plain, sample_boxes(sample, training=True).centers)  # training keeps boxes with points
     assert front.any()
     for seed in range(4):
-        moved, truth = make_batch([sample], config, np.random.default_rng(seed))
+        moved, truth = make_batch([sample], config, [np.random.default_rng(seed)])
         got, _ = project(moved, truth[0].centers)
         np.testing.assert_allclose(got[front], expected[front], atol=1e-3)
 
@@ -241,6 +242,13 @@ def test_each_track_trains_and_is_scored_by_the_devkit(tiny_root: Path, tmp_path
     again = detect(model, config, evaluation.sensors(evaluation.names[0], cameras=track != "lidar"),
                    torch.device("cpu"))
     assert len(again) == len(submission["results"][evaluation.names[0]])
+    # the one fine-tuning loop: its run log, and its checkpoint, which the same run resumes from at the end
+    log = read_run_log(tmp_path / "run" / METRICS)
+    assert log.event.iloc[-1] == "eval" and log.step.iloc[-1] == result["steps"] and "NDS" in log
+    if track == "lidar":
+        resumed = finetune(get_task("nuscenes-det-lidar"), backbone, tiny_root, recipe=recipe,
+                           artifacts=tmp_path / "run")
+        assert resumed["resumed_from_step"] == result["steps"] and resumed["NDS"] == result["NDS"]
 
 
 def test_a_point_cloud_backbone_cannot_run_the_camera_track(tiny_root: Path) -> None:

@@ -13,25 +13,34 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from backbones.registry import create_backbone, get_backbone_config
 from backbones.structures import PointBatch
-from bench.finetune.engine import epoch_order, make_optimizer, precise_batchnorm, register_task_type
+from bench.finetune.engine import make_optimizer, precise_batchnorm, register_task_type
 from bench.finetune.exports import NotApplicable, load_export
-from bench.finetune.loop import optimizer_step
+from bench.finetune.loop import Draw, StepBatches, train_loop
+from bench.finetune.runlog import METRICS, RunLog
 from bench.optim import one_cycle
-from bench.recipes import FinetuneRecipe
+from bench.recipes import FinetuneRecipe, result_fields
 from tasks.contract import OUTDOOR_VOXEL, in_channels, point_features
 from tasks.datasets import nuscenes_version
 from tasks.formats.nuscenes import SPLITS, NuScenesLidarSegDataset, SensorSample
-from tasks.heads.detection import BEVGrid, DetectionInput, Detector, decode, detection_loss, head_targets
+from tasks.heads.detection import (
+    BEVGrid,
+    DetectionInput,
+    Detector,
+    HeadTargets,
+    decode,
+    detection_loss,
+    head_targets,
+)
 from tasks.metrics.detection import LidarBoxes, evaluate_submission, submission_entries, write_submission
 from tasks.spec import TaskSpec
 from tasks.structures import Scene
@@ -136,11 +145,12 @@ def camera_inputs(sample: SensorSample, size: tuple[int, int]) -> tuple[np.ndarr
     return np.stack(images), np.stack(intrinsics), np.linalg.inv(sample.lidar_to_cam)
 
 
-def make_batch(samples: list[SensorSample], config: DetectorConfig, rng: np.random.Generator | None
+def make_batch(samples: list[SensorSample], config: DetectorConfig, rngs: Sequence[np.random.Generator] | None
                ) -> tuple[DetectionInput, list[LidarBoxes]]:
-    """Model input and ground truth of ``samples``; with ``rng``, each sample is augmented (training)."""
+    """Model input and ground truth of ``samples``; with ``rngs`` (one per sample), each sample is augmented by its
+    own generator (training)."""
     clouds, images, intrinsics, poses, truth = [], [], [], [], []
-    for sample in samples:
+    for sample, rng in zip(samples, rngs if rngs is not None else [None] * len(samples), strict=True):
         m = random_similarity(rng) if rng is not None else np.eye(4)
         truth.append(transform_boxes(sample_boxes(sample, rng is not None), m))
         if "lidar" in config.sensors:
@@ -183,6 +193,21 @@ def load_detector(path: str | Path) -> tuple[Detector, DetectorConfig]:
     return model.eval(), config
 
 
+@dataclass(frozen=True)
+class SampleBatch:
+    """Makes a training batch from draws: the samples' sensors, each augmented by its draw's generator, and the
+    head's targets. Runs in the DataLoader's workers."""
+
+    samples: NuScenesLidarSegDataset
+    config: DetectorConfig
+
+    def __call__(self, draws: list[Draw]) -> tuple[DetectionInput, list[HeadTargets]]:
+        cameras = "camera" in self.config.sensors
+        sensors = [self.samples.sensors(self.samples.names[i], cameras) for i, _ in draws]
+        batch, truth = make_batch(sensors, self.config, [rng for _, rng in draws])
+        return batch, [head_targets(t, self.config.grid) for t in truth]
+
+
 # ----------------------------------------------------------------------------------------------- the task
 @register_task_type("detection")
 class Detection:
@@ -200,7 +225,6 @@ class Detection:
         evaluation = NuScenesLidarSegDataset(root, spec.eval_split, version)
         cameras = "camera" in spec.sensors
         torch.manual_seed(seed)
-        rng = np.random.default_rng(seed)
         model = config.build()
         shas = {}
         branches = (("lidar", lidar_name, init if lidar_name else None, in_channels("outdoor")),
@@ -213,29 +237,37 @@ class Detection:
         if len(train) == 0 or len(evaluation) == 0:
             raise ValueError(f"task {spec.id}: {len(train)} training and {len(evaluation)} evaluation samples")
         optimizer, peaks = make_optimizer(model, recipe)
-        steps = recipe.detection_epochs * math.ceil(len(train) / recipe.batch_size)
+        per_epoch = math.ceil(len(train) / recipe.batch_size)
+        steps = recipe.detection_epochs * per_epoch
         scheduler = one_cycle(optimizer, peaks, steps, recipe.pct_start)
-        order = epoch_order(rng, len(train), steps * recipe.batch_size).reshape(-1, recipe.batch_size)
-        model.train()
-        last = float("nan")
-        for batch_indices in tqdm(order, desc=f"{spec.id} {backbone_name}", disable=not progress):
-            samples = [train.sensors(train.names[int(i)], cameras) for i in batch_indices]
-            batch, truth = make_batch(samples, config, rng)
-            heatmap, regression = model(batch.to(dev))
-            loss = detection_loss(heatmap, regression, [head_targets(t, config.grid) for t in truth])["total"]
-            last = optimizer_step(loss, optimizer, scheduler, spec.id)
+        batches = StepBatches(SampleBatch(train, config), seed=seed, scenes=len(train), batch_size=recipe.batch_size,
+                              steps=steps)
+        fingerprint = {"task": spec.id, "backbones": [lidar_name, camera_name], "seed": seed, "init_sha256": shas,
+                       "recipe": result_fields(recipe), "train_samples": len(train), "steps": steps}
+        runlog = RunLog(Path(artifacts) / METRICS if artifacts is not None else None)
+
+        def step_loss(batch: tuple[DetectionInput, list[HeadTargets]]) -> torch.Tensor:
+            heatmap, regression = model(batch[0].to(dev))
+            return detection_loss(heatmap, regression, batch[1])["total"]
+
+        done = train_loop(model, batches, step_loss, optimizer, scheduler, recipe=recipe, steps_per_epoch=per_epoch,
+                          fingerprint=fingerprint, folder=Path(artifacts) if artifacts is not None else None,
+                          runlog=runlog, device=dev, desc=f"{spec.id} {backbone_name}", progress=progress,
+                          task=spec.id)
         stats_rng = np.random.default_rng(seed + 1)
         picked = sorted(stats_rng.permutation(len(train))[:BN_SAMPLES].tolist())
-        precise_batchnorm(model, (make_batch([train.sensors(train.names[i], cameras)], config, stats_rng)[0].to(dev)
+        precise_batchnorm(model, (make_batch([train.sensors(train.names[i], cameras)], config, [stats_rng])[0].to(dev)
                                   for i in picked))
         with tempfile.TemporaryDirectory() as scratch:
             folder = Path(artifacts) if artifacts is not None else Path(scratch)
             metrics = self.evaluate(model, config, evaluation, dev, folder, spec, picture)
+            runlog.evaluation(done.steps, metrics)
             if artifacts is not None:
                 save_detector(folder / "model.pt", model, config)
         return {**metrics, "init_sha256": shas.get("lidar" if lidar_name else "camera"),
                 "image_init_sha256": shas.get("camera") if lidar_name else None, "train_scenes": len(train),
-                "eval_scenes": len(evaluation), "final_train_loss": last, "steps": len(order),
+                "eval_scenes": len(evaluation), "final_train_loss": done.last_loss, "steps": done.steps,
+                "resumed_from_step": done.resumed_from,
                 "backbones": {"lidar": lidar_name, "camera": camera_name}}
 
     @torch.no_grad()

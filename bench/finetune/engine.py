@@ -175,12 +175,6 @@ def batchnorm_clouds(train: Sequence[Scene], domain: Domain, voxel: float, limit
             for i in sorted(rng.permutation(len(train))[:BN_SCENES].tolist())]
 
 
-def epoch_order(rng: np.random.Generator, scenes: int, draws: int) -> np.ndarray:
-    """``draws`` scene indices: whole shuffled passes over the ``scenes``, the last one cut short."""
-    passes = math.ceil(draws / scenes)
-    return np.concatenate([rng.permutation(scenes) for _ in range(passes)])[:draws]
-
-
 def make_optimizer(model: torch.nn.Module, recipe: FinetuneRecipe
                    ) -> tuple[torch.optim.Optimizer, list[float]]:
     """The recipe's optimiser over the trainable parameters, the backbone's at ``lr x backbone_lr_scale``;
