@@ -179,9 +179,11 @@ def _expand(args: argparse.Namespace, backbones: list[str]) -> list:
 def _execute(args: argparse.Namespace, runs: list) -> list:
     """Run the matrix (first generating what the runs read of the mini suite, when it is the default data root and
     lacks it); print the counts."""
+    from bench import distributed
     from bench.matrix.runner import datasets_read, run_matrix
 
-    if args.data == DEFAULT_DATA:
+    ranks, _ = distributed.setup(args.device)  # under torchrun: join the others (the main rank writes)
+    if args.data == DEFAULT_DATA and ranks.main:
         from tasks.synth.suite import DATASETS, synthesize
 
         read = datasets_read(runs)
@@ -190,9 +192,15 @@ def _execute(args: argparse.Namespace, runs: list) -> list:
             print(f"generating the mini suite's {', '.join(missing)} in {DEFAULT_DATA} (what the chosen tasks read)")
             synthesize(DEFAULT_DATA, "mini", seed=0, progress=not args.no_progress, datasets=missing,
                        workers=args.workers)
+    distributed.barrier(ranks)
+    # --gpus-per-node N: each run is one job of N tasks, one per GPU, training data-parallel
     slurm = {k: v for k, v in {"slurm_partition": args.slurm_partition, "gpus_per_node": args.gpus_per_node,
-                               "timeout_min": args.timeout_min, "cpus_per_task": args.cpus_per_task}.items() if v}
-    records = run_matrix(runs, args.executor, args.workers, args.overwrite, slurm, progress=not args.no_progress)
+                               "tasks_per_node": args.gpus_per_node, "timeout_min": args.timeout_min,
+                               "cpus_per_task": args.cpus_per_task}.items() if v}
+    records = run_matrix(runs, args.executor, args.workers, args.overwrite, slurm,
+                         progress=not args.no_progress and ranks.main)
+    if not ranks.main:
+        return records
     counts = pd.Series([r.status for r in records]).value_counts().to_dict()
     print(f"{len(records)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     for r in records:
@@ -203,6 +211,7 @@ def _execute(args: argparse.Namespace, runs: list) -> list:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from bench import distributed
     from bench.matrix.leaderboard import leaderboard
     from bench.matrix.results import ResultsError
 
@@ -211,6 +220,8 @@ def _run(args: argparse.Namespace) -> int:
     except (KeyError, ValueError, FileNotFoundError) as exc:
         return _usage_error("run", exc)
     _execute(args, runs)
+    if not distributed.current().main:
+        return 0
     try:
         tables = leaderboard(Path(args.results))
     except ResultsError as exc:

@@ -23,6 +23,8 @@ import torch
 
 from backbones.registry import create_backbone, get_backbone_config
 from backbones.structures import PointBatch
+from bench import distributed
+from bench.distributed import Ranks
 from bench.finetune.engine import make_optimizer, precise_batchnorm, register_task_type
 from bench.finetune.exports import NotApplicable, load_export
 from bench.finetune.loop import Draw, StepBatches, train_loop
@@ -232,7 +234,7 @@ class Detection:
         for branch, name, path, channels in branches:
             if name and path:
                 shas[branch] = load_export(model.backbone[branch], path, name, channels)
-        dev = torch.device(device)
+        ranks, dev = distributed.setup(device)
         model.to(dev)
         if len(train) == 0 or len(evaluation) == 0:
             raise ValueError(f"task {spec.id}: {len(train)} training and {len(evaluation)} evaluation samples")
@@ -241,10 +243,10 @@ class Detection:
         steps = recipe.detection_epochs * per_epoch
         scheduler = one_cycle(optimizer, peaks, steps, recipe.pct_start)
         batches = StepBatches(SampleBatch(train, config), seed=seed, scenes=len(train), batch_size=recipe.batch_size,
-                              steps=steps)
+                              steps=steps, ranks=ranks)
         fingerprint = {"task": spec.id, "backbones": [lidar_name, camera_name], "seed": seed, "init_sha256": shas,
                        "recipe": result_fields(recipe), "train_samples": len(train), "steps": steps}
-        runlog = RunLog(Path(artifacts) / METRICS if artifacts is not None else None)
+        runlog = RunLog(Path(artifacts) / METRICS if artifacts is not None and ranks.main else None)
 
         def step_loss(batch: tuple[DetectionInput, list[HeadTargets]]) -> torch.Tensor:
             heatmap, regression = model(batch[0].to(dev))
@@ -253,37 +255,45 @@ class Detection:
         done = train_loop(model, batches, step_loss, optimizer, scheduler, recipe=recipe, steps_per_epoch=per_epoch,
                           fingerprint=fingerprint, folder=Path(artifacts) if artifacts is not None else None,
                           runlog=runlog, device=dev, desc=f"{spec.id} {backbone_name}", progress=progress,
-                          task=spec.id)
+                          task=spec.id, ranks=ranks)
         stats_rng = np.random.default_rng(seed + 1)
         picked = sorted(stats_rng.permutation(len(train))[:BN_SAMPLES].tolist())
         precise_batchnorm(model, (make_batch([train.sensors(train.names[i], cameras)], config, [stats_rng])[0].to(dev)
                                   for i in picked))
         with tempfile.TemporaryDirectory() as scratch:
             folder = Path(artifacts) if artifacts is not None else Path(scratch)
-            metrics = self.evaluate(model, config, evaluation, dev, folder, spec, picture)
+            metrics = self.evaluate(model, config, evaluation, dev, folder, spec, picture if ranks.main else None,
+                                    ranks)
             runlog.evaluation(done.steps, metrics)
-            if artifacts is not None:
+            if artifacts is not None and ranks.main:
                 save_detector(folder / "model.pt", model, config)
         return {**metrics, "init_sha256": shas.get("lidar" if lidar_name else "camera"),
                 "image_init_sha256": shas.get("camera") if lidar_name else None, "train_scenes": len(train),
                 "eval_scenes": len(evaluation), "final_train_loss": done.last_loss, "steps": done.steps,
-                "resumed_from_step": done.resumed_from,
+                "resumed_from_step": done.resumed_from, **distributed.run_facts(model.parameters(), ranks, dev),
                 "backbones": {"lidar": lidar_name, "camera": camera_name}}
 
     @torch.no_grad()
     def evaluate(self, model: Detector, config: DetectorConfig, evaluation: NuScenesLidarSegDataset,
-                 device: torch.device, folder: Path, spec: TaskSpec, picture: Path | None) -> dict[str, object]:
-        """Predict every sample of the split, write the submission file in ``folder`` and score it with the devkit."""
+                 device: torch.device, folder: Path, spec: TaskSpec, picture: Path | None,
+                 ranks: Ranks = Ranks(0, 1)) -> dict[str, object]:  # noqa: B008
+        """Predict every sample of the split (each rank its share), write the submission file in ``folder`` and
+        score it with the devkit (the main rank; every rank returns its scores)."""
         from bench.finetune.plots import plot_detections
 
-        results = {}
+        entries = []
         cameras = "camera" in config.sensors
-        for i, name in enumerate(evaluation.names):
+        for i in distributed.shard(len(evaluation.names), ranks):
+            name = evaluation.names[i]
             sample = evaluation.sensors(name, cameras)
             boxes = detect(model, config, sample, device)
-            results[name] = submission_entries(name, boxes, sample.lidar_to_global)
+            entries.append(submission_entries(name, boxes, sample.lidar_to_global))
             if i == 0 and picture is not None:
                 plot_detections(sample, boxes, picture, f"{spec.id}: sample {name[:8]}")
-        path = write_submission(folder / "submission.json", results, "+".join(config.sensors))
-        eval_set = SPLITS[evaluation.version][evaluation.split]
-        return evaluate_submission(evaluation.nusc, path, eval_set, folder / "devkit")
+        results = dict(zip(evaluation.names, distributed.gather_in_order(entries, ranks), strict=True))
+        scores = None
+        if ranks.main:
+            path = write_submission(folder / "submission.json", results, "+".join(config.sensors))
+            eval_set = SPLITS[evaluation.version][evaluation.split]
+            scores = evaluate_submission(evaluation.nusc, path, eval_set, folder / "devkit")
+        return distributed.broadcast(scores, ranks)

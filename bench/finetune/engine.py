@@ -22,6 +22,8 @@ import torch
 
 from backbones.registry import create_backbone, get_backbone_config
 from backbones.structures import PointBatch
+from bench import distributed
+from bench.distributed import Ranks
 from bench.finetune.exports import NotApplicable, load_export
 from bench.finetune.loop import Draw, StepBatches, train_loop
 from bench.finetune.runlog import METRICS, RunLog
@@ -50,6 +52,7 @@ class FinetuneContext:
     device: torch.device
     linear_probe: bool
     picture: Path | None = None  # where the part may draw its predictions on one evaluation scene
+    ranks: Ranks = Ranks(0, 1)  # this process among the run's data-parallel processes (evaluation is sharded)
 
     @property
     def domain(self) -> Domain:
@@ -243,8 +246,9 @@ def fit_and_evaluate(spec: TaskSpec, backbone_name: str, train: Sequence[Scene],
     backbone = create_backbone(backbone_name, in_channels=channels)
     init_sha = load_export(backbone, init, backbone_name, channels) if init else None
     voxel = voxel_size(spec.domain, config.voxel_size)  # the contract's: what pre-training used
-    ctx = FinetuneContext(spec=spec, recipe=recipe, voxel=voxel, device=torch.device(device),
-                          linear_probe=linear_probe, picture=picture)
+    ranks, dev = distributed.setup(device)
+    ctx = FinetuneContext(spec=spec, recipe=recipe, voxel=voxel, device=dev, linear_probe=linear_probe,
+                          picture=picture if ranks.main else None, ranks=ranks)
     model = part.build(backbone, ctx).to(ctx.device)
     if len(train) == 0 or len(evaluation) == 0:
         raise ValueError(f"task {spec.id}: {len(train)} training and {len(evaluation)} evaluation scenes")
@@ -256,21 +260,22 @@ def fit_and_evaluate(spec: TaskSpec, backbone_name: str, train: Sequence[Scene],
     steps = recipe.epochs * steps_per_epoch
     scheduler = one_cycle(optimizer, peaks, steps, recipe.pct_start)
     batches = StepBatches(SceneBatch(train, part, ctx.domain, voxel, recipe.max_points), seed=seed,
-                          scenes=len(train), batch_size=recipe.batch_size, steps=steps)
+                          scenes=len(train), batch_size=recipe.batch_size, steps=steps, ranks=ranks)
     fingerprint = {"task": spec.id, "backbone": backbone_name, "seed": seed, "init_sha256": init_sha,
                    "linear_probe": linear_probe, "recipe": result_fields(recipe), "train_scenes": len(train),
                    "steps": steps}
-    runlog = RunLog(artifacts / METRICS if artifacts is not None else None)
+    runlog = RunLog(artifacts / METRICS if artifacts is not None and ranks.main else None)
 
     def step_loss(batch: tuple[PointBatch, np.ndarray]) -> torch.Tensor | None:
         return part.loss(model(batch[0].to(ctx.device)), batch[1], ctx)
 
     done = train_loop(model, batches, step_loss, optimizer, scheduler, recipe=recipe, steps_per_epoch=steps_per_epoch,
                       fingerprint=fingerprint, folder=artifacts, runlog=runlog, device=ctx.device,
-                      desc=f"{spec.id} {backbone_name}", progress=progress, task=spec.id)
+                      desc=f"{spec.id} {backbone_name}", progress=progress, task=spec.id, ranks=ranks)
     precise_batchnorm(model, cloud_inputs(stats_clouds, ctx.device),  # -> eval mode
                       keep=model.backbone if linear_probe else None)
     metrics = part.evaluate(model, evaluation, ctx)
     runlog.evaluation(done.steps, metrics)
     return {**metrics, "init_sha256": init_sha, "train_scenes": len(train), "eval_scenes": len(evaluation),
-            "final_train_loss": done.last_loss, "steps": done.steps, "resumed_from_step": done.resumed_from}
+            "final_train_loss": done.last_loss, "steps": done.steps, "resumed_from_step": done.resumed_from,
+            **distributed.run_facts(model.parameters(), ranks, dev)}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from bench import distributed
 from bench.finetune.engine import FinetuneContext, register_task_type
 from bench.finetune.plots import plot_instances
 from bench.finetune.semseg import point_outputs
@@ -50,7 +51,7 @@ class InstanceSegmentation:
         k = len(classes)
         matrix = ConfusionMatrix(k, ctx.spec.ignore_index)
         predicted = []
-        for i in range(len(scenes)):
+        for i in distributed.shard(len(scenes), ctx.ranks):
             scene = scenes[i]
             out = point_outputs(model, scene, ctx.voxel, ctx.domain, ctx.device,
                                 lambda o: torch.cat([o[0].softmax(-1), o[1]], 1), ctx.recipe.tta,
@@ -60,6 +61,8 @@ class InstanceSegmentation:
             matrix.update(scene.segment, probs.argmax(1))
             predicted.append((scene.segment, scene.instance,
                               cluster_instances(scene.coord, offsets, probs, stuff, ctx.voxel)))
+        matrix.matrix = distributed.sum_over_ranks(matrix.matrix, ctx.ranks)
+        predicted = distributed.gather_in_order(predicted, ctx.ranks)
         if ctx.picture is not None:
             scene = scenes[0]
             plot_instances(scene.coord, scene.instance, predicted[0][2], classes, ctx.picture,

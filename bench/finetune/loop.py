@@ -23,6 +23,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from bench import distributed
+from bench.distributed import Ranks
 from bench.finetune.runlog import RunLog
 from bench.recipes import FinetuneRecipe
 from tasks.io import atomic_write
@@ -41,19 +43,26 @@ def scene_draw(seed: int, scenes: int, draw: int) -> Draw:
 
 
 class StepBatches(Dataset):
-    """The run's training batches by optimiser step: ``batch_size`` consecutive draws, made into a batch by
-    ``make`` (e.g. augmented, grid-sampled, cropped clouds and their targets). Runs in DataLoader workers."""
+    """This rank's share of the run's training batches, by optimiser step: of the ``batch_size`` consecutive draws
+    of a step (the global batch), rank r of w takes the r-th of w equal slices; ``make`` turns them into a batch
+    (e.g. augmented, grid-sampled, cropped clouds and their targets). Runs in DataLoader workers."""
 
     def __init__(self, make: Callable[[list[Draw]], object], *, seed: int, scenes: int, batch_size: int,
-                 steps: int) -> None:
-        self.make, self.seed, self.scenes, self.batch_size, self.steps = make, seed, scenes, batch_size, steps
+                 steps: int, ranks: Ranks = Ranks(0, 1)) -> None:  # noqa: B008
+        if batch_size % ranks.world:
+            raise ValueError(f"batch_size {batch_size} (the global batch) must split evenly over {ranks.world} "
+                             "processes")
+        self.make, self.seed, self.scenes, self.steps = make, seed, scenes, steps
+        self.share = batch_size // ranks.world
+        self.offset = ranks.rank * self.share
+        self.batch_size = batch_size
 
     def __len__(self) -> int:
         return self.steps
 
     def __getitem__(self, step: int) -> object:
-        first = step * self.batch_size
-        return self.make([scene_draw(self.seed, self.scenes, j) for j in range(first, first + self.batch_size)])
+        first = step * self.batch_size + self.offset
+        return self.make([scene_draw(self.seed, self.scenes, j) for j in range(first, first + self.share)])
 
 
 @dataclass(frozen=True)
@@ -80,21 +89,27 @@ def _autocast(recipe: FinetuneRecipe, device: torch.device) -> tuple[contextlib.
     return torch.autocast("cuda", dtype=dtype), scaler
 
 
-def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+def optimizer_step(loss: torch.Tensor | None, optimizer: torch.optim.Optimizer,
                    scheduler: torch.optim.lr_scheduler.LRScheduler, task: str, grad_clip: float | None = None,
-                   scaler: torch.amp.GradScaler | None = None) -> float:
-    """One step on ``loss`` (refused when it is not finite: training on garbage is worse than stopping), gradients
-    clipped to ``grad_clip`` (global norm) when given; returns the loss's value."""
-    if not torch.isfinite(loss):
+                   scaler: torch.amp.GradScaler | None = None, world: int = 1) -> float | None:
+    """One step on the global batch: each rank back-propagates its share's ``loss`` (None: nothing to learn from in
+    it) and the gradients are averaged over the ranks, clipped to ``grad_clip`` (global norm) when given. A
+    non-finite loss on any rank stops every rank (training on garbage is worse than stopping); a batch with nothing
+    to learn from on any rank only advances the schedule. Returns this rank's loss value."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    device = params[0].device  # where this rank's collectives run (NCCL: on its GPU)
+    if not distributed.all_true(loss is None or bool(torch.isfinite(loss)), world, device):
         raise FloatingPointError(f"task {task}: non-finite fine-tuning loss")
+    if distributed.all_true(loss is None, world, device):
+        scheduler.step()
+        return None
     optimizer.zero_grad(set_to_none=True)
-    if scaler is None:
-        loss.backward()
-    else:
-        scaler.scale(loss).backward()
+    if loss is not None:
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+    if scaler is not None:
         scaler.unscale_(optimizer)
+    distributed.average_gradients(params, world)
     if grad_clip is not None:
-        params = [p for group in optimizer.param_groups for p in group["params"]]
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
     if scaler is None:
         optimizer.step()
@@ -102,7 +117,7 @@ def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
         scaler.step(optimizer)
         scaler.update()
     scheduler.step()
-    return float(loss.detach())
+    return float(loss.detach()) if loss is not None else None
 
 
 def _load_checkpoint(path: Path, fingerprint: dict[str, object]) -> dict | None:
@@ -120,10 +135,11 @@ def _load_checkpoint(path: Path, fingerprint: dict[str, object]) -> dict | None:
 def train_loop(model: torch.nn.Module, batches: StepBatches, step_loss: Callable[[object], torch.Tensor | None],
                optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler, *,
                recipe: FinetuneRecipe, steps_per_epoch: int, fingerprint: dict[str, object], folder: Path | None,
-               runlog: RunLog, device: torch.device, desc: str, progress: bool, task: str) -> LoopResult:
+               runlog: RunLog, device: torch.device, desc: str, progress: bool, task: str,
+               ranks: Ranks = Ranks(0, 1)) -> LoopResult:  # noqa: B008
     """Train ``model`` on ``batches`` (``step_loss`` maps a batch to its loss, or None when it has nothing to learn
     from). With a ``folder``, a checkpoint of the same run (``fingerprint``) there is resumed from, and one is
-    written atomically after every epoch and at the end.
+    written atomically after every epoch and at the end (by the main rank; every rank reads it on resume).
 
     The loader is iterated once over all remaining steps, so its workers live for the whole run.
     """
@@ -140,28 +156,27 @@ def train_loop(model: torch.nn.Module, batches: StepBatches, step_loss: Callable
         torch.set_rng_state(state["torch_rng"])
         start, last = state["step"], state["last_loss"]
         log.warning("%s: resumed from its checkpoint at step %d of %d", task, start, len(batches))
-    runlog.begin(start if state is not None else None)
+    runlog.begin(start if state is not None else None)  # the main rank's log; the others' is None
     loader = DataLoader(batches, batch_size=None, sampler=range(start, len(batches)), collate_fn=_as_is,
                         num_workers=recipe.num_workers, pin_memory=device.type == "cuda")
     window: list[float] = []
     clock = time.perf_counter()
     model.train()
-    for step, batch in enumerate(tqdm(loader, desc=desc, disable=not progress, initial=start,
+    for step, batch in enumerate(tqdm(loader, desc=desc, disable=not (progress and ranks.main), initial=start,
                                       total=len(batches)), start=start):
         with autocast:
             loss = step_loss(batch)
-        if loss is None:
-            scheduler.step()
-        else:
-            last = optimizer_step(loss, optimizer, scheduler, task, recipe.grad_clip, scaler)
-            window.append(last)
+        value = optimizer_step(loss, optimizer, scheduler, task, recipe.grad_clip, scaler, ranks.world)
+        if value is not None:
+            last = value
+            window.append(value)
         done = step + 1
         if done % recipe.log_every == 0 or done == len(batches):
             now = time.perf_counter()
             runlog.train(step=done, epoch=math.ceil(done / steps_per_epoch), loss=float(np.mean(window)) if window
                          else float("nan"), lr=scheduler.get_last_lr()[0], steps_per_s=len(window) / (now - clock))
             window, clock = [], now
-        if path is not None and (done % steps_per_epoch == 0 or done == len(batches)):
+        if path is not None and ranks.main and (done % steps_per_epoch == 0 or done == len(batches)):
             _save_checkpoint(path, model, optimizer, scheduler, scaler, done, last, fingerprint)
     return LoopResult(last_loss=last, steps=len(batches), resumed_from=start if state is not None else None)
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from backbones.structures import PointBatch
+from bench import distributed
 from bench.finetune.engine import FinetuneContext, register_task_type
 from tasks.contract import MAX_TEST_FRAGMENTS, point_features
 from tasks.heads.segmentation import SegmentationModel, lovasz_softmax
@@ -39,10 +40,11 @@ class SemanticSegmentation:
 
     def evaluate(self, model: torch.nn.Module, scenes: object, ctx: FinetuneContext) -> dict[str, object]:
         matrix = ConfusionMatrix(len(ctx.spec.classes), ctx.spec.ignore_index)
-        for i in range(len(scenes)):
+        for i in distributed.shard(len(scenes), ctx.ranks):
             scene = scenes[i]
             matrix.update(scene.segment, predict_scene(model, scene, ctx.voxel, ctx.domain, len(ctx.spec.classes),
                                                        ctx.device, ctx.recipe.tta))
+        matrix.matrix = distributed.sum_over_ranks(matrix.matrix, ctx.ranks)
         scores = matrix.scores(ctx.spec.classes)
         per_class = scores.pop("per_class_iou")
         return {**scores, "per_class": per_class, "eval_points": int(matrix.matrix.sum())}

@@ -30,6 +30,7 @@ from typing import Literal, get_args
 
 from tqdm import tqdm
 
+from bench import distributed
 from bench.matrix.records import (
     FINISHED,
     RecordError,
@@ -303,9 +304,12 @@ def execute(run: RunSpec) -> RunRecord:
         except Exception:  # noqa: BLE001  (a failing run is recorded; the matrix goes on)
             record.status, record.error = "failed", traceback.format_exc()[-4000:]
         record.wall_s = time.perf_counter() - start
-    write_record(Path(run.results), record)
-    if record.status == "ok":
-        discard_checkpoint(run.artifacts_dir())  # the record holds the result; only now may the checkpoint go
+    ranks = distributed.current()
+    if ranks.main:  # under torchrun every process ran the fine-tune; one record
+        write_record(Path(run.results), record)
+        if record.status == "ok":
+            discard_checkpoint(run.artifacts_dir())  # the record holds the result; only now may the checkpoint go
+    distributed.barrier(ranks)
     return record
 
 
@@ -350,6 +354,7 @@ def pretrain(job: PretrainJob) -> str:
     recipe = pretrain_recipe_for(job.preset, job.mode, job.backbone)
     log.info("pre-training %s (%s) on %s", job.backbone, job.mode, root / data)
     Pretrainer(recipe, root / data, job.run_dir, job.device, resume=True, progress=False).run()
+    distributed.barrier(distributed.current())  # under torchrun the main rank writes the export the others load
     return str(export)
 
 
@@ -387,6 +392,10 @@ def requeued(fn: Callable) -> Callable:
             self.fn = fn
 
         def __call__(self, item: object) -> object:
+            if int(os.environ.get("SLURM_NTASKS", "1")) > 1:  # --gpus-per-node N: one task per GPU, one job
+                from submitit.helpers import TorchDistributedEnvironment
+
+                TorchDistributedEnvironment().export()
             return self.fn(item)
 
     return Requeued(fn)
@@ -493,6 +502,10 @@ def run_matrix(runs: list[RunSpec], executor: Executor = "local", workers: int =
     done = {} if overwrite else {run: rec for run in runs if (rec := finished(run)) is not None}
     todo = [run for run in runs if run not in done]
     needed = pretrain_jobs(todo)
+    if distributed.launched():  # torchrun: every process runs every job, together, one after another
+        if executor != "local":
+            raise ValueError("under torchrun the matrix runs in its processes; --executor slurm submits its own")
+        workers = 1
     if executor == "local":
         by_run = {**done, **_run_local(todo, needed, workers, progress)}
         return [by_run[run] for run in runs]

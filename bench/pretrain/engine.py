@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from backbones.registry import get_backbone_config
+from bench import distributed
 from bench.matrix.records import git_sha
 from bench.optim import one_cycle
 from bench.pretrain.data import (
@@ -82,13 +82,8 @@ class Pretrainer:
         ``init``: a pre-trained export loaded into the backbone before training (the low-level tasks fit a
         Ponder model to one scene from scratch or from such an export)."""
         self.recipe, self.data, self.run_dir = recipe, Path(data), Path(run_dir)
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-        self.rank = dist.get_rank() if self.world > 1 else 0
-        if device.startswith("cuda") and self.world > 1:
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-        self.device = torch.device(device)
+        ranks, self.device = distributed.setup(device)
+        self.rank, self.world = ranks.rank, ranks.world
         self.progress = progress and self.rank == 0
         torch.manual_seed(recipe.seed)  # identical initial weights on every rank
         self.source: SceneSource = source or open_source(self.data, recipe.mode)
@@ -205,19 +200,11 @@ class Pretrainer:
             if self.rank == 0:
                 self._save_checkpoint()
                 plot_losses(pd.DataFrame(self._read_losses()), self.run_dir / "loss_curve.png")
-            if self.world > 1 and not self._ranks_in_sync():
+            if not distributed.in_sync(self.model.parameters(), self.world, self.device):
                 raise RuntimeError(f"epoch {self.epoch}: the processes' parameters differ; distributed training is "
                                    "out of sync")
         bar.close()
         return self._finish(held, before)
-
-    def _ranks_in_sync(self) -> bool:
-        """Whether every rank holds the same parameters (compared through per-tensor sums, min vs max)."""
-        sums = torch.stack([p.detach().double().sum() for p in self.model.parameters()])
-        low, high = sums.clone(), sums.clone()
-        dist.all_reduce(low, op=dist.ReduceOp.MIN)
-        dist.all_reduce(high, op=dist.ReduceOp.MAX)
-        return bool(torch.equal(low, high))
 
     def _train_step(self, order: list[int], k: int) -> dict[str, float]:
         batch = self.recipe.batch_size
@@ -235,7 +222,7 @@ class Pretrainer:
             if want_picture:
                 self._picture(sample)
         if self.world > 1:  # the global batch's gradients and losses, as one process would have them
-            self._average_gradients()
+            distributed.average_gradients((p for p in self.model.parameters() if p.requires_grad), self.world)
             names = sorted(totals)
             values = torch.tensor([totals[n] for n in names], dtype=torch.float64, device=self.device)
             dist.all_reduce(values)
@@ -245,18 +232,6 @@ class Pretrainer:
         self.optimizer.step()
         self.scheduler.step()
         return totals
-
-    def _average_gradients(self) -> None:
-        """Mean of every parameter's gradient over the ranks, in one flat all-reduce. The renderer step runs its
-        own backward passes (chunks, then the volumes' graph), which DistributedDataParallel's one-backward-per-
-        forward hooks do not allow; a parameter a rank did not use contributes zeros."""
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
-        flat /= self.world
-        for p, g in zip(params, flat.split([g.numel() for g in grads]), strict=True):
-            p.grad = g.view_as(p).clone()
 
     def _check_finite(self, terms: dict[str, float]) -> None:
         """Before the optimiser step: the gradients of a non-finite loss never reach the weights."""
