@@ -53,6 +53,16 @@ def shared_data() -> Path:
 
 
 @pytest.fixture
+def free_port() -> int:
+    """A TCP port nobody listens on now, for a torchrun rendezvous."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
 def interpreter() -> None:
     """Triton runs on the CPU only through its interpreter, which this file enables when there is no GPU."""
     if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":

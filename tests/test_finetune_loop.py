@@ -188,16 +188,9 @@ def test_slurm_jobs_requeue_themselves_with_the_same_call() -> None:
     assert isinstance(again, DelayedSubmission) and again.function is job and again.args == ("run",)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
-def test_two_gloo_processes_fine_tune_like_one_with_the_same_global_batch(tiny_root: Path, tmp_path: Path) -> None:
+def test_two_gloo_processes_fine_tune_like_one_with_the_same_global_batch(tiny_root: Path, tmp_path: Path,
+                                                                          free_port: int) -> None:
     """torchrun with 2 processes on the CPU, each half of the global batch, against 1 process with all of it, for a
     semantic, an instance and a detection task: one record per run, every rank with the same weights, every
     evaluation sample counted once (the shards' confusion matrices summed, predictions gathered; the devkit refuses a
@@ -214,7 +207,7 @@ def test_two_gloo_processes_fine_tune_like_one_with_the_same_global_batch(tiny_r
 
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     launches = {"ddp": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                        f"--master_port={_free_port()}", *args(tmp_path / "ddp")],
+                        f"--master_port={free_port}", *args(tmp_path / "ddp")],
                 "one": [sys.executable, *args(tmp_path / "one")]}
     for name, cmd in launches.items():
         done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

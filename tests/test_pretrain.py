@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -150,14 +149,9 @@ def test_recipe_overrides_are_typed() -> None:
             get_recipe("indoor-mini", [bad])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
-def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tiny_root: Path, tmp_path: Path) -> None:
+def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tiny_root: Path, tmp_path: Path,
+                                                                       free_port: int) -> None:
     """Data-parallel training averages the two processes' gradients; one process accumulates the same two samples'
     halves.
 
@@ -171,7 +165,7 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tiny_ro
               "--device", "cpu", "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     launches = {
-        "ddp": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+        "ddp": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port}",
                 *common, "--out", str(tmp_path / "ddp"), *args, "batch_size=1"],
         "one": [sys.executable, *common, "--out", str(tmp_path / "one"), *args, "batch_size=2"],
     }

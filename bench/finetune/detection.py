@@ -3,9 +3,9 @@
 A training sample is a keyframe's LiDAR sweep and/or its six camera images, with its boxes. Augmentation is one
 similarity of the LiDAR frame (rotation about z, scale, flip), applied to the points, the boxes and the cameras'
 poses alike, so the lifted camera features stay where the points are. Training follows the engine: its
-optimiser and one-cycle schedule, epoch order, and BatchNorm statistics recomputed on training samples before
-evaluation. Evaluation predicts every sample of the split, writes the official submission file and scores it with
-the devkit (:mod:`tasks.metrics.detection`).
+optimiser and one-cycle schedule, the one training loop (draws, checkpoints, run log, data parallelism), and
+BatchNorm statistics recomputed on training samples before evaluation. Evaluation predicts every sample of the
+split, writes the official submission file and scores it with the devkit (:mod:`tasks.metrics.detection`).
 """
 
 from __future__ import annotations

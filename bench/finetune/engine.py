@@ -76,8 +76,8 @@ class TaskPart(Protocol):
 
 @runtime_checkable
 class SampleTask(Protocol):
-    """A task type with its own training loop over multi-sensor samples (detection), sharing the engine's optimiser,
-    schedule, draw order and BatchNorm recomputation."""
+    """A task type over multi-sensor samples (detection): its own batches and evaluation, with the engine's optimiser,
+    schedule, training loop (:mod:`bench.finetune.loop`) and BatchNorm recomputation."""
 
     def finetune(self, spec: TaskSpec, backbone_name: str, data_root: str | Path, *, seed: int,
                  recipe: FinetuneRecipe, init: str | Path | None, image_init: str | Path | None, linear_probe: bool,
@@ -202,9 +202,9 @@ def finetune(spec: TaskSpec, backbone_name: str, data_root: str | Path, *, seed:
 
     A limited-reconstruction task (a fraction of the training scenes) trains for as many optimiser steps as the
     full split would: the protocol measures what few scenes teach, not what few steps do. A task type whose input
-    is not one point cloud per scene (detection: sweeps and camera images) runs its own :class:`SampleTask` loop;
-    ``image_init`` (its image backbone's export) is for it. ``artifacts``: the run's folder (checkpoint,
-    ``metrics.jsonl``; detection's submission file and model).
+    is not one point cloud per scene (detection: sweeps and camera images) is a :class:`SampleTask`: its own
+    samples and evaluation around the same training loop; ``image_init`` (its image backbone's export) is for it.
+    ``artifacts``: the run's folder (checkpoint, ``metrics.jsonl``; detection's submission file and model).
     """
     part = task_part(spec)  # a task without a pipeline is refused before any data is opened
     if isinstance(part, SampleTask):
