@@ -37,7 +37,7 @@ def setup(device: str) -> tuple[Ranks, torch.device]:
     """This process's place among torchrun's (joined on first use: NCCL on CUDA, gloo on the CPU) and its device
     (``cuda:LOCAL_RANK`` when several processes share a node's GPUs)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched() and not dist.is_initialized():
+    if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     rank = dist.get_rank() if world > 1 else 0
     if device.startswith("cuda") and world > 1:
@@ -77,9 +77,9 @@ def all_true(flag: bool, world: int, device: torch.device) -> bool:
 
 def in_sync(params: Iterable[torch.Tensor], world: int, device: torch.device) -> bool:
     """Whether every rank holds the same parameters (per-tensor sums compared, min against max)."""
-    sums = torch.stack([p.detach().double().sum() for p in params]).to(device)
     if world == 1:
         return True
+    sums = torch.stack([p.detach().double().sum() for p in params]).to(device)
     low, high = sums.clone(), sums.clone()
     dist.all_reduce(low, op=dist.ReduceOp.MIN)
     dist.all_reduce(high, op=dist.ReduceOp.MAX)

@@ -28,7 +28,6 @@ from bench.distributed import Ranks
 from bench.finetune.engine import make_optimizer, precise_batchnorm, register_task_type
 from bench.finetune.exports import NotApplicable, load_export
 from bench.finetune.loop import Draw, StepBatches, train_loop
-from bench.finetune.runlog import METRICS, RunLog
 from bench.optim import one_cycle
 from bench.recipes import FinetuneRecipe, result_fields
 from tasks.contract import OUTDOOR_VOXEL, in_channels, point_features
@@ -246,7 +245,6 @@ class Detection:
                               steps=steps, ranks=ranks)
         fingerprint = {"task": spec.id, "backbones": [lidar_name, camera_name], "seed": seed, "init_sha256": shas,
                        "recipe": result_fields(recipe), "train_samples": len(train), "steps": steps}
-        runlog = RunLog(Path(artifacts) / METRICS if artifacts is not None and ranks.main else None)
 
         def step_loss(batch: tuple[DetectionInput, list[HeadTargets]]) -> torch.Tensor:
             heatmap, regression = model(batch[0].to(dev))
@@ -254,7 +252,7 @@ class Detection:
 
         done = train_loop(model, batches, step_loss, optimizer, scheduler, recipe=recipe, steps_per_epoch=per_epoch,
                           fingerprint=fingerprint, folder=Path(artifacts) if artifacts is not None else None,
-                          runlog=runlog, device=dev, desc=f"{spec.id} {backbone_name}", progress=progress,
+                          device=dev, desc=f"{spec.id} {backbone_name}", progress=progress,
                           task=spec.id, ranks=ranks)
         stats_rng = np.random.default_rng(seed + 1)
         picked = sorted(stats_rng.permutation(len(train))[:BN_SAMPLES].tolist())
@@ -264,7 +262,7 @@ class Detection:
             folder = Path(artifacts) if artifacts is not None else Path(scratch)
             metrics = self.evaluate(model, config, evaluation, dev, folder, spec, picture if ranks.main else None,
                                     ranks)
-            runlog.evaluation(done.steps, metrics)
+            done.log.evaluation(done.steps, metrics)
             if artifacts is not None and ranks.main:
                 save_detector(folder / "model.pt", model, config)
         return {**metrics, "init_sha256": shas.get("lidar" if lidar_name else "camera"),

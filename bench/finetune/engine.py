@@ -26,7 +26,6 @@ from bench import distributed
 from bench.distributed import Ranks
 from bench.finetune.exports import NotApplicable, load_export
 from bench.finetune.loop import Draw, StepBatches, train_loop
-from bench.finetune.runlog import METRICS, RunLog
 from bench.optim import one_cycle
 from bench.recipes import FinetuneRecipe, result_fields
 from tasks.contract import Domain, in_channels, point_features, voxel_size
@@ -264,18 +263,17 @@ def fit_and_evaluate(spec: TaskSpec, backbone_name: str, train: Sequence[Scene],
     fingerprint = {"task": spec.id, "backbone": backbone_name, "seed": seed, "init_sha256": init_sha,
                    "linear_probe": linear_probe, "recipe": result_fields(recipe), "train_scenes": len(train),
                    "steps": steps}
-    runlog = RunLog(artifacts / METRICS if artifacts is not None and ranks.main else None)
 
     def step_loss(batch: tuple[PointBatch, np.ndarray]) -> torch.Tensor | None:
         return part.loss(model(batch[0].to(ctx.device)), batch[1], ctx)
 
     done = train_loop(model, batches, step_loss, optimizer, scheduler, recipe=recipe, steps_per_epoch=steps_per_epoch,
-                      fingerprint=fingerprint, folder=artifacts, runlog=runlog, device=ctx.device,
+                      fingerprint=fingerprint, folder=artifacts, device=ctx.device,
                       desc=f"{spec.id} {backbone_name}", progress=progress, task=spec.id, ranks=ranks)
     precise_batchnorm(model, cloud_inputs(stats_clouds, ctx.device),  # -> eval mode
                       keep=model.backbone if linear_probe else None)
     metrics = part.evaluate(model, evaluation, ctx)
-    runlog.evaluation(done.steps, metrics)
+    done.log.evaluation(done.steps, metrics)
     return {**metrics, "init_sha256": init_sha, "train_scenes": len(train), "eval_scenes": len(evaluation),
             "final_train_loss": done.last_loss, "steps": done.steps, "resumed_from_step": done.resumed_from,
             **distributed.run_facts(model.parameters(), ranks, dev)}

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from bench import distributed
 from bench.distributed import Ranks
-from bench.finetune.runlog import RunLog
+from bench.finetune.runlog import METRICS, RunLog
 from bench.recipes import FinetuneRecipe
 from tasks.io import atomic_write
 
@@ -70,6 +70,7 @@ class LoopResult:
     last_loss: float  # the last optimiser step's loss
     steps: int  # batches drawn (one optimiser step each)
     resumed_from: int | None  # the checkpoint's step when the run was resumed
+    log: RunLog  # the run's metrics.jsonl, for the evaluation's row (writes nothing off the main rank or folder)
 
 
 def _as_is(item: object) -> object:
@@ -135,11 +136,12 @@ def _load_checkpoint(path: Path, fingerprint: dict[str, object]) -> dict | None:
 def train_loop(model: torch.nn.Module, batches: StepBatches, step_loss: Callable[[object], torch.Tensor | None],
                optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler, *,
                recipe: FinetuneRecipe, steps_per_epoch: int, fingerprint: dict[str, object], folder: Path | None,
-               runlog: RunLog, device: torch.device, desc: str, progress: bool, task: str,
+               device: torch.device, desc: str, progress: bool, task: str,
                ranks: Ranks = Ranks(0, 1)) -> LoopResult:  # noqa: B008
     """Train ``model`` on ``batches`` (``step_loss`` maps a batch to its loss, or None when it has nothing to learn
     from). With a ``folder``, a checkpoint of the same run (``fingerprint``) there is resumed from, and one is
-    written atomically after every epoch and at the end (by the main rank; every rank reads it on resume).
+    written atomically after every epoch and at the end (by the main rank; every rank reads it on resume), beside
+    the run's ``metrics.jsonl``.
 
     The loader is iterated once over all remaining steps, so its workers live for the whole run.
     """
@@ -156,7 +158,8 @@ def train_loop(model: torch.nn.Module, batches: StepBatches, step_loss: Callable
         torch.set_rng_state(state["torch_rng"])
         start, last = state["step"], state["last_loss"]
         log.warning("%s: resumed from its checkpoint at step %d of %d", task, start, len(batches))
-    runlog.begin(start if state is not None else None)  # the main rank's log; the others' is None
+    runlog = RunLog(folder / METRICS if folder is not None and ranks.main else None)
+    runlog.begin(start if state is not None else None)
     loader = DataLoader(batches, batch_size=None, sampler=range(start, len(batches)), collate_fn=_as_is,
                         num_workers=recipe.num_workers, pin_memory=device.type == "cuda")
     window: list[float] = []
@@ -178,7 +181,8 @@ def train_loop(model: torch.nn.Module, batches: StepBatches, step_loss: Callable
             window, clock = [], now
         if path is not None and ranks.main and (done % steps_per_epoch == 0 or done == len(batches)):
             _save_checkpoint(path, model, optimizer, scheduler, scaler, done, last, fingerprint)
-    return LoopResult(last_loss=last, steps=len(batches), resumed_from=start if state is not None else None)
+    return LoopResult(last_loss=last, steps=len(batches), resumed_from=start if state is not None else None,
+                      log=runlog)
 
 
 def _save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
