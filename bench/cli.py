@@ -126,8 +126,9 @@ def _default_workers() -> int:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    from bench.pretrain.engine import NonFiniteLoss, Pretrainer
+    from bench.pretrain.engine import Pretrainer
     from bench.recipes import MODES, PRESETS, get_recipe
+    from bench.trainer import NonFiniteLoss
 
     if not (args.preset or args.mode):
         raise SystemExit(f"ponderbench pretrain: give --mode ({', '.join(MODES)}) for a reference recipe, or --preset "
@@ -332,12 +333,12 @@ def _leaderboard(args: argparse.Namespace) -> int:
 
 
 def _runs_show(args: argparse.Namespace) -> int:
-    from bench.finetune.runlog import METRICS, read_run_log
+    from bench.runlog import METRICS, read_run_log
 
     folder = Path(args.run)
     if not folder.is_dir():
-        runs = Path(args.results) / "runs" / "finetune"
-        found = sorted(p for p in runs.glob(args.run) if (p / METRICS).is_file()) if runs.is_dir() else []
+        runs = Path(args.results) / "runs"  # fine-tunes, pre-trainings and the low-level tasks' fits
+        found = sorted(p for p in runs.glob(f"*/{args.run}") if (p / METRICS).is_file()) if runs.is_dir() else []
         if len(found) != 1:
             names = "; matches: " + ", ".join(p.name for p in found) if found else ""
             return _usage_error("runs show", ValueError(f"{args.run!r} names {len(found)} runs with a log under "
@@ -495,9 +496,10 @@ def build_parser() -> argparse.ArgumentParser:
     det.add_argument("--device", default="cuda" if _cuda() else "cpu")
     det.set_defaults(func=_detect)
 
-    runs = sub.add_parser("runs", help="inspect fine-tuning runs").add_subparsers(dest="action", required=True)
-    show = runs.add_parser("show", help="print a run's log (loss, lr, steps/s per interval; evaluation scores)")
-    show.add_argument("run", help="the run's folder, or its name (wildcards) under RESULTS/runs/finetune")
+    runs = sub.add_parser("runs", help="inspect training runs").add_subparsers(dest="action", required=True)
+    show = runs.add_parser("show", help="print a run's log (loss terms, lr, steps/s per interval; evaluation scores)")
+    show.add_argument("run", help="the run's folder, or its name (wildcards) under RESULTS/runs/{finetune,pretrain,"
+                                  "fits}")
     show.add_argument("--results", default="results")
     show.set_defaults(func=_runs_show)
 

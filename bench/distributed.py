@@ -66,6 +66,17 @@ def average_gradients(params: Iterable[torch.nn.Parameter], world: int) -> None:
         p.grad = g.view_as(p).clone()
 
 
+def mean_terms(terms: dict[str, float] | None, ranks: Ranks) -> dict[str, float] | None:
+    """Each loss term averaged over the ranks that had one (a rank whose share had nothing to learn from has none);
+    what one process would log for the global batch."""
+    if ranks.world == 1:
+        return terms
+    every: list[dict[str, float] | None] = [None] * ranks.world
+    dist.all_gather_object(every, terms)
+    names = sorted({n for t in every if t for n in t})
+    return {n: sum(t[n] for t in every if t and n in t) / sum(1 for t in every if t and n in t) for n in names}
+
+
 def all_true(flag: bool, world: int, device: torch.device) -> bool:
     """Whether ``flag`` holds on every rank (all ranks must take the same branch around a collective)."""
     if world == 1:

@@ -114,6 +114,7 @@ class FinetuneRecipe:
     precision: Precision = "fp32"  # bf16 / fp16 autocast: CUDA only
     num_workers: int = 0  # DataLoader processes preparing the training clouds (0: the training process)
     log_every: int = 10  # optimiser steps per row of the run's metrics.jsonl
+    eval_every: int = 0  # epochs between evaluations (0: only after the last step); the record keeps the last
     tta: bool = False
     # detection: the image backbone of the fusion track (and of the camera track when no 2D backbone is named),
     # the size camera images are resized to (H, W; multiples of 32), and the epochs (mini splits hold few samples)
@@ -137,14 +138,15 @@ class FinetuneRecipe:
             raise ValueError(f"optimizer must be one of {get_args(Optimizer)}, got {self.optimizer!r}")
         if self.precision not in get_args(Precision):
             raise ValueError(f"precision must be one of {get_args(Precision)}, got {self.precision!r}")
-        if self.num_workers < 0 or self.log_every < 1 or (self.grad_clip is not None and self.grad_clip <= 0):
-            raise ValueError(f"num_workers must be >= 0, log_every >= 1 and grad_clip > 0 or None, got "
-                             f"{self.num_workers}, {self.log_every} and {self.grad_clip}")
+        if self.num_workers < 0 or self.log_every < 1 or self.eval_every < 0 or (self.grad_clip is not None
+                                                                                 and self.grad_clip <= 0):
+            raise ValueError(f"num_workers and eval_every must be >= 0, log_every >= 1 and grad_clip > 0 or None, "
+                             f"got {self.num_workers}, {self.eval_every}, {self.log_every} and {self.grad_clip}")
 
 
 # fields that change how a fine-tune runs, not what it computes: a record or checkpoint made with other values is
-# still the same run
-EXECUTION_FIELDS = ("num_workers", "log_every")
+# still the same run (periodic evaluations leave the last one as it was: tests/test_finetune_loop.py)
+EXECUTION_FIELDS = ("num_workers", "log_every", "eval_every")
 
 
 def result_fields(recipe: FinetuneRecipe) -> dict[str, Any]:

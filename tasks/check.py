@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.datasets import open_dataset
+from tasks.datasets import DATASETS, open_dataset
 from tasks.errors import DataFormatError
 from tasks.formats.scannet import read_scannet_frames
 from tasks.structures import Scene
@@ -32,27 +32,19 @@ class DatasetReport:
         return "absent" if not self.present else "ok" if self.ok else "PROBLEMS"
 
 
-# dataset -> (sub-folder, loader of tasks.datasets.LOADERS)
-CHECKS: dict[str, tuple[str, str]] = {
-    "scannet": ("scannet", "scannet20"),
-    "scannet200": ("scannet", "scannet200"),
-    "s3dis": ("s3dis", "s3dis"),
-    "semantickitti": ("semantickitti", "semantickitti"),
-    "nuscenes": ("nuscenes", "nuscenes"),
-}
+CHECKS = tuple(name for name, fmt in DATASETS.items() if fmt.checked)  # the formats data check knows
 SPLITS = ("train", "val")
 INSTANCE_CHECKED = ("scannet", "scannet200", "s3dis")  # Pointcept's instance.npy: one id per object, -1 for none
 
 
 def check_dataset(name: str, root: Path, max_scenes: int | None = None) -> DatasetReport:
-    folder, loader = CHECKS[name]
-    report = DatasetReport(name, root / folder)
+    report = DatasetReport(name, root / DATASETS[name].folder)
     if not report.path.is_dir():
         report.present = False
         return report
     for split in SPLITS:
         try:
-            dataset = open_dataset(loader, report.path, split)
+            dataset = open_dataset(name, report.path, split)
         except (DataFormatError, ValueError, AssertionError, OSError) as exc:
             report.problems.append(f"{split}: {exc}")
             continue

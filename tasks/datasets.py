@@ -1,7 +1,8 @@
 """Scenes of a task's splits, read from a data root, and the data-efficient subsets of ScanNet.
 
-:func:`open_dataset` is the one resolver from a loader name (``TaskSpec.loader``) to the scenes of a split,
-used by fine-tuning, ``data check`` and pre-training alike; :func:`nuscenes_version` is the one rule for which
+:data:`DATASETS` is the one table of dataset formats: the folder each lives in, how a split of it becomes scenes
+(:func:`open_dataset`), which pre-training reads it; fine-tuning (``TaskSpec.loader``), ``data check`` and
+pre-training all read it; :func:`nuscenes_version` is the one rule for which
 nuScenes tables are read. ``task_scenes(spec, root, split)`` applies a task's protocol on top;
 ``expected_path`` says where the data must be (a missing root is reported by the runner as "skipped").
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -119,24 +120,51 @@ def _scannet_frames(path: Path, split: str) -> SceneList:
                      lambda name: _fused_with_views(read_scannet_frames(path / "rgbd" / name), name))
 
 
-# loader name (TaskSpec.loader) -> factory(path, split, **options); the one place a folder becomes scenes
-LOADERS: dict[str, Callable[..., SceneDataset | SceneList]] = {
-    "scannet20": _scannet("segment20"),
-    "scannet200": _scannet("segment200"),
-    "scannet-rgbd": _scannet_frames,
-    "rgbd-folder": _rgbd_capture,
-    "s3dis": _s3dis,
-    "semantickitti": _semantickitti,
-    "nuscenes": _nuscenes,
-    "lidarseg-frames": _lidarseg_frames,
+@dataclass(frozen=True)
+class DatasetFormat:
+    """One on-disk dataset format: its folder under a data root, how a split of it becomes scenes, which
+    pre-training modes read it (and how a folder given to ``pretrain --data`` is recognised as it), and whether
+    ``ponderbench data check`` checks it."""
+
+    folder: str
+    open: Callable[..., SceneDataset | SceneList]  # (path, split, **options)
+    pretrain: tuple[str, ...] = ()  # modes; the first format of a mode here is what the matrix pre-trains on
+    found: Callable[[Path], bool] | None = None  # whether a folder holds this format (pre-training's --data)
+    checked: bool = False
+
+
+# the one table from dataset folders to loaders, for fine-tuning (TaskSpec.loader), pre-training and data check
+DATASETS: dict[str, DatasetFormat] = {
+    "scannet": DatasetFormat("scannet", _scannet("segment20"), pretrain=("indoor", "image"),
+                             found=lambda p: (p / "train").is_dir(), checked=True),
+    "scannet200": DatasetFormat("scannet", _scannet("segment200"), checked=True),
+    "scannet-rgbd": DatasetFormat("scannet", _scannet_frames),
+    "rgbd-folder": DatasetFormat("7scenes-rgbd", _rgbd_capture, pretrain=("indoor", "image"),
+                                 found=lambda p: (p / "camera-intrinsics.txt").is_file()),
+    "s3dis": DatasetFormat("s3dis", _s3dis, checked=True),
+    "semantickitti": DatasetFormat("semantickitti", _semantickitti, pretrain=("outdoor",),
+                                   found=lambda p: (p / "sequences").is_dir(), checked=True),
+    "nuscenes": DatasetFormat("nuscenes", _nuscenes, pretrain=("outdoor",), found=lambda p: any(p.glob("v1.0-*")),
+                              checked=True),
+    "lidarseg-frames": DatasetFormat("nuscenes-lidarseg-samples", _lidarseg_frames, pretrain=("outdoor",),
+                                     found=lambda p: any(p.glob("*/points.bin"))),
 }
 
 
+def dataset_format(name: str) -> DatasetFormat:
+    if name not in DATASETS:
+        raise KeyError(f"unknown dataset format {name!r}; known: {', '.join(sorted(DATASETS))}")
+    return DATASETS[name]
+
+
+def pretrain_dataset(mode: str) -> str:
+    """The dataset folder the matrix pre-trains a ``mode`` export on: the first format of the table that serves it."""
+    return next(f.folder for f in DATASETS.values() if mode in f.pretrain)
+
+
 def open_dataset(loader: str, path: str | Path, split: str, **options: object) -> SceneDataset | SceneList:
-    """The scenes of ``split`` of the dataset at ``path`` read by ``loader`` (a key of :data:`LOADERS`)."""
-    if loader not in LOADERS:
-        raise KeyError(f"unknown loader {loader!r}; known: {', '.join(sorted(LOADERS))}")
-    return LOADERS[loader](Path(path), split, **options)
+    """The scenes of ``split`` of the dataset at ``path`` read as ``loader`` (a key of :data:`DATASETS`)."""
+    return dataset_format(loader).open(Path(path), split, **options)
 
 
 def task_scenes(spec: TaskSpec, root: str | Path, split: str) -> SceneList:

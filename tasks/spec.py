@@ -18,7 +18,6 @@ from tasks.metrics.detection import DETECTION_CLASSES, DETECTION_METRICS
 
 PAPER = "PonderV2 paper (arXiv:2310.08586)"
 
-TaskType = Literal["semseg", "insseg", "detection", "nvs", "recon"]
 Sensor = Literal["lidar", "camera"]
 Protocol = Literal["full", "limited-reconstruction", "limited-annotation"]
 
@@ -28,11 +27,10 @@ class TaskSpec:
     id: str
     version: int
     title: str
-    dataset: str  # folder under a data root (``scannet``, ``s3dis``, ...)
-    loader: str  # how scenes are read: a key of tasks.datasets.LOADERS
+    loader: str  # its dataset format: a key of tasks.datasets.DATASETS (which folder, how scenes are read)
     train_split: str
     eval_split: str
-    task_type: TaskType
+    task_type: str  # a task type registered with bench.finetune.register_task_type (semseg, insseg, detection ...)
     classes: tuple[str, ...]
     ignore_index: int
     metrics: tuple[str, ...]
@@ -50,10 +48,13 @@ class TaskSpec:
     sensors: tuple[Sensor, ...] = ("lidar",)
     beside: tuple[str, ...] = ()  # metrics (fractions) the leaderboard shows beside the main score
     unit: Literal["%", "dB"] = "%"  # the main score: a fraction shown in percent, or decibels shown as they are
+    # the leaderboard table that shows it: the benchmark's columns, or the low-level one (its metrics are not class
+    # scores)
+    table: Literal["benchmark", "lowlevel"] = "benchmark"
 
     def __post_init__(self) -> None:
-        for name, allowed in (("task_type", get_args(TaskType)), ("protocol", get_args(Protocol)),
-                              ("domain", DOMAINS)):
+        for name, allowed in (("protocol", get_args(Protocol)), ("domain", DOMAINS),
+                              ("table", ("benchmark", "lowlevel"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"task {self.id}: {name} must be one of {allowed}, got {getattr(self, name)!r}")
         if not self.sensors or not set(self.sensors) <= set(get_args(Sensor)):
@@ -62,6 +63,13 @@ class TaskSpec:
             raise ValueError(f"task {self.id}: beside metrics {self.beside} must be among its metrics")
         if self.main_score not in self.metrics:
             raise ValueError(f"task {self.id}: main score {self.main_score!r} is not among its metrics")
+
+    @property
+    def dataset(self) -> str:
+        """Its dataset's folder under a data root (``scannet``, ``s3dis`` ...), from the one table of formats."""
+        from tasks.datasets import dataset_format
+
+        return dataset_format(self.loader).folder
 
     @property
     def key(self) -> str:
@@ -95,60 +103,60 @@ def list_tasks(pattern: str = "*", runnable: bool | None = None) -> list[str]:
 SEG_METRICS = ("mIoU", "mAcc", "allAcc")
 
 
-def _semseg(id: str, title: str, dataset: str, loader: str, classes: tuple[str, ...], domain: Domain,
+def _semseg(id: str, title: str, loader: str, classes: tuple[str, ...], domain: Domain,
             reference: float | None, protocol: Protocol = "full", value: float | None = None, version: int = 3,
             note: str = "") -> TaskSpec:
     return register_task(TaskSpec(
-        id=id, version=version, title=title, dataset=dataset, loader=loader, train_split="train", eval_split="val",
+        id=id, version=version, title=title, loader=loader, train_split="train", eval_split="val",
         task_type="semseg", classes=classes, ignore_index=-1, metrics=SEG_METRICS, main_score="mIoU",
         higher_is_better=True, protocol=protocol, protocol_value=value, domain=domain, reference=reference, note=note))
 
 
-def _not_yet(id: str, title: str, dataset: str, loader: str, task_type: TaskType, metric: str,
+def _not_yet(id: str, title: str, loader: str, task_type: str, metric: str,
              classes: tuple[str, ...], domain: Domain, reference: float, note: str) -> TaskSpec:
     return register_task(TaskSpec(
-        id=id, version=1, title=title, dataset=dataset, loader=loader, train_split="train", eval_split="val",
+        id=id, version=1, title=title, loader=loader, train_split="train", eval_split="val",
         task_type=task_type, classes=classes, ignore_index=-1, metrics=(metric,), main_score=metric,
         higher_is_better=True, protocol="full", protocol_value=None, domain=domain, reference=reference,
         runnable=False, note=note))
 
 
-_semseg("scannet-semseg", "ScanNet semantic segmentation (20 classes), val", "scannet", "scannet20", SCANNET20,
+_semseg("scannet-semseg", "ScanNet semantic segmentation (20 classes), val", "scannet", SCANNET20,
         "indoor", 77.0)
-_semseg("scannet200-semseg", "ScanNet200 semantic segmentation, val", "scannet", "scannet200", SCANNET200,
+_semseg("scannet200-semseg", "ScanNet200 semantic segmentation, val", "scannet200", SCANNET200,
         "indoor", 32.3)
-_semseg("s3dis-area5-semseg", "S3DIS Area 5 semantic segmentation (13 classes)", "s3dis", "s3dis", S3DIS13,
+_semseg("s3dis-area5-semseg", "S3DIS Area 5 semantic segmentation (13 classes)", "s3dis", S3DIS13,
         "indoor", 73.2)
 INSSEG_METRICS = ("mAP", "AP50", "AP25")
 for id, title, loader, classes, ref in (
-        ("scannet-insseg", "ScanNet instance segmentation (18 classes), val", "scannet20", SCANNET20, 62.6),
+        ("scannet-insseg", "ScanNet instance segmentation (18 classes), val", "scannet", SCANNET20, 62.6),
         ("scannet200-insseg", "ScanNet200 instance segmentation, val", "scannet200", SCANNET200, 30.5)):
     register_task(TaskSpec(
-        id=id, version=3, title=title, dataset="scannet", loader=loader, train_split="train", eval_split="val",
+        id=id, version=3, title=title, loader=loader, train_split="train", eval_split="val",
         task_type="insseg", classes=classes, ignore_index=-1, metrics=INSSEG_METRICS, main_score="AP50",
         higher_is_better=True, protocol="full", protocol_value=None, domain="indoor", reference=ref,
         note="PointGroup-style head; the ScanNet benchmark's AP over its instance classes (all but wall, floor)"))
 for pct, ref in ((1, 34.6), (5, None), (10, None), (20, 68.2)):
-    _semseg(f"scannet-de-lr{pct}", f"ScanNet data-efficient: {pct}% of the training scenes", "scannet", "scannet20",
+    _semseg(f"scannet-de-lr{pct}", f"ScanNet data-efficient: {pct}% of the training scenes", "scannet",
             SCANNET20, "indoor", ref, protocol="limited-reconstruction", value=pct / 100)
 for points, ref in ((20, 67.0), (50, None), (100, None), (200, 74.8)):
     _semseg(f"scannet-de-la{points}", f"ScanNet data-efficient: {points} labelled points per training scene",
-            "scannet", "scannet20", SCANNET20, "indoor", ref, protocol="limited-annotation", value=float(points))
+            "scannet", SCANNET20, "indoor", ref, protocol="limited-annotation", value=float(points))
 _semseg("semantickitti-semseg", "SemanticKITTI semantic segmentation (19 classes), val", "semantickitti",
-        "semantickitti", SEMANTIC_KITTI19, "outdoor", 71.5)
-_semseg("nuscenes-lidarseg", "nuScenes lidar semantic segmentation (16 classes), val", "nuscenes", "nuscenes",
+        SEMANTIC_KITTI19, "outdoor", 71.5)
+_semseg("nuscenes-lidarseg", "nuScenes lidar semantic segmentation (16 classes), val", "nuscenes",
         NUSCENES16, "outdoor", 79.4, version=4)  # 4: the generated drives hold every detection class, some moving
 _semseg("nuscenes-lidarseg-samples", "Real nuScenes lidarseg sweeps (../shared/data): every 5th sweep held out",
-        "nuscenes-lidarseg-samples", "lidarseg-frames", NUSCENES16, "outdoor", None,
+        "lidarseg-frames", NUSCENES16, "outdoor", None,
         note="30 real sweeps (24 train, 6 held out): a check on real data, not a benchmark")
 _semseg("nuscenes-lidarseg-samples-la200", "Real nuScenes lidarseg sweeps, 200 labelled points per training sweep",
-        "nuscenes-lidarseg-samples", "lidarseg-frames", NUSCENES16, "outdoor", None, protocol="limited-annotation",
+        "lidarseg-frames", NUSCENES16, "outdoor", None, protocol="limited-annotation",
         value=200.0, note="the limited-annotation protocol on real sweeps: does pre-training on them help?")
 for track, title, ref, sensors in (("lidar", "LiDAR", 70.6, ("lidar",)),
                                    ("camera", "camera (2D backbone)", 47.4, ("camera",)),
                                    ("fusion", "LiDAR + camera", 73.2, ("lidar", "camera"))):
     register_task(TaskSpec(
-        id=f"nuscenes-det-{track}", version=2, title=f"nuScenes 3D detection, {title}", dataset="nuscenes",
+        id=f"nuscenes-det-{track}", version=2, title=f"nuScenes 3D detection, {title}",
         loader="nuscenes", train_split="train", eval_split="val", task_type="detection", classes=DETECTION_CLASSES,
         ignore_index=-1, metrics=DETECTION_METRICS, main_score="NDS", higher_is_better=True, protocol="full",
         protocol_value=None, domain="outdoor", reference=ref, sensors=sensors, beside=("mAP",),
@@ -159,10 +167,9 @@ for track, title, ref, sensors in (("lidar", "LiDAR", 70.6, ("lidar",)),
 # are rendered (nvs), its SDF meshed (recon). Their own leaderboard table: their metrics are not class scores.
 NVS_METRICS = ("PSNR", "SSIM", "AbsRel", "RMSE", "delta1")
 RECON_METRICS = ("fscore", "precision", "recall", "accuracy", "completeness", "chamfer_l1")
-LOWLEVEL_TYPES = ("nvs", "recon")
-for short, dataset, loader, split, where in (
-        ("7scenes", "7scenes-rgbd", "rgbd-folder", "heldout", "the real 7-Scenes frames of ../shared/data"),
-        ("scannet", "scannet", "scannet-rgbd", "test", "the RGB-D frames of the ScanNet test scenes")):
+for short, loader, split, where in (
+        ("7scenes", "rgbd-folder", "heldout", "the real 7-Scenes frames of ../shared/data"),
+        ("scannet", "scannet-rgbd", "test", "the RGB-D frames of the ScanNet test scenes")):
     for task_type, version, metrics, main, unit, what in (
             ("nvs", 1, NVS_METRICS, "PSNR", "dB", "novel-view synthesis: held-out frames rendered (PSNR, SSIM, "
                                                   "depth)"),
@@ -170,8 +177,8 @@ for short, dataset, loader, split, where in (
             ("recon", 2, RECON_METRICS, "fscore", "%", "3D reconstruction: the SDF's mesh vs the reference, "
                                                        "F-score at 5 cm")):
         register_task(TaskSpec(
-            id=f"{task_type}-{short}", version=version, title=f"{what.split(':')[0]}, {where}", dataset=dataset,
+            id=f"{task_type}-{short}", version=version, title=f"{what.split(':')[0]}, {where}",
             loader=loader, train_split=split, eval_split=split, task_type=task_type, classes=(), ignore_index=-1,
             metrics=metrics, main_score=main, higher_is_better=True, protocol="full", protocol_value=None,
-            domain="indoor", reference=None, unit=unit,
+            domain="indoor", reference=None, unit=unit, table="lowlevel",
             note=f"{what}; a Ponder model fitted per scene to its training frames (the held-out rule keeps every 5th)"))

@@ -23,7 +23,7 @@ def fit(case: str, seed: int) -> float:
     from tests.test_train_equals_eval import fit_generated_rooms, fit_real_sweeps
 
     result = fit_generated_rooms(seed) if case == "rooms" else fit_real_sweeps(REPO.parent / "shared" / "data", seed)
-    return float(result["allAcc"])
+    return float(result.scores["allAcc"])
 
 
 def main() -> None:

@@ -127,8 +127,8 @@ def test_limited_reconstruction_trains_as_many_steps_as_the_full_split(tiny_root
     recipe = replace(FINETUNE_PRESETS["tiny"], batch_size=1, epochs=1)
     full = finetune(get_task("scannet-semseg"), "spunet-micro", tiny_root, recipe=recipe)
     lr1 = finetune(get_task("scannet-de-lr1"), "spunet-micro", tiny_root, recipe=recipe)
-    assert (full["train_scenes"], lr1["train_scenes"]) == (2, 1)
-    assert full["steps"] == lr1["steps"] == 2
+    assert (full.facts.train_scenes, lr1.facts.train_scenes) == (2, 1)
+    assert full.facts.steps == lr1.facts.steps == 2
 
 
 def test_every_finetune_preset_names_its_pretraining() -> None:
@@ -162,7 +162,7 @@ def test_the_probe_normalises_frozen_features_on_the_task_data(tiny_root: Path) 
                           linear_probe=True)
     finally:
         engine.precise_batchnorm = original
-    assert 0.0 <= result["mIoU"] <= 1.0
+    assert 0.0 <= result.scores["mIoU"] <= 1.0
     assert type(seen[0]) is type(create_backbone("spunet-micro"))  # the backbone alone, first
     norms = [m for m in seen[0].modules() if isinstance(m, torch.nn.BatchNorm1d)]
     assert norms and all(float(m.running_var.mean()) != 1.0 for m in norms)  # not the initial statistics
@@ -184,7 +184,7 @@ def test_protocols_expand_to_finetune_and_probe_runs(tmp_path: Path) -> None:
 def test_finetune_learns_and_refuses_what_does_not_apply(tiny_root: Path, tmp_path: Path) -> None:
     spec = get_task("semantickitti-semseg")
     result = finetune(spec, "spunet-micro", tiny_root, seed=0, recipe=FINETUNE_PRESETS["tiny"])
-    assert 0.0 <= result["mIoU"] <= 1.0 and result["eval_points"] > 0 and len(result["per_class"]) == 19
+    assert 0.0 <= result.scores["mIoU"] <= 1.0 and result.scores["eval_points"] > 0 and len(result.per_class) == 19
     with pytest.raises(NotApplicable, match="2D backbone"):
         finetune(spec, "timm:resnet18", tiny_root)
     with pytest.raises(NotApplicable, match="no fine-tuning pipeline"):
@@ -383,18 +383,20 @@ def test_prediction_covers_every_point_with_few_fragments() -> None:
 
 def test_every_task_names_a_known_loader() -> None:
     """Not-yet-runnable tasks too: their loader is a key of the one resolver, not a dataset folder name."""
-    from tasks.datasets import LOADERS
+    from tasks.datasets import DATASETS
 
     for task in list_tasks():
-        assert get_task(task).loader in LOADERS, task
+        assert get_task(task).loader in DATASETS, task
 
 
 def test_typed_specs_refuse_unknown_types_and_positional_construction() -> None:
     from dataclasses import replace
 
+    from bench.finetune.engine import task_type
+
     spec = get_task("scannet-semseg")
-    with pytest.raises(ValueError, match="task_type must be one of"):
-        replace(spec, task_type="segmentation")
+    with pytest.raises(KeyError, match="no task type 'segmentation' is registered; known: detection, insseg"):
+        task_type(replace(spec, task_type="segmentation"))
     with pytest.raises(ValueError, match="domain must be one of"):
         replace(spec, domain="underwater")
     with pytest.raises(TypeError):

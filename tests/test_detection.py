@@ -19,8 +19,8 @@ from bench.finetune.detection import (
     transform_boxes,
 )
 from bench.finetune.engine import finetune
-from bench.finetune.runlog import METRICS, read_run_log
 from bench.recipes import FINETUNE_PRESETS
+from bench.runlog import METRICS, read_run_log
 from tasks.errors import DataFormatError
 from tasks.formats.nuscenes import NuScenesLidarSegDataset, read_mmdet3d_info
 from tasks.heads.detection import REGRESSION, BEVGrid, decode, head_targets
@@ -228,9 +228,10 @@ def test_each_track_trains_and_is_scored_by_the_devkit(tiny_root: Path, tmp_path
     recipe = FINETUNE_PRESETS["tiny"]
     result = finetune(get_task(f"nuscenes-det-{track}"), backbone, tiny_root, recipe=recipe,
                       artifacts=tmp_path / "run", picture=tmp_path / "bev.png")
-    assert 0.0 <= result["NDS"] <= 1.0 and 0.0 <= result["mAP"] <= 1.0
-    assert set(result["per_class"]) == set(DETECTION_CLASSES)
-    assert result["steps"] == recipe.detection_epochs * int(np.ceil(result["train_scenes"] / recipe.batch_size))
+    assert 0.0 <= result.scores["NDS"] <= 1.0 and 0.0 <= result.scores["mAP"] <= 1.0
+    assert set(result.per_class) == set(DETECTION_CLASSES)
+    facts = result.facts
+    assert facts.steps == recipe.detection_epochs * int(np.ceil(facts.train_scenes / recipe.batch_size))
     submission = json.loads((tmp_path / "run" / "submission.json").read_text())
     evaluation = NuScenesLidarSegDataset(tiny_root / "nuscenes", "val", "v1.0-mini")
     assert set(submission["results"]) == set(evaluation.names)
@@ -244,11 +245,11 @@ def test_each_track_trains_and_is_scored_by_the_devkit(tiny_root: Path, tmp_path
     assert len(again) == len(submission["results"][evaluation.names[0]])
     # the one fine-tuning loop: its run log, and its checkpoint, which the same run resumes from at the end
     log = read_run_log(tmp_path / "run" / METRICS)
-    assert log.event.iloc[-1] == "eval" and log.step.iloc[-1] == result["steps"] and "NDS" in log
+    assert log.event.iloc[-1] == "eval" and log.step.iloc[-1] == result.facts.steps and "NDS" in log
     if track == "lidar":
         resumed = finetune(get_task("nuscenes-det-lidar"), backbone, tiny_root, recipe=recipe,
                            artifacts=tmp_path / "run")
-        assert resumed["resumed_from_step"] == result["steps"] and resumed["NDS"] == result["NDS"]
+        assert resumed.facts.resumed_from_step == result.facts.steps and resumed.scores["NDS"] == result.scores["NDS"]
 
 
 def test_a_point_cloud_backbone_cannot_run_the_camera_track(tiny_root: Path) -> None:

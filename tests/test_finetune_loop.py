@@ -1,5 +1,6 @@
-"""The fine-tuning loop: draws fixed by (seed, draw), the same run with any number of loader workers, checkpoints
-that a re-run resumes from (also after ``kill -9``) with the uninterrupted run's exact metrics, and the run log."""
+"""Fine-tuning on the one trainer: draws fixed by (seed, draw), the same run with any number of loader workers,
+checkpoints that a re-run resumes from (also after ``kill -9``) with the uninterrupted run's exact metrics,
+periodic evaluation, and the run log."""
 
 from __future__ import annotations
 
@@ -17,12 +18,12 @@ import pytest
 import torch
 
 from bench.cli import main
-from bench.finetune import loop
-from bench.finetune.engine import fit_and_evaluate
-from bench.finetune.loop import CHECKPOINT, scene_draw
-from bench.finetune.runlog import METRICS, RunLog, read_run_log
+from bench.finetune.draws import scene_draw
+from bench.finetune.engine import FinetuneResult, fit_and_evaluate
+from bench.hooks import CHECKPOINT, Checkpoint
 from bench.matrix.records import RunRecord, record_files
 from bench.recipes import get_finetune_recipe
+from bench.runlog import METRICS, RunLog, read_run_log
 from tasks.datasets import task_scenes
 from tasks.errors import DataFormatError
 from tasks.spec import get_task
@@ -34,15 +35,16 @@ RECIPE = get_finetune_recipe("tiny", ["epochs=3", "max_points=1500"])
 DDP_TOLERANCE = 0.05
 
 
-def _fit(tiny_root: Path, artifacts: Path | None = None, **changes: object) -> dict[str, object]:
+def _fit(tiny_root: Path, artifacts: Path | None = None, **changes: object) -> FinetuneResult:
     spec = get_task(TASK)
     train, evaluation = task_scenes(spec, tiny_root, "train"), task_scenes(spec, tiny_root, "val")
     return fit_and_evaluate(spec, "spunet-micro", train, evaluation, recipe=replace(RECIPE, **changes),
                             artifacts=artifacts)
 
 
-def _scores(result: dict[str, object]) -> dict[str, object]:
-    return {k: result[k] for k in ("mIoU", "mAcc", "allAcc", "per_class", "final_train_loss", "steps")}
+def _scores(result: FinetuneResult) -> dict[str, object]:
+    return {**{k: result.scores[k] for k in ("mIoU", "mAcc", "allAcc")}, "per_class": result.per_class,
+            "final_train_loss": result.facts.final_train_loss, "steps": result.facts.steps}
 
 
 def test_a_draw_depends_only_on_the_seed_and_its_number() -> None:
@@ -61,34 +63,45 @@ def test_loader_workers_do_not_change_the_run(tiny_root: Path) -> None:
 def test_a_stopped_run_resumes_from_its_checkpoint_with_the_same_result(tiny_root: Path, tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     straight = _fit(tiny_root, tmp_path / "straight")
-    saved = loop._save_checkpoint
+    saved = Checkpoint.after_epoch
 
     def save_then_stop(*args: object) -> None:
         saved(*args)
         raise KeyboardInterrupt  # stopped right after the first epoch's checkpoint
 
-    monkeypatch.setattr(loop, "_save_checkpoint", save_then_stop)
+    monkeypatch.setattr(Checkpoint, "after_epoch", save_then_stop)
     with pytest.raises(KeyboardInterrupt):
         _fit(tiny_root, tmp_path / "resumed")
-    monkeypatch.setattr(loop, "_save_checkpoint", saved)
+    monkeypatch.setattr(Checkpoint, "after_epoch", saved)
     resumed = _fit(tiny_root, tmp_path / "resumed")
-    per_epoch = straight["steps"] // RECIPE.epochs
-    assert straight["resumed_from_step"] is None and resumed["resumed_from_step"] == per_epoch
+    per_epoch = straight.facts.steps // RECIPE.epochs
+    assert straight.facts.resumed_from_step is None and resumed.facts.resumed_from_step == per_epoch
     assert _scores(resumed) == _scores(straight)  # bitwise: same draws, same optimiser and schedule state
     log = read_run_log(tmp_path / "resumed" / METRICS)
     assert log[log.event == "resume"].step.tolist() == [per_epoch]
     before = log.index[log.event == "resume"][0]
     assert (log.step[:before] <= per_epoch).all() and (log.step[before + 1:] > per_epoch).all()
-    assert log.event.iloc[-1] == "eval" and log[log.event == "train"].step.iloc[-1] == straight["steps"]
+    assert log.event.iloc[-1] == "eval" and log[log.event == "train"].step.iloc[-1] == straight.facts.steps
 
 
 def test_a_checkpoint_of_another_run_is_not_resumed(tiny_root: Path, tmp_path: Path,
                                                     caplog: pytest.LogCaptureFixture) -> None:
     first = _fit(tiny_root, tmp_path, lr=0.001)
     other = _fit(tiny_root, tmp_path)
-    assert first["resumed_from_step"] is None and other["resumed_from_step"] is None
+    assert first.facts.resumed_from_step is None and other.facts.resumed_from_step is None
     assert "belongs to another run (differs in recipe)" in caplog.text
     assert _scores(other) == _scores(_fit(tiny_root))
+
+
+def test_periodic_evaluation_keeps_the_best_and_leaves_the_last_as_it_was(tiny_root: Path, tmp_path: Path) -> None:
+    every = _fit(tiny_root, tmp_path, eval_every=1)
+    assert _scores(every) == _scores(_fit(tiny_root))  # evaluating in between changes nothing that follows
+    log = read_run_log(tmp_path / METRICS)
+    evaluations = log[log.event == "eval"]
+    per_epoch = every.facts.steps // RECIPE.epochs
+    assert evaluations.step.tolist() == [per_epoch * e for e in range(1, RECIPE.epochs + 1)]
+    assert every.facts.best_score == evaluations.mIoU.max()
+    assert every.facts.best_step == evaluations.step[evaluations.mIoU.idxmax()]
 
 
 def test_gradient_clipping_changes_the_run_and_mixed_precision_needs_cuda(tiny_root: Path) -> None:
@@ -154,9 +167,10 @@ def test_kill_9_mid_finetune_resumes_to_the_uninterrupted_metrics(tiny_root: Pat
     assert "resumed from its checkpoint at step" in err
     (one,), (other,) = record_files(tmp_path / "straight"), record_files(tmp_path / "killed")
     a, b = RunRecord.from_json(one), RunRecord.from_json(other)
-    assert b.metrics["resumed_from_step"] > 0 and a.metrics["resumed_from_step"] is None
-    for key in ("mIoU", "mAcc", "allAcc", "final_train_loss", "steps"):
+    assert b.facts["resumed_from_step"] > 0 and a.facts["resumed_from_step"] is None
+    for key in ("mIoU", "mAcc", "allAcc"):
         assert a.metrics[key] == b.metrics[key], key  # bitwise: one process on the CPU
+    assert a.facts["final_train_loss"] == b.facts["final_train_loss"] and a.facts["steps"] == b.facts["steps"]
     assert a.per_class == b.per_class
     assert not list(folder.glob(f"*/{CHECKPOINT}"))  # discarded once the record is written
     rows = [json.loads(line) for line in next(folder.glob(f"*/{METRICS}")).read_text().splitlines()]
@@ -172,7 +186,7 @@ def test_execution_fields_do_not_make_a_record_stale(tiny_root: Path, tmp_path: 
                       overrides=["epochs=1", *overrides])
 
     run_matrix(runs(), workers=1, progress=False)
-    assert finished(runs("num_workers=2", "log_every=3")[0]) is not None
+    assert finished(runs("num_workers=2", "log_every=3", "eval_every=1")[0]) is not None
     assert finished(runs("grad_clip=1.0")[0]) is None
     assert np.isfinite(RunRecord.from_json(record_files(tmp_path)[0]).main_value)
 
@@ -218,8 +232,8 @@ def test_two_gloo_processes_fine_tune_like_one_with_the_same_global_batch(tiny_r
     for task, two in records["ddp"].items():
         one = records["one"][task]
         assert two.status == one.status == "ok", (two.error, one.error)
-        assert two.metrics["world_size"] == 2 and two.metrics["ranks_in_sync"] is True
-        assert two.metrics["steps"] == one.metrics["steps"]
+        assert two.facts["world_size"] == 2 and two.facts["ranks_in_sync"] is True
+        assert two.facts["steps"] == one.facts["steps"]
         if "eval_points" in one.metrics:
             assert two.metrics["eval_points"] == one.metrics["eval_points"]  # every evaluation point counted once
         assert abs(two.main_value - one.main_value) <= DDP_TOLERANCE, (task, two.main_value, one.main_value)

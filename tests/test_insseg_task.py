@@ -47,22 +47,23 @@ def test_a_perfect_model_scores_ap_one_through_voting_clustering_and_the_evaluat
                                                                                     ) -> None:
     spec = get_task("scannet-insseg")
     scene = task_scenes(spec, tiny_root, "val")[0]
-    ctx = FinetuneContext(spec=spec, recipe=FinetuneRecipe(tta=tta), voxel=0.05,
+    ctx = FinetuneContext(spec=spec, recipe=FinetuneRecipe(tta=tta), backbone="oracle", voxel=0.05,
                           device=torch.device("cpu"), linear_probe=False)
     oracle = Oracle(scene.coord.astype(np.float64), scene.segment, scene.instance, len(spec.classes))
     result = InstanceSegmentation().evaluate(oracle, [scene], ctx)
-    assert result["AP50"] == pytest.approx(1.0) and result["mAP"] == pytest.approx(1.0)
-    assert result["semantic_mIoU"] > 0.97  # below 1 only where one 5 cm voxel holds points of two classes
-    evaluated = [name for name, ap in result["per_class"].items() if ap is not None]
-    assert evaluated and all(result["per_class"][name] == pytest.approx(1.0) for name in evaluated)
+    scores, per_class = result.scores, result.per_class
+    assert scores["AP50"] == pytest.approx(1.0) and scores["mAP"] == pytest.approx(1.0)
+    assert scores["semantic_mIoU"] > 0.97  # below 1 only where one 5 cm voxel holds points of two classes
+    evaluated = [name for name, ap in per_class.items() if ap is not None]
+    assert evaluated and all(per_class[name] == pytest.approx(1.0) for name in evaluated)
 
 
 def test_insseg_fine_tunes_and_records_the_benchmark_metrics(tiny_root: Path) -> None:
     spec = get_task("scannet200-insseg")
     result = finetune(spec, "spunet-micro", tiny_root, seed=0, recipe=FINETUNE_PRESETS["tiny"])
-    assert {"mAP", "AP50", "AP25", "semantic_mIoU"} <= set(result)
-    assert all(0.0 <= result[k] <= 1.0 or np.isnan(result[k]) for k in ("mAP", "AP50", "AP25"))
-    assert set(result["per_class"]) == {SCANNET200[i] for i in instance_classes(SCANNET200)}
+    assert {"mAP", "AP50", "AP25", "semantic_mIoU"} <= set(result.scores)
+    assert all(0.0 <= result.scores[k] <= 1.0 or np.isnan(result.scores[k]) for k in ("mAP", "AP50", "AP25"))
+    assert set(result.per_class) == {SCANNET200[i] for i in instance_classes(SCANNET200)}
     assert spec.main_score == "AP50" and spec.runnable
 
 

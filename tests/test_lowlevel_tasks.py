@@ -33,8 +33,8 @@ def test_both_tasks_share_one_fit_and_write_their_outputs(tiny_root: Path, tmp_p
     runs = tmp_path / "results" / "runs" / "finetune"
     nvs = finetune(get_task("nvs-scannet"), "spunet-micro", tiny_root, recipe=RECIPE, artifacts=runs / "nvs",
                    picture=tmp_path / "strip.png")
-    assert 5.0 < nvs["PSNR"] < 60.0 and -1.0 <= nvs["SSIM"] <= 1.0
-    assert nvs["AbsRel"] >= 0 and nvs["RMSE"] > 0 and 0.0 <= nvs["delta1"] <= 1.0
+    assert 5.0 < nvs.scores["PSNR"] < 60.0 and -1.0 <= nvs.scores["SSIM"] <= 1.0
+    assert nvs.scores["AbsRel"] >= 0 and nvs.scores["RMSE"] > 0 and 0.0 <= nvs.scores["delta1"] <= 1.0
     assert (tmp_path / "strip.png").stat().st_size > 10_000
     fits = sorted((tmp_path / "results" / "runs" / "fits").iterdir())
     assert len(fits) == 1
@@ -42,9 +42,9 @@ def test_both_tasks_share_one_fit_and_write_their_outputs(tiny_root: Path, tmp_p
     recon = finetune(get_task("recon-scannet"), "spunet-micro", tiny_root, recipe=RECIPE, artifacts=runs / "recon",
                      picture=tmp_path / "mesh.png")
     assert (fits[0] / "checkpoint.pt").stat().st_mtime_ns == stamp  # the finished fit was reused, not redone
-    assert 0.0 <= recon["fscore"] <= 1.0 and recon["chamfer_l1"] > 0
+    assert 0.0 <= recon.scores["fscore"] <= 1.0 and recon.scores["chamfer_l1"] > 0
     vertices, faces = read_mesh(next((runs / "recon").glob("*/mesh.ply")))
-    assert len(faces) == recon["mesh_faces"] > 0
+    assert len(faces) == recon.scores["mesh_faces"] > 0
     assert (tmp_path / "mesh.png").stat().st_size > 10_000
 
 
@@ -55,5 +55,5 @@ def test_nvs_on_the_real_7scenes_frames(shared_data: Path, tmp_path: Path) -> No
     assert len(scene.heldout) == 20 and len(scene.train.views) == 80
     result = finetune(spec, "spunet-micro", shared_data, recipe=replace(RECIPE, fit_steps=3),
                       artifacts=tmp_path / "runs" / "finetune" / "nvs")
-    assert result["heldout_frames"] == 20
-    assert np.isfinite(result["PSNR"]) and 0.0 <= result["delta1"] <= 1.0
+    assert result.scores["heldout_frames"] == 20
+    assert np.isfinite(result.scores["PSNR"]) and 0.0 <= result.scores["delta1"] <= 1.0

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.pretrain.engine import NonFiniteLoss, Pretrainer
+from bench.pretrain.engine import Pretrainer
 from bench.recipes import get_recipe
+from bench.trainer import NonFiniteLoss
 
 REPO = Path(__file__).resolve().parents[1]
 MICRO = ["grid=(16,16,8)", "volume_channels=8", "unet_base=4", "unet_levels=2", "sdf_channels=8",
@@ -45,8 +46,8 @@ def test_every_mode_runs_end_to_end_on_the_tiny_suite(tiny_root: Path, tmp_path:
     result = Pretrainer(recipe, tiny_root / PRESETS[case][1], tmp_path / "run", progress=False).run()
     run = tmp_path / "run"
     assert result.steps == 4 and (run / "checkpoint.pt").is_file() and (run / "loss_curve.png").is_file()
-    lines = [json.loads(x) for x in (run / "losses.jsonl").read_text().splitlines()]
-    assert [x["step"] for x in lines] == [1, 2, 3, 4]
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2, 3, 4] and {x["event"] for x in lines} == {"train"}
     expected = {"depth", "sdf", "free_space", "eikonal", "total"} | ({"rgb"} if case in ("indoor", "image") else set())
     assert expected <= set(lines[0])
     if case == "indoor":
@@ -66,7 +67,7 @@ def test_resume_continues_exactly(tiny_root: Path, tmp_path: Path, monkeypatch: 
     recipe = micro_recipe("indoor")
     Pretrainer(recipe, tiny_root / "scannet", tmp_path / "straight", progress=False).run()
 
-    original = Pretrainer._train_step
+    original = Pretrainer._step_loss
     calls = {"n": 0}
 
     def crash_in_epoch_two(self, *args):  # noqa: ANN001, ANN202
@@ -75,24 +76,25 @@ def test_resume_continues_exactly(tiny_root: Path, tmp_path: Path, monkeypatch: 
             raise KeyboardInterrupt
         return original(self, *args)
 
-    monkeypatch.setattr(Pretrainer, "_train_step", crash_in_epoch_two)
+    monkeypatch.setattr(Pretrainer, "_step_loss", crash_in_epoch_two)
     with pytest.raises(KeyboardInterrupt):
         Pretrainer(recipe, tiny_root / "scannet", tmp_path / "resumed", progress=False).run()
-    assert json.loads((tmp_path / "resumed" / "losses.jsonl").read_text().splitlines()[-1])["step"] == 3
-    monkeypatch.setattr(Pretrainer, "_train_step", original)
+    assert json.loads((tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 3
+    monkeypatch.setattr(Pretrainer, "_step_loss", original)
     Pretrainer(recipe, tiny_root / "scannet", tmp_path / "resumed", progress=False, resume=True).run()
 
     straight, resumed = state_of(tmp_path / "straight"), state_of(tmp_path / "resumed")
     for name, value in straight.items():
         assert torch.equal(value, resumed[name]), name
-    steps = [json.loads(x)["step"] for x in (tmp_path / "resumed" / "losses.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3, 4]
+    rows = [json.loads(x) for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["event"], r["step"]) for r in rows] == [("train", 1), ("train", 2), ("resume", 2), ("train", 3),
+                                                       ("train", 4)]
 
 
 def test_resume_refuses_another_recipe(tiny_root: Path, tmp_path: Path) -> None:
     Pretrainer(micro_recipe("indoor", "epochs=1"), tiny_root / "scannet", tmp_path, progress=False).run()
-    with pytest.raises(ValueError, match="another recipe"):
-        Pretrainer(micro_recipe("indoor", "epochs=1", "lr=0.5"), tiny_root / "scannet", tmp_path, resume=True)
+    with pytest.raises(ValueError, match=r"belongs to another run \(differs in lr\)"):
+        Pretrainer(micro_recipe("indoor", "epochs=1", "lr=0.5"), tiny_root / "scannet", tmp_path, resume=True).run()
 
 
 @pytest.mark.slow
@@ -102,7 +104,7 @@ def test_kill_9_loses_at_most_the_current_epoch(tiny_root: Path, tmp_path: Path)
            str(tiny_root / "scannet"), "--out", str(tmp_path / "run"), "--device", "cpu", "--no-progress", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    losses = tmp_path / "run" / "losses.jsonl"
+    losses = tmp_path / "run" / "metrics.jsonl"
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         if losses.is_file() and len(losses.read_text().splitlines()) >= 4:  # inside epoch 2
@@ -116,7 +118,7 @@ def test_kill_9_loses_at_most_the_current_epoch(tiny_root: Path, tmp_path: Path)
     recipe = get_recipe("indoor-mini", args)
     result = Pretrainer(recipe, tiny_root / "scannet", tmp_path / "run", progress=False, resume=True).run()
     assert result.steps == 9
-    steps = [json.loads(x)["step"] for x in losses.read_text().splitlines()]
+    steps = [json.loads(x)["step"] for x in losses.read_text().splitlines() if '"train"' in x]
     assert steps == list(range(1, 10))
 
 
@@ -174,7 +176,7 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tiny_ro
         assert done.returncode == 0, f"{name}: {done.stderr[-3000:]}"
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["ranks_in_sync"] is True and summary["steps"] == 3
-    logs = [[json.loads(x) for x in (tmp_path / run / "losses.jsonl").read_text().splitlines()] for run in launches]
+    logs = [[json.loads(x) for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()] for run in launches]
     assert logs[0][0]["total"] == pytest.approx(logs[1][0]["total"], rel=1e-6), "same samples, same first loss"
     two, single = state_of(tmp_path / "ddp"), state_of(tmp_path / "one")
     for name, value in single.items():
@@ -186,6 +188,7 @@ def test_unusable_scenes_are_skipped_with_a_warning(tiny_root: Path, tmp_path: P
     from dataclasses import replace
 
     from bench.pretrain.data import UnusableScene, build_sample
+    from bench.pretrain.engine import PretrainBatches
 
     trainer = Pretrainer(micro_recipe("indoor"), tiny_root / "scannet", tmp_path, progress=False)
     good = trainer.source.scene(1)
@@ -195,7 +198,8 @@ def test_unusable_scenes_are_skipped_with_a_warning(tiny_root: Path, tmp_path: P
     loader = trainer.source.loader
     trainer.source.loader = lambda i: blank if i == 0 else loader(i)
     with caplog.at_level("WARNING"):
-        sample = trainer._sample(0, 0, 0, scene_index=0, preview=False)
+        batches = PretrainBatches(trainer.source, trainer.recipe, trainer.voxel, 1, trainer.ranks)
+        sample = batches._sample(0, 0, scene_index=0, preview=False)
     assert sample.name == good.name and "skipped" in caplog.text and "no pixel with valid depth" in caplog.text
 
 

@@ -52,10 +52,10 @@ def fit_real_sweeps(shared_data: Path, seed: int = 0) -> dict[str, object]:
 @pytest.mark.slow
 def test_fits_two_generated_rooms_it_trained_on() -> None:
     result = fit_generated_rooms()
-    assert result["allAcc"] >= ROOMS_BAR, result
+    assert result.scores["allAcc"] >= ROOMS_BAR, result
 
 
 @pytest.mark.slow
 def test_fits_four_real_nuscenes_sweeps_it_trained_on(shared_data: Path) -> None:
     result = fit_real_sweeps(shared_data)
-    assert result["allAcc"] >= SWEEPS_BAR, result
+    assert result.scores["allAcc"] >= SWEEPS_BAR, result

@@ -11,9 +11,8 @@ split, writes the official submission file and scores it with the devkit (:mod:`
 from __future__ import annotations
 
 import logging
-import math
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,12 +23,11 @@ import torch
 from backbones.registry import create_backbone, get_backbone_config
 from backbones.structures import PointBatch
 from bench import distributed
-from bench.distributed import Ranks
-from bench.finetune.engine import make_optimizer, precise_batchnorm, register_task_type
+from bench.finetune.draws import Draw
+from bench.finetune.engine import FinetuneContext, Inits, TrainedTaskType, register_task_type
 from bench.finetune.exports import NotApplicable, load_export
-from bench.finetune.loop import Draw, StepBatches, train_loop
-from bench.optim import one_cycle
-from bench.recipes import FinetuneRecipe, result_fields
+from bench.hooks import Evaluation
+from bench.recipes import FinetuneRecipe, Mode
 from tasks.contract import OUTDOOR_VOXEL, in_channels, point_features
 from tasks.datasets import nuscenes_version
 from tasks.formats.nuscenes import SPLITS, NuScenesLidarSegDataset, SensorSample
@@ -211,87 +209,96 @@ class SampleBatch:
 
 # ----------------------------------------------------------------------------------------------- the task
 @register_task_type("detection")
-class Detection:
-    def finetune(self, spec: TaskSpec, backbone_name: str, data_root: str | Path, *, seed: int,
-                 recipe: FinetuneRecipe, init: str | Path | None, image_init: str | Path | None, linear_probe: bool,
-                 device: str, progress: bool, picture: Path | None, artifacts: Path | None) -> dict[str, object]:
+class Detection(TrainedTaskType):
+    """nuScenes 3D detection: the items are keyframe samples (their sensors read when drawn)."""
+
+    def check(self, spec: TaskSpec, backbone: str, linear_probe: bool) -> None:
         if linear_probe:
             raise NotApplicable(f"{spec.id}: the probe protocol reads per-point classes linearly; a detection "
                                 "head has no linear read-out")
-        lidar_name, camera_name = detection_backbones(spec, backbone_name, recipe)
-        config = DetectorConfig(spec.sensors, lidar_name, camera_name, recipe.image_size)
-        root = Path(data_root) / spec.dataset
-        version = nuscenes_version(root)
-        train = NuScenesLidarSegDataset(root, spec.train_split, version)
-        evaluation = NuScenesLidarSegDataset(root, spec.eval_split, version)
-        cameras = "camera" in spec.sensors
-        torch.manual_seed(seed)
+        detection_backbones(spec, backbone, FinetuneRecipe())
+
+    def pretrainings(self, spec: TaskSpec, backbone: str, recipe: FinetuneRecipe) -> list[tuple[str, Mode, str]]:
+        modality = get_backbone_config(backbone).modality
+        if spec.sensors == ("camera",):
+            return [(backbone, "image", "init_path")] if modality == "2d" else []
+        jobs = super().pretrainings(spec, backbone, recipe)
+        if jobs and "camera" in spec.sensors:
+            jobs.append((recipe.image_backbone, "image", "image_init_path"))
+        return jobs
+
+    def dataset(self, spec: TaskSpec, data_root: Path, split: str) -> NuScenesLidarSegDataset:
+        root = data_root / spec.dataset
+        return NuScenesLidarSegDataset(root, spec.train_split if split == "train" else split, nuscenes_version(root))
+
+    def epochs(self, recipe: FinetuneRecipe) -> int:
+        return recipe.detection_epochs
+
+    def config(self, ctx: FinetuneContext) -> DetectorConfig:
+        lidar, camera = detection_backbones(ctx.spec, ctx.backbone, ctx.recipe)
+        return DetectorConfig(ctx.spec.sensors, lidar, camera, ctx.recipe.image_size)
+
+    def backbones(self, ctx: FinetuneContext) -> dict[str, str | None]:
+        config = self.config(ctx)
+        return {"lidar": config.lidar_backbone, "camera": config.camera_backbone}
+
+    def build(self, ctx: FinetuneContext, init: str | Path | None, image_init: str | Path | None
+              ) -> tuple[Detector, Inits]:
+        """The detector; ``init`` is the run's backbone's export, ``image_init`` the fusion track's image one."""
+        config = self.config(ctx)
         model = config.build()
+        lidar = config.lidar_backbone
         shas = {}
-        branches = (("lidar", lidar_name, init if lidar_name else None, in_channels("outdoor")),
-                    ("camera", camera_name, image_init if lidar_name else init, 3))
-        for branch, name, path, channels in branches:
+        for branch, name, path, channels in (("lidar", lidar, init if lidar else None, in_channels("outdoor")),
+                                             ("camera", config.camera_backbone, image_init if lidar else init, 3)):
             if name and path:
                 shas[branch] = load_export(model.backbone[branch], path, name, channels)
-        ranks, dev = distributed.setup(device)
-        model.to(dev)
-        if len(train) == 0 or len(evaluation) == 0:
-            raise ValueError(f"task {spec.id}: {len(train)} training and {len(evaluation)} evaluation samples")
-        optimizer, peaks = make_optimizer(model, recipe)
-        per_epoch = math.ceil(len(train) / recipe.batch_size)
-        steps = recipe.detection_epochs * per_epoch
-        scheduler = one_cycle(optimizer, peaks, steps, recipe.pct_start)
-        batches = StepBatches(SampleBatch(train, config), seed=seed, scenes=len(train), batch_size=recipe.batch_size,
-                              steps=steps, ranks=ranks)
-        fingerprint = {"task": spec.id, "backbones": [lidar_name, camera_name], "seed": seed, "init_sha256": shas,
-                       "recipe": result_fields(recipe), "train_samples": len(train), "steps": steps}
+        return model, Inits(shas.get("lidar" if lidar else "camera"), shas.get("camera") if lidar else None)
 
-        def step_loss(batch: tuple[DetectionInput, list[HeadTargets]]) -> torch.Tensor:
-            heatmap, regression = model(batch[0].to(dev))
-            return detection_loss(heatmap, regression, batch[1])["total"]
+    def collate(self, data: NuScenesLidarSegDataset, ctx: FinetuneContext) -> SampleBatch:
+        return SampleBatch(data, self.config(ctx))
 
-        done = train_loop(model, batches, step_loss, optimizer, scheduler, recipe=recipe, steps_per_epoch=per_epoch,
-                          fingerprint=fingerprint, folder=Path(artifacts) if artifacts is not None else None,
-                          device=dev, desc=f"{spec.id} {backbone_name}", progress=progress,
-                          task=spec.id, ranks=ranks)
-        stats_rng = np.random.default_rng(seed + 1)
-        picked = sorted(stats_rng.permutation(len(train))[:BN_SAMPLES].tolist())
-        precise_batchnorm(model, (make_batch([train.sensors(train.names[i], cameras)], config, [stats_rng])[0].to(dev)
-                                  for i in picked))
-        with tempfile.TemporaryDirectory() as scratch:
-            folder = Path(artifacts) if artifacts is not None else Path(scratch)
-            metrics = self.evaluate(model, config, evaluation, dev, folder, spec, picture if ranks.main else None,
-                                    ranks)
-            done.log.evaluation(done.steps, metrics)
-            if artifacts is not None and ranks.main:
-                save_detector(folder / "model.pt", model, config)
-        return {**metrics, "init_sha256": shas.get("lidar" if lidar_name else "camera"),
-                "image_init_sha256": shas.get("camera") if lidar_name else None, "train_scenes": len(train),
-                "eval_scenes": len(evaluation), "final_train_loss": done.last_loss, "steps": done.steps,
-                "resumed_from_step": done.resumed_from, **distributed.run_facts(model.parameters(), ranks, dev),
-                "backbones": {"lidar": lidar_name, "camera": camera_name}}
+    def loss(self, output: tuple[torch.Tensor, torch.Tensor], target: list[HeadTargets], ctx: FinetuneContext
+             ) -> torch.Tensor:
+        return detection_loss(*output, target)["total"]
+
+    def batchnorm_inputs(self, data: NuScenesLidarSegDataset, ctx: FinetuneContext) -> Iterator[DetectionInput]:
+        config = self.config(ctx)
+        rng = np.random.default_rng(ctx.seed + 1)
+        picked = sorted(rng.permutation(len(data))[:BN_SAMPLES].tolist())
+        cameras = "camera" in config.sensors
+        return (make_batch([data.sensors(data.names[i], cameras)], config, [rng])[0].to(ctx.device) for i in picked)
 
     @torch.no_grad()
-    def evaluate(self, model: Detector, config: DetectorConfig, evaluation: NuScenesLidarSegDataset,
-                 device: torch.device, folder: Path, spec: TaskSpec, picture: Path | None,
-                 ranks: Ranks = Ranks(0, 1)) -> dict[str, object]:  # noqa: B008
-        """Predict every sample of the split (each rank its share), write the submission file in ``folder`` and
-        score it with the devkit (the main rank; every rank returns its scores)."""
+    def evaluate(self, model: Detector, data: NuScenesLidarSegDataset, ctx: FinetuneContext) -> Evaluation:
+        """Predict every sample of the split (each rank its share), write the submission file in the run's folder
+        (or a temporary one) and score it with the devkit (the main rank; every rank returns its scores)."""
+        config = self.config(ctx)
+        entries = []
+        for i in distributed.shard(len(data.names), ctx.ranks):
+            name = data.names[i]
+            sample = data.sensors(name, "camera" in config.sensors)
+            entries.append(submission_entries(name, detect(model, config, sample, ctx.device), sample.lidar_to_global))
+        results = dict(zip(data.names, distributed.gather_in_order(entries, ctx.ranks), strict=True))
+        scores = None
+        if ctx.ranks.main:
+            with tempfile.TemporaryDirectory() as scratch:
+                folder = ctx.artifacts if ctx.artifacts is not None else Path(scratch)
+                path = write_submission(folder / "submission.json", results, "+".join(config.sensors))
+                scores = evaluate_submission(data.nusc, path, SPLITS[data.version][data.split], folder / "devkit")
+        scores = distributed.broadcast(scores, ctx.ranks)
+        per_class = scores.pop("per_class")
+        return Evaluation(scores, per_class)
+
+    def picture(self, model: Detector, data: NuScenesLidarSegDataset, ctx: FinetuneContext, path: Path) -> None:
         from bench.finetune.plots import plot_detections
 
-        entries = []
-        cameras = "camera" in config.sensors
-        for i in distributed.shard(len(evaluation.names), ranks):
-            name = evaluation.names[i]
-            sample = evaluation.sensors(name, cameras)
-            boxes = detect(model, config, sample, device)
-            entries.append(submission_entries(name, boxes, sample.lidar_to_global))
-            if i == 0 and picture is not None:
-                plot_detections(sample, boxes, picture, f"{spec.id}: sample {name[:8]}")
-        results = dict(zip(evaluation.names, distributed.gather_in_order(entries, ranks), strict=True))
-        scores = None
-        if ranks.main:
-            path = write_submission(folder / "submission.json", results, "+".join(config.sensors))
-            eval_set = SPLITS[evaluation.version][evaluation.split]
-            scores = evaluate_submission(evaluation.nusc, path, eval_set, folder / "devkit")
-        return distributed.broadcast(scores, ranks)
+        config = self.config(ctx)
+        name = data.names[0]
+        sample = data.sensors(name, "camera" in config.sensors)
+        with torch.no_grad():
+            boxes = detect(model, config, sample, ctx.device)
+        plot_detections(sample, boxes, path, f"{ctx.spec.id}: sample {name[:8]}")
+
+    def save(self, model: Detector, ctx: FinetuneContext) -> None:
+        save_detector(ctx.artifacts / "model.pt", model, self.config(ctx))

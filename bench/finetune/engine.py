@@ -1,21 +1,23 @@
-"""The fine-tuning engine: one skeleton for every task type, and a small part per type.
+"""The fine-tuning engine: a task type is one class, and every task type trains on the one trainer.
 
-The skeleton builds the backbone (scratch, or a pre-trained export loaded by path), trains with SGD (Nesterov)
-or AdamW + OneCycle on augmented, sphere-cropped training clouds (the whole backbone, or with ``linear_probe``
-a head on the frozen backbone), recomputes BatchNorm statistics, evaluates, and returns the run facts. A task
-type plugs in with :func:`register_task_type`: a class that builds the model around the backbone, picks the
-training targets of the sampled points, computes the loss, and evaluates whole scenes.
-Its input follows :mod:`tasks.contract`, the same as pre-training's.
+A :class:`TaskType` holds what fine-tuning needs of one kind of task: which backbones and inits it takes, its
+datasets, ``build(backbone)`` (the model around the backbone), its batches (collate), its ``loss``, and
+``evaluate`` (a typed :class:`~bench.hooks.Evaluation`). Register one with :func:`register_task_type`; nothing
+else changes to add one. :func:`train_and_evaluate` runs it: the backbone (scratch, or a pre-trained export) in
+the task's model, SGD (Nesterov) or AdamW + OneCycle on augmented training batches (the whole model, or with
+``linear_probe`` a head on the frozen backbone), on :class:`~bench.trainer.Trainer` with the hooks every run gets
+(run log, precise BatchNorm, evaluation best and last, pictures, checkpoint). The result keeps the scores apart
+from the run's facts (:class:`FinetuneResult`). Point-cloud input follows :mod:`tasks.contract`, as pre-training's.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -24,10 +26,21 @@ from backbones.registry import create_backbone, get_backbone_config
 from backbones.structures import PointBatch
 from bench import distributed
 from bench.distributed import Ranks
+from bench.finetune.draws import Draw, StepBatches
 from bench.finetune.exports import NotApplicable, load_export
-from bench.finetune.loop import Draw, StepBatches, train_loop
+from bench.hooks import (
+    Checkpoint,
+    Evaluate,
+    Evaluation,
+    LogMetrics,
+    Pictures,
+    PreciseBatchNorm,
+    precise_batchnorm,
+)
 from bench.optim import one_cycle
-from bench.recipes import FinetuneRecipe, result_fields
+from bench.recipes import FinetuneRecipe, Mode, result_fields
+from bench.runlog import METRICS, RunLog
+from bench.trainer import Trainer
 from tasks.contract import Domain, in_channels, point_features, voxel_size
 from tasks.datasets import task_scenes
 from tasks.spec import TaskSpec
@@ -43,65 +56,165 @@ Cloud = tuple[np.ndarray, np.ndarray, np.ndarray]  # coord, grid_coord, feat: on
 
 @dataclass(frozen=True, kw_only=True)
 class FinetuneContext:
-    """What a task-type part needs to know about the run."""
+    """What a task type needs to know about the run."""
 
     spec: TaskSpec
     recipe: FinetuneRecipe
-    voxel: float
-    device: torch.device
-    linear_probe: bool
-    picture: Path | None = None  # where the part may draw its predictions on one evaluation scene
+    backbone: str
+    voxel: float | None = None  # the contract's voxel for a 3D backbone (what pre-training used)
+    seed: int = 0
+    device: torch.device = torch.device("cpu")  # noqa: RUF009
+    linear_probe: bool = False
     ranks: Ranks = Ranks(0, 1)  # this process among the run's data-parallel processes (evaluation is sharded)
+    artifacts: Path | None = None  # the run's folder (checkpoint, metrics.jsonl, files the task writes)
 
     @property
     def domain(self) -> Domain:
         return self.spec.domain
 
 
-class TaskPart(Protocol):
-    """The per-task-type part of fine-tuning."""
+@dataclass(frozen=True)
+class RunFacts:
+    """What a fine-tune did, apart from what it scored."""
 
-    def build(self, backbone: torch.nn.Module, ctx: FinetuneContext) -> torch.nn.Module: ...
-
-    def targets(self, scene: Scene, index: np.ndarray) -> np.ndarray:
-        """Training targets of the points ``index`` of the (augmented) scene."""
-
-    def loss(self, output: torch.Tensor, target: np.ndarray, ctx: FinetuneContext) -> torch.Tensor | None:
-        """The batch's loss, or None when the batch has nothing to learn from (no labelled point)."""
-
-    def evaluate(self, model: torch.nn.Module, scenes: object, ctx: FinetuneContext) -> dict[str, object]:
-        """Metrics over the evaluation scenes; ``per_class`` holds the per-class scores."""
-
-
-@runtime_checkable
-class SampleTask(Protocol):
-    """A task type over multi-sensor samples (detection): its own batches and evaluation, with the engine's optimiser,
-    schedule, training loop (:mod:`bench.finetune.loop`) and BatchNorm recomputation."""
-
-    def finetune(self, spec: TaskSpec, backbone_name: str, data_root: str | Path, *, seed: int,
-                 recipe: FinetuneRecipe, init: str | Path | None, image_init: str | Path | None, linear_probe: bool,
-                 device: str, progress: bool, picture: Path | None, artifacts: Path | None) -> dict[str, object]: ...
+    train_scenes: int
+    eval_scenes: int
+    steps: int
+    final_train_loss: float  # the last optimiser step's loss (mean over the ranks)
+    init_sha256: str | None = None  # the run's backbone export
+    image_init_sha256: str | None = None  # a fusion track's image backbone export
+    resumed_from_step: int | None = None  # the checkpoint's step, when the run resumed
+    world_size: int = 1
+    ranks_in_sync: bool | None = None  # with several processes: whether they ended with the same weights
+    best_step: int | None = None  # with periodic evaluation: the step of the best main score, and that score
+    best_score: float | None = None
+    backbones: dict[str, str | None] | None = None  # a multi-sensor task's backbone per sensor
 
 
-TASK_TYPES: dict[str, Callable[[], TaskPart | SampleTask]] = {}
+@dataclass(frozen=True)
+class FinetuneResult:
+    evaluation: Evaluation  # the last evaluation (after the last step)
+    facts: RunFacts
+
+    @property
+    def scores(self) -> dict[str, float]:
+        return self.evaluation.scores
+
+    @property
+    def per_class(self) -> dict[str, float | None]:
+        return self.evaluation.per_class
 
 
-def register_task_type(task_type: str) -> Callable[[type], type]:
-    def decorator(cls: type) -> type:
-        TASK_TYPES[task_type] = cls
+@dataclass(frozen=True)
+class Inits:
+    """Which exports a task model's backbones were loaded from (their sha256)."""
+
+    backbone: str | None = None
+    image: str | None = None
+
+
+class TaskType(ABC):
+    """One kind of task: what fine-tuning needs of it. :meth:`finetune` is the whole run; a task type trained step
+    by step on a dataset subclasses :class:`TrainedTaskType`, which runs it on the one trainer."""
+
+    def check(self, spec: TaskSpec, backbone: str, linear_probe: bool) -> None:
+        """Raise :class:`NotApplicable` where this backbone or protocol cannot run the task (before any data is
+        read). The default: a point-cloud task takes a 3D backbone."""
+        if get_backbone_config(backbone).modality != "3d":
+            raise NotApplicable(f"{backbone} is a 2D backbone; {spec.id} is a point-cloud task")
+
+    def pretrainings(self, spec: TaskSpec, backbone: str, recipe: FinetuneRecipe) -> list[tuple[str, Mode, str]]:
+        """(backbone, pre-training mode, run field) of each export a ``ponder`` init needs; empty where the
+        combination cannot run (it is recorded as not applicable)."""
+        return [(backbone, spec.domain, "init_path")] if get_backbone_config(backbone).modality == "3d" else []
+
+    @abstractmethod
+    def finetune(self, ctx: FinetuneContext, data_root: Path, *, init: str | Path | None,
+                 image_init: str | Path | None, picture: Path | None, progress: bool) -> FinetuneResult:
+        """Fine-tune on the task's data under ``data_root`` and evaluate."""
+
+
+class TrainedTaskType(TaskType):
+    """A task type trained on batches of its training data: its parts, and the run (:func:`train_and_evaluate`)."""
+
+    def dataset(self, spec: TaskSpec, data_root: Path, split: str) -> Sequence[object]:
+        """The items of ``split`` ('train', with the task's protocol applied, or the eval split)."""
+        return task_scenes(spec, data_root, split)
+
+    def steps_per_epoch(self, spec: TaskSpec, data_root: Path, train: Sequence[object], recipe: FinetuneRecipe) -> int:
+        return math.ceil(len(train) / recipe.batch_size)
+
+    def epochs(self, recipe: FinetuneRecipe) -> int:
+        return recipe.epochs
+
+    @abstractmethod
+    def build(self, ctx: FinetuneContext, init: str | Path | None, image_init: str | Path | None
+              ) -> tuple[torch.nn.Module, Inits]:
+        """The task's model (with its backbone as ``.backbone``), the inits loaded into it."""
+
+    @abstractmethod
+    def collate(self, data: Sequence[object], ctx: FinetuneContext) -> Callable[[list[Draw]], tuple[object, object]]:
+        """A picklable maker of training batches from draws (it runs in the DataLoader's workers): (model input,
+        target)."""
+
+    @abstractmethod
+    def loss(self, output: object, target: object, ctx: FinetuneContext) -> torch.Tensor | None:
+        """The batch's loss, or None when it has nothing to learn from (no labelled point)."""
+
+    @abstractmethod
+    def batchnorm_inputs(self, data: Sequence[object], ctx: FinetuneContext) -> Iterable[object]:
+        """Model inputs of training items over which BatchNorm statistics are recomputed (drawn apart from
+        training's own draws, so they do not depend on them)."""
+
+    @abstractmethod
+    def evaluate(self, model: torch.nn.Module, data: Sequence[object], ctx: FinetuneContext) -> Evaluation:
+        """Scores over the evaluation items (sharded over ``ctx.ranks``; every rank returns the whole result)."""
+
+    def picture(self, model: torch.nn.Module, data: Sequence[object], ctx: FinetuneContext, path: Path) -> None:
+        """Draw the model's predictions on one evaluation item to ``path`` (by default none)."""
+
+    def save(self, model: torch.nn.Module, ctx: FinetuneContext) -> None:
+        """Keep what the task's users need of the trained model in ``ctx.artifacts`` (by default nothing)."""
+
+    def backbones(self, ctx: FinetuneContext) -> dict[str, str | None] | None:
+        """A multi-sensor task's backbone per sensor, for the record (by default None: the run's backbone)."""
+        return None
+
+    def finetune(self, ctx: FinetuneContext, data_root: Path, *, init: str | Path | None,
+                 image_init: str | Path | None, picture: Path | None, progress: bool) -> FinetuneResult:
+        train = self.dataset(ctx.spec, data_root, "train")
+        evaluation = self.dataset(ctx.spec, data_root, ctx.spec.eval_split)
+        return train_and_evaluate(self, ctx, train, evaluation, init=init, image_init=image_init, picture=picture,
+                                  progress=progress,
+                                  steps_per_epoch=self.steps_per_epoch(ctx.spec, data_root, train, ctx.recipe))
+
+
+TASK_TYPES: dict[str, type[TaskType]] = {}
+
+
+def register_task_type(name: str) -> Callable[[type[TaskType]], type[TaskType]]:
+    """Register a task type under ``name`` (a :class:`~tasks.spec.TaskSpec`'s ``task_type``)."""
+    def decorator(cls: type[TaskType]) -> type[TaskType]:
+        if name in TASK_TYPES:
+            raise ValueError(f"task type {name!r} is already registered ({TASK_TYPES[name].__qualname__})")
+        TASK_TYPES[name] = cls
         return cls
 
     return decorator
 
 
-def task_part(spec: TaskSpec) -> TaskPart | SampleTask:
-    import bench.finetune.detection  # noqa: F401  (registers the built-in parts)
+def task_type(spec: TaskSpec) -> TaskType:
+    """A new instance of the task's type."""
+    import bench.finetune.detection  # noqa: F401  (registers the built-in task types)
     import bench.finetune.insseg  # noqa: F401
     import bench.finetune.lowlevel  # noqa: F401
     import bench.finetune.semseg  # noqa: F401
 
-    if not spec.runnable or spec.task_type not in TASK_TYPES:
+    if not spec.runnable:
         raise NotApplicable(f"task {spec.id} ({spec.task_type}) has no fine-tuning pipeline yet")
+    if spec.task_type not in TASK_TYPES:
+        raise KeyError(f"task {spec.id}: no task type {spec.task_type!r} is registered; known: "
+                       f"{', '.join(sorted(TASK_TYPES))}")
     return TASK_TYPES[spec.task_type]()
 
 
@@ -119,13 +232,47 @@ def train_cloud(scene: Scene, domain: Domain, voxel: float, limit: int | None, r
     return (scene.coord[index], grid, point_features(scene, domain)[index]), scene, index
 
 
+class SceneTaskType(TrainedTaskType):
+    """A task type over one point cloud per scene (semantic and instance segmentation): augmented, grid-sampled,
+    cropped training clouds, with the per-point ``targets`` of the subclass."""
+
+    def build(self, ctx: FinetuneContext, init: str | Path | None, image_init: str | Path | None
+              ) -> tuple[torch.nn.Module, Inits]:
+        channels = in_channels(ctx.domain)
+        backbone = create_backbone(ctx.backbone, in_channels=channels)
+        sha = load_export(backbone, init, ctx.backbone, channels) if init else None
+        return self.head(backbone, ctx), Inits(sha)
+
+    @abstractmethod
+    def head(self, backbone: torch.nn.Module, ctx: FinetuneContext) -> torch.nn.Module:
+        """The task's model around the backbone."""
+
+    @abstractmethod
+    def targets(self, scene: Scene, index: np.ndarray) -> np.ndarray:
+        """Training targets of the points ``index`` of the (augmented) scene."""
+
+    def collate(self, data: Sequence[Scene], ctx: FinetuneContext) -> SceneBatch:
+        return SceneBatch(data, self, ctx.domain, ctx.voxel, ctx.recipe.max_points)
+
+    def batchnorm_inputs(self, data: Sequence[Scene], ctx: FinetuneContext) -> Iterable[PointBatch]:
+        return cloud_inputs(batchnorm_clouds(data, ctx.domain, ctx.voxel, ctx.recipe.max_points, ctx.seed),
+                            ctx.device)
+
+    def steps_per_epoch(self, spec: TaskSpec, data_root: Path, train: Sequence[object], recipe: FinetuneRecipe) -> int:
+        """A limited-reconstruction task (a fraction of the training scenes) trains for as many optimiser steps as
+        the full split would: the protocol measures what few scenes teach, not what few steps do."""
+        if spec.protocol == "limited-reconstruction":
+            train = task_scenes(replace(spec, protocol="full"), data_root, "train")
+        return math.ceil(len(train) / recipe.batch_size)
+
+
 @dataclass(frozen=True)
 class SceneBatch:
     """Makes a training batch from draws: each scene augmented, grid-sampled and cropped by its draw's generator,
     collated, with the task type's targets of the chosen points. Runs in the DataLoader's workers."""
 
     scenes: Sequence[Scene]
-    part: TaskPart
+    task: SceneTaskType
     domain: Domain
     voxel: float
     limit: int | None
@@ -135,37 +282,13 @@ class SceneBatch:
         for i, rng in draws:
             cloud, scene, index = train_cloud(self.scenes[i], self.domain, self.voxel, self.limit, rng)
             clouds.append(cloud)
-            targets.append(self.part.targets(scene, index))
+            targets.append(self.task.targets(scene, index))
         return PointBatch.collate(clouds), np.concatenate(targets)
 
 
 def cloud_inputs(clouds: Sequence[Cloud], device: torch.device) -> Iterator[PointBatch]:
     """One-cloud batches of ``clouds``, on ``device``: the inputs of a point-cloud model."""
     return (PointBatch.collate([cloud]).to(device) for cloud in clouds)
-
-
-@torch.no_grad()
-def precise_batchnorm(module: torch.nn.Module, inputs: Iterable[object], keep: torch.nn.Module | None = None) -> None:
-    """Recompute the BatchNorm statistics of ``module`` (except those inside ``keep``) as exact averages over
-    ``inputs`` (model inputs of training scenes, e.g. :func:`cloud_inputs`). Labels are not used.
-
-    SpUNet's BatchNorm follows Pointcept (momentum 0.01): after a short training its running statistics are
-    still mostly their initial values, and evaluation (which uses them) would be wrong.
-    """
-    inside = {id(m) for m in keep.modules()} if keep is not None else set()
-    norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-             and id(m) not in inside]
-    if norms:
-        saved = [m.momentum for m in norms]
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average
-        module.train()
-        for batch in inputs:
-            module(batch)
-        for m, momentum in zip(norms, saved, strict=True):
-            m.momentum = momentum
-    module.eval()  # always: what follows evaluates
 
 
 def batchnorm_clouds(train: Sequence[Scene], domain: Domain, voxel: float, limit: int | None, seed: int
@@ -194,86 +317,95 @@ def make_optimizer(model: torch.nn.Module, recipe: FinetuneRecipe
 
 
 def finetune(spec: TaskSpec, backbone_name: str, data_root: str | Path, *, seed: int = 0,
-             recipe: FinetuneRecipe = FinetuneRecipe(), init: str | Path | None = None,  # noqa: B008
-             linear_probe: bool = False, device: str = "cpu", progress: bool = False, picture: Path | None = None,
-             image_init: str | Path | None = None, artifacts: Path | None = None) -> dict[str, object]:
-    """Train on the task's training split, evaluate on its eval split; returns the metrics and run facts.
+             recipe: FinetuneRecipe = FinetuneRecipe(),  # noqa: B008
+             init: str | Path | None = None, linear_probe: bool = False, device: str = "cpu", progress: bool = False,
+             picture: Path | None = None, image_init: str | Path | None = None, artifacts: Path | None = None
+             ) -> FinetuneResult:
+    """Fine-tune ``backbone_name`` on the task's training split and evaluate on its eval split.
 
-    A limited-reconstruction task (a fraction of the training scenes) trains for as many optimiser steps as the
-    full split would: the protocol measures what few scenes teach, not what few steps do. A task type whose input
-    is not one point cloud per scene (detection: sweeps and camera images) is a :class:`SampleTask`: its own
-    samples and evaluation around the same training loop; ``image_init`` (its image backbone's export) is for it.
-    ``artifacts``: the run's folder (checkpoint, ``metrics.jsonl``; detection's submission file and model).
+    ``init``: the backbone's pre-trained export (``image_init``: a fusion track's image backbone export);
+    ``artifacts``: the run's folder (checkpoint, ``metrics.jsonl``, files the task writes), resumed from when it
+    holds a checkpoint of the same run; ``picture``: where the task draws its predictions on one item.
     """
-    part = task_part(spec)  # a task without a pipeline is refused before any data is opened
-    if isinstance(part, SampleTask):
-        return part.finetune(spec, backbone_name, data_root, seed=seed, recipe=recipe, init=init,
-                             image_init=image_init, linear_probe=linear_probe, device=device, progress=progress,
-                             picture=picture, artifacts=artifacts)
-    train = task_scenes(spec, data_root, "train")
-    evaluation = task_scenes(spec, data_root, spec.eval_split)
-    steps = None
-    if spec.protocol == "limited-reconstruction":
-        full = task_scenes(replace(spec, protocol="full"), data_root, "train")
-        steps = math.ceil(len(full) / recipe.batch_size)
-    return fit_and_evaluate(spec, backbone_name, train, evaluation, seed=seed, recipe=recipe, init=init,
-                            linear_probe=linear_probe, device=device, progress=progress, picture=picture,
-                            steps_per_epoch=steps, artifacts=artifacts)
+    kind, ctx = _prepare(spec, backbone_name, seed, recipe, linear_probe, device, artifacts)
+    return kind.finetune(ctx, Path(data_root), init=init, image_init=image_init,
+                         picture=picture if ctx.ranks.main else None, progress=progress)
 
 
-def fit_and_evaluate(spec: TaskSpec, backbone_name: str, train: Sequence[Scene], evaluation: Sequence[Scene], *,
+def fit_and_evaluate(spec: TaskSpec, backbone_name: str, train: Sequence[object], evaluation: Sequence[object], *,
                      seed: int = 0, recipe: FinetuneRecipe = FinetuneRecipe(),  # noqa: B008
                      init: str | Path | None = None, linear_probe: bool = False, device: str = "cpu",
-                     progress: bool = False, picture: Path | None = None, steps_per_epoch: int | None = None,
-                     artifacts: Path | None = None) -> dict[str, object]:
-    """The engine on given scenes (any sized, indexable collections), e.g. training = evaluation in tests.
+                     steps_per_epoch: int | None = None, artifacts: Path | None = None) -> FinetuneResult:
+    """:func:`finetune` on given items (any sized, indexable collections; e.g. training = evaluation in tests)."""
+    kind, ctx = _prepare(spec, backbone_name, seed, recipe, linear_probe, device, artifacts)
+    if not isinstance(kind, TrainedTaskType):
+        raise NotApplicable(f"task {spec.id} ({spec.task_type}) is not trained on items of a dataset")
+    return train_and_evaluate(kind, ctx, train, evaluation, init=init, steps_per_epoch=steps_per_epoch)
 
-    ``steps_per_epoch``: optimiser steps per epoch (default: one pass over ``train``). With ``artifacts``, a
-    checkpoint of the same run there is resumed from and one is written every epoch (:mod:`bench.finetune.loop`),
-    beside the run's ``metrics.jsonl``. With ``linear_probe`` the
-    frozen backbone's BatchNorm statistics are first recomputed on the training scenes (no labels), the same for
-    every init: a probe reads features normalised for the task's data, not an init's leftover statistics.
-    """
-    part = task_part(spec)
-    if isinstance(part, SampleTask):
-        raise NotApplicable(f"task {spec.id} trains on multi-sensor samples, not on scenes; use finetune()")
-    config = get_backbone_config(backbone_name)
-    if config.modality != "3d":
-        raise NotApplicable(f"{backbone_name} is a 2D backbone; {spec.id} is a point-cloud task")
-    channels = in_channels(spec.domain)
-    torch.manual_seed(seed)
-    backbone = create_backbone(backbone_name, in_channels=channels)
-    init_sha = load_export(backbone, init, backbone_name, channels) if init else None
-    voxel = voxel_size(spec.domain, config.voxel_size)  # the contract's: what pre-training used
+
+def _prepare(spec: TaskSpec, backbone: str, seed: int, recipe: FinetuneRecipe, linear_probe: bool, device: str,
+             artifacts: Path | None) -> tuple[TaskType, FinetuneContext]:
+    kind = task_type(spec)
+    kind.check(spec, backbone, linear_probe)  # refused before any data is opened
     ranks, dev = distributed.setup(device)
-    ctx = FinetuneContext(spec=spec, recipe=recipe, voxel=voxel, device=dev, linear_probe=linear_probe,
-                          picture=picture if ranks.main else None, ranks=ranks)
-    model = part.build(backbone, ctx).to(ctx.device)
+    config = get_backbone_config(backbone)
+    voxel = voxel_size(spec.domain, config.voxel_size) if config.modality == "3d" else None
+    return kind, FinetuneContext(spec=spec, recipe=recipe, backbone=backbone, voxel=voxel, seed=seed, device=dev,
+                                 linear_probe=linear_probe, ranks=ranks,
+                                 artifacts=Path(artifacts) if artifacts is not None else None)
+
+
+def train_and_evaluate(task: TrainedTaskType, ctx: FinetuneContext, train: Sequence[object],
+                       evaluation: Sequence[object], *, init: str | Path | None = None,
+                       image_init: str | Path | None = None, picture: Path | None = None, progress: bool = False,
+                       steps_per_epoch: int | None = None) -> FinetuneResult:
+    """Train the task's model on ``train`` on the one trainer, evaluate on ``evaluation``.
+
+    ``steps_per_epoch``: optimiser steps per epoch (default: one pass over ``train``). With a linear probe the
+    frozen backbone's BatchNorm statistics are first recomputed on training items (no labels), the same for every
+    init: a probe reads features normalised for the task's data, not an init's leftover statistics.
+    """
+    spec, recipe = ctx.spec, ctx.recipe
     if len(train) == 0 or len(evaluation) == 0:
-        raise ValueError(f"task {spec.id}: {len(train)} training and {len(evaluation)} evaluation scenes")
-    stats_clouds = batchnorm_clouds(train, ctx.domain, voxel, recipe.max_points, seed)
-    if linear_probe:
-        precise_batchnorm(model.backbone, cloud_inputs(stats_clouds, ctx.device))
+        raise ValueError(f"task {spec.id}: {len(train)} training and {len(evaluation)} evaluation items")
+    torch.manual_seed(ctx.seed)
+    model, inits = task.build(ctx, init, image_init)
+    model.to(ctx.device)
+    if ctx.linear_probe:
+        precise_batchnorm(model.backbone, task.batchnorm_inputs(train, ctx))
     optimizer, peaks = make_optimizer(model, recipe)
     steps_per_epoch = steps_per_epoch or math.ceil(len(train) / recipe.batch_size)
-    steps = recipe.epochs * steps_per_epoch
+    steps = task.epochs(recipe) * steps_per_epoch
     scheduler = one_cycle(optimizer, peaks, steps, recipe.pct_start)
-    batches = StepBatches(SceneBatch(train, part, ctx.domain, voxel, recipe.max_points), seed=seed,
-                          scenes=len(train), batch_size=recipe.batch_size, steps=steps, ranks=ranks)
-    fingerprint = {"task": spec.id, "backbone": backbone_name, "seed": seed, "init_sha256": init_sha,
-                   "linear_probe": linear_probe, "recipe": result_fields(recipe), "train_scenes": len(train),
-                   "steps": steps}
+    batches = StepBatches(task.collate(train, ctx), seed=ctx.seed, scenes=len(train), batch_size=recipe.batch_size,
+                          steps=steps, ranks=ctx.ranks)
+    runlog = RunLog(ctx.artifacts / METRICS if ctx.artifacts is not None and ctx.ranks.main else None)
+    evaluate = Evaluate(lambda m: task.evaluate(m, evaluation, ctx), runlog, spec.main_score, spec.higher_is_better)
+    hooks = [LogMetrics(runlog, recipe.log_every),
+             PreciseBatchNorm(lambda: task.batchnorm_inputs(train, ctx), keep=model.backbone if ctx.linear_probe
+                              else None),
+             evaluate]
+    if picture is not None:
+        hooks.append(Pictures(lambda m: task.picture(m, evaluation, ctx, picture)))
+    if ctx.artifacts is not None:
+        fingerprint = {"task": spec.id, "backbone": ctx.backbone, "seed": ctx.seed, "inits": [inits.backbone,
+                       inits.image], "linear_probe": ctx.linear_probe, "recipe": result_fields(recipe),
+                       "train_scenes": len(train), "steps": steps}
+        hooks.append(Checkpoint(ctx.artifacts, fingerprint))
 
-    def step_loss(batch: tuple[PointBatch, np.ndarray]) -> torch.Tensor | None:
-        return part.loss(model(batch[0].to(ctx.device)), batch[1], ctx)
+    def step_loss(batch: tuple[object, object]) -> torch.Tensor | None:
+        return task.loss(model(batch[0].to(ctx.device)), batch[1], ctx)
 
-    done = train_loop(model, batches, step_loss, optimizer, scheduler, recipe=recipe, steps_per_epoch=steps_per_epoch,
-                      fingerprint=fingerprint, folder=artifacts, device=ctx.device,
-                      desc=f"{spec.id} {backbone_name}", progress=progress, task=spec.id, ranks=ranks)
-    precise_batchnorm(model, cloud_inputs(stats_clouds, ctx.device),  # -> eval mode
-                      keep=model.backbone if linear_probe else None)
-    metrics = part.evaluate(model, evaluation, ctx)
-    done.log.evaluation(done.steps, metrics)
-    return {**metrics, "init_sha256": init_sha, "train_scenes": len(train), "eval_scenes": len(evaluation),
-            "final_train_loss": done.last_loss, "steps": done.steps, "resumed_from_step": done.resumed_from,
-            **distributed.run_facts(model.parameters(), ranks, dev)}
+    trainer = Trainer(model, batches, step_loss, optimizer, scheduler, steps_per_epoch=steps_per_epoch, hooks=hooks,
+                      device=ctx.device, ranks=ctx.ranks, num_workers=recipe.num_workers, grad_clip=recipe.grad_clip,
+                      precision=recipe.precision, eval_every=recipe.eval_every,
+                      desc=f"{spec.id} {ctx.backbone}", progress=progress).run()
+    if ctx.artifacts is not None and ctx.ranks.main:
+        task.save(model, ctx)
+    facts = distributed.run_facts(model.parameters(), ctx.ranks, ctx.device)
+    return FinetuneResult(evaluate.last, RunFacts(
+        train_scenes=len(train), eval_scenes=len(evaluation), steps=steps,
+        final_train_loss=trainer.last_terms.get("loss", float("nan")), init_sha256=inits.backbone,
+        image_init_sha256=inits.image, resumed_from_step=trainer.resumed_from, world_size=facts["world_size"],
+        ranks_in_sync=facts["ranks_in_sync"], best_step=evaluate.best[0] if recipe.eval_every else None,
+        best_score=evaluate.best[1] if recipe.eval_every else None, backbones=task.backbones(ctx)))

@@ -16,9 +16,10 @@ import numpy as np
 import torch
 
 from backbones.registry import create_backbone, get_backbone_config
-from bench.finetune.engine import batchnorm_clouds, cloud_inputs, precise_batchnorm
+from bench.finetune.engine import batchnorm_clouds, cloud_inputs
 from bench.finetune.exports import load_export
 from bench.finetune.semseg import point_outputs
+from bench.hooks import precise_batchnorm
 from tasks.contract import Domain, in_channels, voxel_size
 from tasks.datasets import task_scenes
 from tasks.spec import TaskSpec

@@ -1,4 +1,4 @@
-"""The instance-segmentation part of the fine-tuning engine (PointGroup-style, as Pointcept fine-tunes PonderV2).
+"""The instance-segmentation task type (PointGroup-style, as Pointcept fine-tunes PonderV2).
 
 Training: cross-entropy + L1 and negative cosine on the offsets to each point's instance centre (the centre of
 the whole instance, not of its part inside the training crop). Evaluation on whole scenes: class probabilities
@@ -9,13 +9,17 @@ beside it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 import numpy as np
 import torch
 
 from bench import distributed
-from bench.finetune.engine import FinetuneContext, register_task_type
+from bench.finetune.engine import FinetuneContext, SceneTaskType, register_task_type
 from bench.finetune.plots import plot_instances
 from bench.finetune.semseg import point_outputs
+from bench.hooks import Evaluation
 from tasks.heads.instance import InstanceSegmentationModel, centre_offsets, cluster_instances, pointgroup_loss
 from tasks.metrics import ConfusionMatrix
 from tasks.metrics.instance import instance_classes, scannet_instance_ap
@@ -23,8 +27,8 @@ from tasks.structures import Scene
 
 
 @register_task_type("insseg")
-class InstanceSegmentation:
-    def build(self, backbone: torch.nn.Module, ctx: FinetuneContext) -> torch.nn.Module:
+class InstanceSegmentation(SceneTaskType):
+    def head(self, backbone: torch.nn.Module, ctx: FinetuneContext) -> torch.nn.Module:
         return InstanceSegmentationModel(backbone, backbone.config.out_channels, len(ctx.spec.classes),
                                          ctx.linear_probe)
 
@@ -45,30 +49,36 @@ class InstanceSegmentation:
         return pointgroup_loss(logits, offsets, segment, rows[:, 2:].float(), rows[:, 1].long(),
                                ctx.spec.ignore_index)["total"]
 
-    def evaluate(self, model: torch.nn.Module, scenes: object, ctx: FinetuneContext) -> dict[str, object]:
+    def evaluate(self, model: torch.nn.Module, scenes: Sequence[Scene], ctx: FinetuneContext) -> Evaluation:
         classes = ctx.spec.classes
-        stuff = [i for i in range(len(classes)) if i not in instance_classes(classes)]
-        k = len(classes)
-        matrix = ConfusionMatrix(k, ctx.spec.ignore_index)
+        matrix = ConfusionMatrix(len(classes), ctx.spec.ignore_index)
         predicted = []
         for i in distributed.shard(len(scenes), ctx.ranks):
             scene = scenes[i]
-            out = point_outputs(model, scene, ctx.voxel, ctx.domain, ctx.device,
-                                lambda o: torch.cat([o[0].softmax(-1), o[1]], 1), ctx.recipe.tta,
-                                vectors=slice(k, k + 3))
-            votes = out[:, :k].sum(1, keepdims=True)  # each vote's probabilities sum to 1
-            probs, offsets = out[:, :k] / votes, out[:, k:] / votes
+            probs, proposals = self.predict(model, scene, ctx)
             matrix.update(scene.segment, probs.argmax(1))
-            predicted.append((scene.segment, scene.instance,
-                              cluster_instances(scene.coord, offsets, probs, stuff, ctx.voxel)))
+            predicted.append((scene.segment, scene.instance, proposals))
         matrix.matrix = distributed.sum_over_ranks(matrix.matrix, ctx.ranks)
         predicted = distributed.gather_in_order(predicted, ctx.ranks)
-        if ctx.picture is not None:
-            scene = scenes[0]
-            plot_instances(scene.coord, scene.instance, predicted[0][2], classes, ctx.picture,
-                           f"{ctx.spec.id}: {scene.name}")
         scores = scannet_instance_ap(predicted, classes)
         semantic = matrix.scores(classes)
-        return {"mAP": scores["mAP"], "AP50": scores["AP50"], "AP25": scores["AP25"],
-                "semantic_mIoU": semantic["mIoU"], "proposals": sum(len(p) for _, _, p in predicted),
-                "per_class": {name: (None if ap is None else ap["AP50"]) for name, ap in scores["per_class"].items()}}
+        return Evaluation({"mAP": scores["mAP"], "AP50": scores["AP50"], "AP25": scores["AP25"],
+                           "semantic_mIoU": semantic["mIoU"], "proposals": sum(len(p) for _, _, p in predicted)},
+                          {name: (None if ap is None else ap["AP50"]) for name, ap in scores["per_class"].items()})
+
+    def predict(self, model: torch.nn.Module, scene: Scene, ctx: FinetuneContext) -> tuple[np.ndarray, list]:
+        """Class probabilities of every point of the scene (voted over the test-mode fragments) and the instance
+        proposals clustered from the points shifted by their offsets."""
+        classes = ctx.spec.classes
+        k = len(classes)
+        stuff = [i for i in range(k) if i not in instance_classes(classes)]
+        out = point_outputs(model, scene, ctx.voxel, ctx.domain, ctx.device,
+                            lambda o: torch.cat([o[0].softmax(-1), o[1]], 1), ctx.recipe.tta, vectors=slice(k, k + 3))
+        votes = out[:, :k].sum(1, keepdims=True)  # each vote's probabilities sum to 1
+        probs, offsets = out[:, :k] / votes, out[:, k:] / votes
+        return probs, cluster_instances(scene.coord, offsets, probs, stuff, ctx.voxel)
+
+    def picture(self, model: torch.nn.Module, scenes: Sequence[Scene], ctx: FinetuneContext, path: Path) -> None:
+        scene = scenes[0]
+        plot_instances(scene.coord, scene.instance, self.predict(model, scene, ctx)[1], ctx.spec.classes, path,
+                       f"{ctx.spec.id}: {scene.name}")

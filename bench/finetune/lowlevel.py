@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import tempfile
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -32,8 +32,9 @@ from filelock import FileLock
 from scipy.spatial import cKDTree
 
 from backbones.registry import get_backbone_config
-from bench.finetune.engine import precise_batchnorm, register_task_type
+from bench.finetune.engine import FinetuneContext, FinetuneResult, RunFacts, TaskType, register_task_type
 from bench.finetune.exports import NotApplicable, export_sha256
+from bench.hooks import Evaluation, precise_batchnorm
 from bench.pretrain.data import HELDOUT_EPOCH, PretrainSample, SceneSource, build_sample, camera_preview
 from bench.pretrain.engine import Pretrainer
 from bench.pretrain.model import PonderModel, sample_to
@@ -114,7 +115,7 @@ def fit_recipe(recipe: FinetuneRecipe, backbone: str, seed: int) -> PretrainReci
 
 
 def fit_scene(scene: LowLevelScene, backbone: str, recipe: FinetuneRecipe, seed: int, init: str | Path | None,
-              init_sha: str | None, cache: Path, device: str) -> tuple[PonderModel, float]:
+              init_sha: str | None, cache: Path, device: torch.device) -> tuple[PonderModel, float]:
     """A Ponder model fitted to the scene's training frames (or the finished fit of the same key in ``cache``), and
     its final rendering loss; ``init_sha`` names the export ``init`` in the key."""
     label = (init_sha or "scratch")[:12]
@@ -124,7 +125,7 @@ def fit_scene(scene: LowLevelScene, backbone: str, recipe: FinetuneRecipe, seed:
     source = SceneSource(run_dir, "scene", [scene.name], lambda i: scene.train)
     run_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(run_dir / "fit.lock"):  # nvs and recon runs of one key, in parallel workers, fit once
-        trainer = Pretrainer(pretrain, run_dir, run_dir, device, resume=True, progress=False, source=source,
+        trainer = Pretrainer(pretrain, run_dir, run_dir, str(device), resume=True, progress=False, source=source,
                              init=init)
         result = trainer.run()
     return trainer.model.eval(), float(result.last_losses.get("total", float("nan")))
@@ -189,48 +190,50 @@ def to_world(points: np.ndarray, norm: Similarity) -> np.ndarray:
     return (points - norm.translation) @ norm.rotation / norm.scale
 
 
-class _LowLevel(ABC):
-    """What both low-level tasks share: the scenes, the fits, the artifacts folder; ``score`` is the task's own."""
+class _LowLevel(TaskType):
+    """What both low-level tasks share: the scenes, a fit per scene (the Pretrainer, on the one trainer), the
+    artifacts folder; ``score`` is the task's own."""
 
-    def finetune(self, spec: TaskSpec, backbone_name: str, data_root: str | Path, *, seed: int,
-                 recipe: FinetuneRecipe, init: str | Path | None, image_init: str | Path | None, linear_probe: bool,
-                 device: str, progress: bool, picture: Path | None, artifacts: Path | None) -> dict[str, object]:
+    def check(self, spec: TaskSpec, backbone: str, linear_probe: bool) -> None:
         if linear_probe:
             raise NotApplicable(f"{spec.id}: a low-level task fits the whole model to a scene; there is no probe")
-        if get_backbone_config(backbone_name).modality != "3d":
-            raise NotApplicable(f"{spec.id} fits a point-cloud Ponder model; {backbone_name} is a 2D backbone")
+        if get_backbone_config(backbone).modality != "3d":
+            raise NotApplicable(f"{spec.id} fits a point-cloud Ponder model; {backbone} is a 2D backbone")
+
+    def finetune(self, ctx: FinetuneContext, data_root: Path, *, init: str | Path | None,
+                 image_init: str | Path | None, picture: Path | None, progress: bool) -> FinetuneResult:
+        spec, recipe = ctx.spec, ctx.recipe
         scenes = lowlevel_scenes(spec, data_root)
         init_sha = export_sha256(init) if init else None
-        dev = torch.device(device)
-        torch.manual_seed(seed)
+        torch.manual_seed(ctx.seed)
         with tempfile.TemporaryDirectory() as scratch:
-            folder = Path(artifacts) if artifacts is not None else Path(scratch)
-            cache = folder.parents[1] / "fits" if artifacts is not None else Path(scratch) / "fits"
+            folder = ctx.artifacts if ctx.artifacts is not None else Path(scratch)
+            cache = folder.parents[1] / "fits" if ctx.artifacts is not None else Path(scratch) / "fits"
             per_scene, losses = [], []
             for i, scene in enumerate(scenes):
-                model, loss = fit_scene(scene, backbone_name, recipe, seed, init, init_sha, cache, device)
+                model, loss = fit_scene(scene, ctx.backbone, recipe, ctx.seed, init, init_sha, cache, ctx.device)
                 losses.append(loss)
-                sample, field, norm = scene_field(model, scene, dev)
-                per_scene.append(self.score(model, sample, field, norm, scene, recipe, dev, folder / scene.name,
-                                            picture if i == 0 else None, spec))
-        metrics = {k: float(np.mean([s[k] for s in per_scene])) for k in per_scene[0] if k != "per_class"}
-        per_class = {k: v for s in per_scene for k, v in s["per_class"].items()}
-        return {**metrics, "per_class": per_class, "init_sha256": init_sha, "train_scenes": len(scenes),
-                "eval_scenes": len(scenes), "final_train_loss": float(np.mean(losses)),
-                "steps": recipe.fit_steps * len(scenes)}
+                sample, field, norm = scene_field(model, scene, ctx.device)
+                per_scene.append(self.score(model, sample, field, norm, scene, recipe, ctx.device,
+                                            folder / scene.name, picture if i == 0 else None, spec))
+        scores = {k: float(np.mean([s.scores[k] for s in per_scene])) for k in per_scene[0].scores}
+        per_class = {k: v for s in per_scene for k, v in s.per_class.items()}
+        return FinetuneResult(Evaluation(scores, per_class), RunFacts(
+            train_scenes=len(scenes), eval_scenes=len(scenes), steps=recipe.fit_steps * len(scenes),
+            final_train_loss=float(np.mean(losses)), init_sha256=init_sha))
 
     @abstractmethod
     def score(self, model: PonderModel, sample: PretrainSample, field: VolumeField, norm: Similarity,
               scene: LowLevelScene, recipe: FinetuneRecipe, device: torch.device, folder: Path, picture: Path | None,
-              spec: TaskSpec) -> dict[str, object]:
-        """The scene's scores (and ``per_class``: per frame or per scene), pictures and files in ``folder``."""
+              spec: TaskSpec) -> Evaluation:
+        """The scene's scores (per class: per frame or per scene), pictures and files in ``folder``."""
 
 
 @register_task_type("nvs")
 class NovelViewSynthesis(_LowLevel):
     def score(self, model: PonderModel, sample: PretrainSample, field: VolumeField, norm: Similarity,
               scene: LowLevelScene, recipe: FinetuneRecipe, device: torch.device, folder: Path, picture: Path | None,
-              spec: TaskSpec) -> dict[str, object]:
+              spec: TaskSpec) -> Evaluation:
         from bench.finetune.plots import plot_heldout_strip
 
         rows, strip = [], []
@@ -245,15 +248,15 @@ class NovelViewSynthesis(_LowLevel):
             plot_heldout_strip(strip, picture, f"{spec.id}: {scene.name}, held-out frames")
         scores = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
         names = scene.heldout.names or [str(v) for v in range(len(rows))]
-        return {**scores, "heldout_frames": len(rows),
-                "per_class": {f"{scene.name}/{n}": r["PSNR"] for n, r in zip(names, rows, strict=True)}}
+        return Evaluation({**scores, "heldout_frames": len(rows)},
+                          {f"{scene.name}/{n}": r["PSNR"] for n, r in zip(names, rows, strict=True)})
 
 
 @register_task_type("recon")
 class Reconstruction(_LowLevel):
     def score(self, model: PonderModel, sample: PretrainSample, field: VolumeField, norm: Similarity,
               scene: LowLevelScene, recipe: FinetuneRecipe, device: torch.device, folder: Path, picture: Path | None,
-              spec: TaskSpec) -> dict[str, object]:
+              spec: TaskSpec) -> Evaluation:
         from bench.finetune.plots import plot_mesh
 
         sdf, lo, spacing = sdf_grid(field, recipe.mesh_resolution, device)
@@ -279,6 +282,6 @@ class Reconstruction(_LowLevel):
             plot_mesh(shown, shown_faces[scored], picture,
                       f"{spec.id}: {scene.name}, F-score {100 * scores['fscore']:.1f} (the part the frames see)",
                       error, up=-scene.all_views.cam_to_world[:, :3, 1].mean(0))  # the cameras' mean up
-        return {**scores, "mesh_vertices": len(vertices), "mesh_faces": len(faces),
-                "per_class": {scene.name: scores["fscore"]}}
+        return Evaluation({**scores, "mesh_vertices": len(vertices), "mesh_faces": len(faces)},
+                          {scene.name: scores["fscore"]})
 

@@ -1,4 +1,4 @@
-"""The semantic-segmentation part of the fine-tuning engine: head, loss, and whole-scene evaluation.
+"""The semantic-segmentation task type: head, loss, and whole-scene evaluation.
 
 Loss: cross-entropy + Lovász-softmax. Evaluation on whole scenes: Pointcept's test-mode grid sampling splits
 each scene into fragments (one point per voxel each), their class probabilities are voted per voxel and
@@ -7,7 +7,7 @@ back to every point, optionally over four rotations (test-time augmentation).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 from backbones.structures import PointBatch
 from bench import distributed
-from bench.finetune.engine import FinetuneContext, register_task_type
+from bench.finetune.engine import FinetuneContext, SceneTaskType, register_task_type
+from bench.hooks import Evaluation
 from tasks.contract import MAX_TEST_FRAGMENTS, point_features
 from tasks.heads.segmentation import SegmentationModel, lovasz_softmax
 from tasks.metrics import ConfusionMatrix
@@ -24,8 +25,8 @@ from tasks.transforms import rotation_z, voting_fragments
 
 
 @register_task_type("semseg")
-class SemanticSegmentation:
-    def build(self, backbone: torch.nn.Module, ctx: FinetuneContext) -> torch.nn.Module:
+class SemanticSegmentation(SceneTaskType):
+    def head(self, backbone: torch.nn.Module, ctx: FinetuneContext) -> torch.nn.Module:
         return SegmentationModel(backbone, backbone.config.out_channels, len(ctx.spec.classes), ctx.linear_probe)
 
     def targets(self, scene: Scene, index: np.ndarray) -> np.ndarray:
@@ -38,7 +39,7 @@ class SemanticSegmentation:
         loss = F.cross_entropy(output, labels, ignore_index=ctx.spec.ignore_index)
         return loss + ctx.recipe.lovasz_weight * lovasz_softmax(output, labels, ctx.spec.ignore_index)
 
-    def evaluate(self, model: torch.nn.Module, scenes: object, ctx: FinetuneContext) -> dict[str, object]:
+    def evaluate(self, model: torch.nn.Module, scenes: Sequence[Scene], ctx: FinetuneContext) -> Evaluation:
         matrix = ConfusionMatrix(len(ctx.spec.classes), ctx.spec.ignore_index)
         for i in distributed.shard(len(scenes), ctx.ranks):
             scene = scenes[i]
@@ -47,7 +48,7 @@ class SemanticSegmentation:
         matrix.matrix = distributed.sum_over_ranks(matrix.matrix, ctx.ranks)
         scores = matrix.scores(ctx.spec.classes)
         per_class = scores.pop("per_class_iou")
-        return {**scores, "per_class": per_class, "eval_points": int(matrix.matrix.sum())}
+        return Evaluation({**scores, "eval_points": int(matrix.matrix.sum())}, per_class)
 
 
 def predict_scene(model: torch.nn.Module, scene: Scene, voxel: float, domain: str, num_classes: int,

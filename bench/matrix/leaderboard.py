@@ -27,7 +27,7 @@ from bench.matrix.report import shown, write_report  # noqa: E402
 from bench.matrix.results import ResultsError, load_results  # noqa: E402
 from tasks.io import atomic_write  # noqa: E402
 from tasks.metrics.lowlevel import DISPLAY  # noqa: E402
-from tasks.spec import LOWLEVEL_TYPES, get_task, list_tasks  # noqa: E402
+from tasks.spec import get_task, list_tasks  # noqa: E402
 
 REFERENCE = "PonderV2 paper (reference)"
 BASELINES = ("scratch", "random")  # what ponder is compared with: fine-tuned from random init | frozen random init
@@ -55,7 +55,7 @@ def build_tables(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """The tables from :func:`load_results`' frame. A task's ``beside`` metrics (detection's mAP beside its NDS)
     get columns of their own, in its table and in the overall one. The low-level tasks (novel views,
     reconstruction) have a table of their own, ``lowlevel``, instead of columns in the overall and gain tables."""
-    lowlevel = frame["task"].map(lambda t: get_task(t).task_type in LOWLEVEL_TYPES).astype(bool)
+    lowlevel = frame["task"].map(lambda t: get_task(t).table == "lowlevel").astype(bool)
     low = lowlevel_table(frame[lowlevel & (frame.status == "ok")]) if lowlevel.any() else None
     frame_all, frame = frame, frame[~lowlevel]
     ok = frame[frame.status == "ok"].copy()

@@ -44,8 +44,9 @@ class RunRecord:
     main_score: str
     main_value: float | None = None
     higher_is_better: bool = True
-    metrics: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)  # the scores (and other scalar outputs) of the evaluation
     per_class: dict = field(default_factory=dict)
+    facts: dict = field(default_factory=dict)  # what the run did: steps, scenes, final loss, resume, processes
     init_path: str | None = None
     init_sha256: str | None = None
     finetune_preset: str = "mini"

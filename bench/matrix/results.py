@@ -72,8 +72,8 @@ def load_results(*roots: str | Path) -> pd.DataFrame:
     Columns, in this order: ``task, version, backbone, init, protocol, seed`` (the run key), ``status``,
     ``preset`` (the fine-tuning preset), ``main_score`` and ``main_value`` (a fraction, e.g. 0.42 mIoU),
     ``higher_is_better``, ``wall_s``, ``peak_rss_bytes``, ``git_sha``, ``data_fingerprint``, ``init_sha256``,
-    ``error``, ``path`` (the record file); then every metric of the records as a column of its own, sorted by
-    name (``mIoU``, ``mAcc``, ``allAcc``, ``train_scenes`` ...; empty where a run has none).
+    ``error``, ``path`` (the record file); then every metric and run fact of the records as a column of its own,
+    sorted by name (``mIoU``, ``mAcc``, ``allAcc``, ``steps``, ``train_scenes`` ...; empty where a run has none).
     """
     rows = []
     for path, r in gather(roots):
@@ -83,10 +83,10 @@ def load_results(*roots: str | Path) -> pd.DataFrame:
                "wall_s": r.wall_s, "peak_rss_bytes": r.peak_rss_bytes, "git_sha": r.git_sha,
                "data_fingerprint": r.data_fingerprint, "init_sha256": r.init_sha256, "error": r.error,
                "path": str(path)}
-        clash = sorted(set(r.metrics) & set(COLUMNS))
+        clash = sorted((set(r.metrics) | set(r.facts)) & set(COLUMNS))
         if clash:
-            raise ResultsError(f"{path}: metrics {clash} clash with fixed columns")
-        rows.append({**row, **r.metrics})
+            raise ResultsError(f"{path}: metrics or facts {clash} clash with fixed columns")
+        rows.append({**row, **r.metrics, **r.facts})
     metrics = sorted({k for row in rows for k in row} - set(COLUMNS))
     frame = pd.DataFrame(rows, columns=[*COLUMNS, *metrics])
     frame = frame.astype(COLUMNS)

@@ -50,12 +50,11 @@ from bench.recipes import (
     get_finetune_recipe,
     result_fields,
 )
-from tasks.datasets import expected_path
+from tasks.datasets import expected_path, pretrain_dataset
 from tasks.spec import TaskSpec, get_task, list_tasks
 
 log = logging.getLogger(__name__)
 
-PRETRAIN_DATA: dict[Mode, str] = {"indoor": "scannet", "outdoor": "semantickitti", "image": "scannet"}
 Executor = Literal["local", "slurm", "debug"]
 MatrixProtocol = Literal["finetune", "probe"]  # train backbone + head | a linear head on the frozen backbone
 PROTOCOLS: tuple[MatrixProtocol, ...] = get_args(MatrixProtocol)
@@ -259,7 +258,7 @@ class PeakRSS:
 def execute(run: RunSpec) -> RunRecord:
     """Run one cell of the matrix and write its record; returns the record. Never raises."""
     from bench.finetune import NotApplicable, finetune
-    from bench.finetune.loop import discard_checkpoint
+    from bench.hooks import discard_checkpoint
 
     spec = get_task(run.task)
     recipe = run.recipe()
@@ -292,12 +291,12 @@ def execute(run: RunSpec) -> RunRecord:
                                   linear_probe=run.linear_probe, device=run.device, picture=run.picture_path(),
                                   image_init=run.image_init_path, artifacts=run.artifacts_dir())
             record.status = "ok"
-            record.per_class = result.pop("per_class")
-            record.metrics = result
-            record.main_value = result[spec.main_score]
-            record.init_sha256 = result.pop("init_sha256")
+            record.metrics, record.per_class = result.scores, result.per_class
+            record.main_value = result.scores[spec.main_score]
+            record.facts = {k: v for k, v in asdict(result.facts).items() if k != "init_sha256"}
+            record.init_sha256 = result.facts.init_sha256
             if run.image_init_path:
-                result["image_init_path"] = run.image_init_path
+                record.facts["image_init_path"] = run.image_init_path
             record.peak_rss_bytes = memory.peak
         except NotApplicable as exc:
             record.status, record.error = "not-applicable", str(exc)
@@ -347,7 +346,7 @@ def pretrain(job: PretrainJob) -> str:
     export = job.run_dir / "backbone.pt"
     if export.is_file() and (job.run_dir / "backbone.json").is_file():
         return str(export)
-    data = PRETRAIN_DATA[job.mode]
+    data = pretrain_dataset(job.mode)
     root = data_root_for(data, job.data_roots)
     if root is None:
         raise FileNotFoundError(f"no {data}/ under {', '.join(job.data_roots)} to pre-train on")
@@ -477,23 +476,14 @@ def pretrain_jobs(runs: list[RunSpec]) -> dict[PretrainJob, list[tuple[RunSpec, 
 def datasets_read(runs: Sequence[RunSpec]) -> set[str]:
     """The dataset folders the runs read, and the pre-trainings of their ``ponder`` inits."""
     return ({get_task(run.task).dataset for run in runs}
-            | {PRETRAIN_DATA[job.mode] for job in pretrain_jobs(list(runs))})
+            | {pretrain_dataset(job.mode) for job in pretrain_jobs(list(runs))})
 
 
 def _pretrainings(spec: TaskSpec, run: RunSpec) -> list[tuple[str, Mode, str]]:
-    """(backbone, pre-training mode, run field) of each export a ponder run needs; none for a combination that
-    cannot run (it is recorded as not-applicable)."""
-    from backbones.registry import get_backbone_config
+    """(backbone, pre-training mode, run field) of each export a ponder run needs (the task type says which)."""
+    from bench.finetune.engine import task_type
 
-    modality = get_backbone_config(run.backbone).modality
-    if spec.sensors == ("camera",):
-        return [(run.backbone, "image", "init_path")] if modality == "2d" else []
-    if modality != "3d":
-        return []
-    jobs: list[tuple[str, Mode, str]] = [(run.backbone, spec.domain, "init_path")]
-    if "camera" in spec.sensors:
-        jobs.append((run.recipe().image_backbone, "image", "image_init_path"))
-    return jobs
+    return task_type(spec).pretrainings(spec, run.backbone, run.recipe()) if spec.runnable else []
 
 
 def run_matrix(runs: list[RunSpec], executor: Executor = "local", workers: int = 1, overwrite: bool = False,

@@ -20,7 +20,7 @@ from backbones.structures import GridSpec, PointBatch
 from renderer.rays import RayBundle, near_far_from_box, sample_rays
 from tasks.classes import SCANNET20
 from tasks.contract import OUTDOOR_EXTENT, UNIT_BOX, grid_spec, point_features, split_heldout
-from tasks.datasets import open_dataset
+from tasks.datasets import DATASETS, open_dataset
 from tasks.errors import DataFormatError
 from tasks.structures import PosedViews, Scene
 from tasks.transforms import Augment, grid_sample_train, normalize_to_unit_cube, sphere_crop
@@ -57,39 +57,34 @@ class SceneSource:
 
 
 def open_source(path: str | Path, mode: str) -> SceneSource:
-    """Recognise the layout at ``path``: a 7-Scenes-style RGB-D folder, a Pointcept ScanNet root, SemanticKITTI,
-    a nuScenes root (v1.0-*), or a folder of loose lidarseg frames (``frameNN/points.bin``).
-
-    Datasets are opened through :func:`tasks.datasets.open_dataset` (the resolver fine-tuning uses), so
-    pre-training trains on the training split only and reports its depth error on a few validation scenes;
-    frame folders hold out frames by the contract's rule, the same frames the ``*-samples`` tasks evaluate on.
+    """The scenes at ``path`` in the first format of :data:`tasks.datasets.DATASETS` that serves ``mode`` and is
+    found there (a 7-Scenes-style RGB-D folder, a Pointcept ScanNet root, SemanticKITTI, a nuScenes root, a folder
+    of loose lidarseg frames), read by the loaders fine-tuning uses: pre-training trains on the training split
+    only and reports its depth error on a few validation scenes; an RGB-D folder and loose frames hold out frames
+    by the contract's rule, the same frames the ``*-samples`` tasks evaluate on.
     """
     from tasks.formats.rgbd_folder import RGBDFolder
 
     path = Path(path)
     if not path.is_dir():
         raise DataFormatError(path, "pre-training data folder does not exist")
-    wants_views = mode in ("indoor", "image")
-    if (path / "camera-intrinsics.txt").is_file():
+    kind = next((name for name, fmt in DATASETS.items() if mode in fmt.pretrain and fmt.found(path)), None)
+    if kind == "rgbd-folder":
         folder = RGBDFolder(path)
         train, held = split_heldout(list(range(len(folder))))
         scene = folder.scene(index=train)
         heldout = [replace(scene, views=folder.views(held))] if held else []
-        return SceneSource(path, "rgbd", [scene.name], lambda i: scene, (), heldout)
-    if (path / "train").is_dir() and wants_views:
-        data = open_dataset("scannet20", path, "train", with_views=True)
-        return SceneSource(path, "scannet", data.names, data.__getitem__, SCANNET20,
-                           _heldout_scenes("scannet20", path, with_views=True))
-    if not wants_views:
-        for kind, found in (("semantickitti", (path / "sequences").is_dir()), ("nuscenes", any(path.glob("v1.0-*")))):
-            if found:
-                data = open_dataset(kind, path, "train")
-                return SceneSource(path, kind, data.names, data.__getitem__, (), _heldout_scenes(kind, path))
-        if any(path.glob("*/points.bin")):
-            train, held = (open_dataset("lidarseg-frames", path, split) for split in ("train", "val"))
-            return SceneSource(path, "lidar-frames", train.names, train.__getitem__, (),
-                               [held[i] for i in range(len(held))])
-    needs = "RGB-D views (an RGB-D folder or a ScanNet root with rgbd/)" if wants_views else "LiDAR sweeps"
+        return SceneSource(path, kind, [scene.name], lambda i: scene, (), heldout)
+    if kind == "lidarseg-frames":
+        train, held = (open_dataset(kind, path, split) for split in ("train", "val"))
+        return SceneSource(path, kind, train.names, train.__getitem__, (), [held[i] for i in range(len(held))])
+    if kind is not None:
+        options = {"with_views": True} if mode in ("indoor", "image") else {}
+        data = open_dataset(kind, path, "train", **options)
+        return SceneSource(path, kind, data.names, data.__getitem__, SCANNET20 if kind == "scannet" else (),
+                           _heldout_scenes(kind, path, **options))
+    needs = ("RGB-D views (an RGB-D folder or a ScanNet root with rgbd/)" if mode in ("indoor", "image")
+             else "LiDAR sweeps")
     raise DataFormatError(path, f"no pre-training data for mode '{mode}': it needs {needs}")
 
 

@@ -1,4 +1,4 @@
-"""A fine-tune's run log, ``metrics.jsonl`` in its artifacts folder: one JSON row per logging interval (step,
+"""A training run's log, ``metrics.jsonl`` in its folder: one JSON row per logging interval (step,
 epoch, mean loss, learning rate, optimiser steps per second), one per evaluation (its scores), and one when the
 run resumed. Rows are appended and flushed one by one, so a kill loses at most the row being written; a resume
 keeps the rows up to its checkpoint's step and drops the rest.

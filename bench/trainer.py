@@ -1,0 +1,171 @@
+"""The one training loop. Fine-tuning (every task type), pre-training and the low-level tasks' per-scene fits all
+train through :class:`Trainer`; what differs between them is their batches, their loss and their hooks
+(:mod:`bench.hooks`: checkpoint, logging, precise BatchNorm, evaluation, pictures), as in Pointcept's engine/hook
+split.
+
+A step: this rank's share of the global batch comes from a DataLoader over a dataset indexed by step (so a resumed
+run draws what the uninterrupted one would have, whatever the worker count), its loss is computed under the
+recipe's autocast, gradients are averaged over the ranks in one all-reduce, clipped, and applied. A non-finite loss
+on any rank stops every rank before the optimiser sees its gradients; a share with nothing to learn from (no
+labelled point) on every rank only advances the schedule.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Literal
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from bench import distributed
+from bench.distributed import Ranks
+
+Terms = dict[str, float]
+# a loss to back-propagate; or the terms of a loss the function back-propagated itself (rendering does, ray chunk
+# by ray chunk, to bound memory); or None: nothing to learn from in this rank's share of the batch
+StepLoss = torch.Tensor | Mapping[str, float] | None
+Precision = Literal["fp32", "bf16", "fp16"]
+
+
+class NonFiniteLoss(FloatingPointError):
+    """A loss term became NaN or infinite: the run stops instead of training on garbage."""
+
+
+class Hook:
+    """A part of a training run called at fixed points of the loop; every method is optional. A hook with state to
+    keep across a kill returns it from ``state_dict`` (the checkpoint hook saves and restores it)."""
+
+    def before_train(self, trainer: Trainer) -> None:
+        """Before the first step (after a resume: before the first remaining step)."""
+
+    def after_step(self, trainer: Trainer, terms: Terms | None) -> None:
+        """After each optimiser step; ``terms``: the step's loss terms, averaged over the ranks (None: nothing to
+        learn from)."""
+
+    def after_epoch(self, trainer: Trainer) -> None:
+        """After each epoch's last step (and the run's last step); ``trainer.evaluating`` says whether this epoch
+        is evaluated."""
+
+    def after_train(self, trainer: Trainer) -> None:
+        """After the last step."""
+
+    def state_dict(self) -> dict[str, object]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        """Restore what ``state_dict`` returned."""
+
+
+def _as_is(item: object) -> object:
+    return item
+
+
+def autocast(precision: Precision, device: torch.device) -> tuple[contextlib.AbstractContextManager,
+                                                                  torch.amp.GradScaler | None]:
+    """The autocast context of ``precision`` and, for fp16, a gradient scaler. Mixed precision is refused off CUDA:
+    spconv's CPU path has no half kernels, and a silent fp32 run would not be the run asked for."""
+    if precision == "fp32":
+        return contextlib.nullcontext(), None
+    if device.type != "cuda":
+        raise ValueError(f"precision={precision} needs a CUDA device (got {device}); use precision=fp32")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast("cuda", dtype=dtype), torch.amp.GradScaler("cuda") if precision == "fp16" else None
+
+
+class Trainer:
+    """Trains ``model`` for ``len(batches)`` optimiser steps; ``batches[step]`` is this rank's share of the step's
+    batch, and ``loss(batch)`` its :data:`StepLoss`.
+
+    ``eval_every``: epochs between evaluations (0: only after the last step); hooks read ``evaluating``.
+    """
+
+    def __init__(self, model: torch.nn.Module, batches: Dataset, loss: Callable[[object], StepLoss],
+                 optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler, *,
+                 steps_per_epoch: int, hooks: Sequence[Hook] = (), device: torch.device = torch.device("cpu"),  # noqa: B008
+                 ranks: Ranks = Ranks(0, 1), num_workers: int = 0, grad_clip: float | None = None,  # noqa: B008
+                 precision: Precision = "fp32", eval_every: int = 0, desc: str = "train",
+                 progress: bool = False) -> None:
+        self.model, self.batches, self.loss = model, batches, loss
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.steps_per_epoch, self.hooks, self.device, self.ranks = steps_per_epoch, list(hooks), device, ranks
+        self.num_workers, self.grad_clip, self.eval_every = num_workers, grad_clip, eval_every
+        self.desc, self.progress = desc, progress
+        self.autocast, self.scaler = autocast(precision, device)
+        self.params = [p for group in optimizer.param_groups for p in group["params"]]
+        self.step = 0  # optimiser steps done
+        self.resumed_from: int | None = None  # the checkpoint's step, when the run resumed (set by the hook)
+        self.last_terms: Terms = {}  # the last step that had something to learn from
+
+    @property
+    def steps(self) -> int:
+        return len(self.batches)
+
+    @property
+    def epoch(self) -> int:
+        """Epochs begun (an epoch is done once its last step is)."""
+        return math.ceil(self.step / self.steps_per_epoch)
+
+    @property
+    def evaluating(self) -> bool:
+        """Whether the epoch just finished is evaluated: every ``eval_every`` epochs, and after the last step."""
+        return self.step == self.steps or (self.eval_every > 0 and self.epoch % self.eval_every == 0)
+
+    def run(self) -> Trainer:
+        for hook in reversed(self.hooks):  # last to first: a checkpoint hook (last) restores the run first
+            hook.before_train(self)
+        loader = DataLoader(self.batches, batch_size=None, sampler=range(self.step, self.steps), collate_fn=_as_is,
+                            num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
+        self.model.train()
+        bar = tqdm(loader, desc=self.desc, disable=not (self.progress and self.ranks.main), initial=self.step,
+                   total=self.steps)
+        for batch in bar:  # one pass over all remaining steps: the loader's workers live for the whole run
+            terms = self.train_step(batch)
+            self.step += 1
+            if terms is not None:
+                self.last_terms = terms
+                bar.set_postfix({n: f"{v:.3g}" for n, v in terms.items()}, refresh=False)
+            for hook in self.hooks:
+                hook.after_step(self, terms)
+            if self.step % self.steps_per_epoch == 0 or self.step == self.steps:
+                for hook in self.hooks:
+                    hook.after_epoch(self)
+                self.model.train()  # an evaluation hook leaves the model in eval mode
+        bar.close()
+        for hook in self.hooks:
+            hook.after_train(self)
+        return self
+
+    def train_step(self, batch: object) -> Terms | None:
+        """One optimiser step on the global batch; returns its loss terms averaged over the ranks."""
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.autocast:
+            out = self.loss(batch)
+        loss = out if isinstance(out, torch.Tensor) else None
+        terms = None if out is None else {"loss": float(loss.detach())} if loss is not None else dict(out)
+        finite = terms is None or all(math.isfinite(v) for v in terms.values())
+        if not distributed.all_true(finite, self.ranks.world, self.device):
+            values = ", ".join(f"{n}={v:.4g}" for n, v in (terms or {}).items())
+            raise NonFiniteLoss(f"{self.desc}: non-finite loss at step {self.step + 1} (epoch "
+                                f"{self.step // self.steps_per_epoch}): {values or 'on another rank'}. The last "
+                                "checkpoint is intact; lower lr or check the data.")
+        if distributed.all_true(terms is None, self.ranks.world, self.device):
+            self.scheduler.step()
+            return None
+        if loss is not None:
+            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        distributed.average_gradients(self.params, self.ranks.world)
+        if self.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+        if self.scaler is None:
+            self.optimizer.step()
+        else:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        self.scheduler.step()
+        return distributed.mean_terms(terms, self.ranks)
