@@ -108,26 +108,16 @@ class FinetuneRecipe:
     momentum: float = 0.9  # SGD only
     weight_decay: float = 1e-4
     pct_start: float = 0.05
-    lovasz_weight: float = 1.0
     max_points: int | None = None  # cap on training points per scene (after grid sampling)
     grad_clip: float | None = None  # max global gradient norm (None: no clipping)
     precision: Precision = "fp32"  # bf16 / fp16 autocast: CUDA only
     num_workers: int = 0  # DataLoader processes preparing the training clouds (0: the training process)
     log_every: int = 10  # optimiser steps per row of the run's metrics.jsonl
     eval_every: int = 0  # epochs between evaluations (0: only after the last step); the record keeps the last
-    tta: bool = False
-    # detection: the image backbone of the fusion track (and of the camera track when no 2D backbone is named),
-    # the size camera images are resized to (H, W; multiples of 32), and the epochs (mini splits hold few samples)
-    image_backbone: str = "timm:resnet18"
-    image_size: tuple[int, int] = (256, 704)
-    detection_epochs: int = 20
-    # low-level tasks (nvs, recon): the pre-training preset and steps of the per-scene fit, the size held-out frames
-    # are rendered at (H, W), and the SDF grid marching cubes reads (per axis, over the unit box)
-    fit_preset: str = "indoor"
-    fit_overrides: tuple[str, ...] = ()  # key=value overrides of the fit's pre-training recipe
-    fit_steps: int = 2000
-    nvs_size: tuple[int, int] = (240, 320)
-    mesh_resolution: int = 256
+    tta: bool = False  # evaluation votes over four rotations (segmentation tasks)
+    # the task types' own settings, ``section.field=value`` (``detection.epochs=20``, ``fit.steps=500``): each task
+    # type reads its section (bench.finetune.engine.TaskType.Settings) from them; one item per key, sorted
+    task: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -154,19 +144,33 @@ def result_fields(recipe: FinetuneRecipe) -> dict[str, Any]:
     return {k: v for k, v in json.loads(json.dumps(dataclasses.asdict(recipe))).items() if k not in EXECUTION_FIELDS}
 
 
+def task_settings(*items: str, base: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """``base`` with ``section.field=value`` items set (a later value of a key replaces an earlier one), sorted by
+    key. The task types check them (:func:`bench.finetune.engine.check_task_settings`)."""
+    merged = {}
+    for item in (*base, *items):
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise ValueError(f"task setting {item!r} is not section.field=value")
+        merged[key.strip()] = value.strip()
+    return tuple(f"{k}={v}" for k, v in sorted(merged.items()))
+
+
 # AdamW learns the mini suite in a few hundred steps, where SGD at Pointcept's rate needs thousands
 _MINI_FINETUNE = FinetuneRecipe(epochs=10, batch_size=2, optimizer="adamw", lr=0.005, weight_decay=0.01,
-                                max_points=12_000, image_size=(96, 160), detection_epochs=20,
-                                fit_preset="indoor-mini", fit_steps=150, nvs_size=(120, 160), mesh_resolution=128)
+                                max_points=12_000, task=task_settings(
+                                    "detection.epochs=20", "detection.image_size=(96, 160)", "fit.preset=indoor-mini",
+                                    "fit.steps=150", "fit.nvs_size=(120, 160)", "fit.mesh_resolution=128"))
 FINETUNE_PRESETS: dict[str, FinetuneRecipe] = {
     "reference": FinetuneRecipe(num_workers=4),
     "mini": _MINI_FINETUNE,
     "small": _MINI_FINETUNE,  # mini's fine-tuning; what differs is the ponder init's pre-training (20x longer)
-    "tiny": FinetuneRecipe(epochs=2, batch_size=2, optimizer="adamw", lr=0.005, weight_decay=0.01,
-                           max_points=3_000, image_size=(64, 96), detection_epochs=2, fit_preset="indoor-mini",
-                           fit_steps=2, nvs_size=(24, 32), mesh_resolution=32,  # tests
-                           fit_overrides=("views=2", "rays_per_view=128", "grid=(24, 24, 8)", "n_uniform=24",
-                                          "n_importance=8", "unet_levels=2", "volume_channels=16")),
+    "tiny": FinetuneRecipe(epochs=2, batch_size=2, optimizer="adamw", lr=0.005, weight_decay=0.01,  # tests
+                           max_points=3_000, task=task_settings(
+                               "detection.epochs=2", "detection.image_size=(64, 96)", "fit.preset=indoor-mini",
+                               "fit.steps=2", "fit.nvs_size=(24, 32)", "fit.mesh_resolution=32",
+                               "fit.overrides=('views=2', 'rays_per_view=128', 'grid=(24, 24, 8)', 'n_uniform=24', "
+                               "'n_importance=8', 'unet_levels=2', 'volume_channels=16')")),
 }
 # the pre-training each fine-tuning preset's ponder init gets: (recipe preset of the mode, overrides)
 PRETRAIN_FOR_FINETUNE: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -211,6 +215,8 @@ def apply_overrides(recipe: Any, overrides: list[str]) -> Any:
 
 def _set(obj: Any, path: list[str], raw: str, item: str) -> Any:
     names = {f.name for f in fields(obj)}
+    if isinstance(obj, FinetuneRecipe) and len(path) == 2 and path[0] not in names:  # a task type's section
+        return replace(obj, task=task_settings(f"{path[0]}.{path[1]}={raw}", base=obj.task))
     if path[0] not in names:
         raise ValueError(f"override {item!r}: {type(obj).__name__} has no field {path[0]!r} "
                          f"(fields: {', '.join(sorted(names))})")

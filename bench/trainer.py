@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Literal
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -23,12 +22,12 @@ from tqdm import tqdm
 
 from bench import distributed
 from bench.distributed import Ranks
+from bench.recipes import Precision
 
 Terms = dict[str, float]
 # a loss to back-propagate; or the terms of a loss the function back-propagated itself (rendering does, ray chunk
 # by ray chunk, to bound memory); or None: nothing to learn from in this rank's share of the batch
 StepLoss = torch.Tensor | Mapping[str, float] | None
-Precision = Literal["fp32", "bf16", "fp16"]
 
 
 class NonFiniteLoss(FloatingPointError):

@@ -232,7 +232,9 @@ def test_matrix_records_skips_and_resumes(tiny_root: Path, tmp_path: Path, monke
     ok = next(r for r in records if r.status == "ok")
     assert ok.main_value == ok.metrics["mIoU"] and ok.wall_s > 0 and ok.peak_rss_bytes > 0
     assert ok.git_sha and ok.packages["torch"] and ok.data_fingerprint
-    assert ok.finetune_recipe == asdict(FINETUNE_PRESETS["tiny"])
+    from bench.finetune.engine import check_task_settings
+
+    assert ok.finetune_recipe == asdict(check_task_settings(FINETUNE_PRESETS["tiny"]))  # task settings canonical
     from bench.matrix.runner import finished
 
     done = next(r for r in runs if r.task == "semantickitti-semseg")
@@ -242,7 +244,7 @@ def test_matrix_records_skips_and_resumes(tiny_root: Path, tmp_path: Path, monke
     assert finished(same_recipe) is not None  # scratch: the preset changes nothing else
     ponder = _record("semantickitti-semseg", "ponder", 0, 0.5, version=get_task("semantickitti-semseg").version)
     ponder.backbone, ponder.finetune_preset = "spunet-micro", "tiny"
-    ponder.finetune_recipe = asdict(FINETUNE_PRESETS["tiny"])
+    ponder.finetune_recipe = asdict(check_task_settings(FINETUNE_PRESETS["tiny"]))
     write_record(results, ponder)
     assert finished(replace(done, init="ponder")) is not None
     assert finished(replace(same_recipe, init="ponder")) is None  # its init was pre-trained under another preset

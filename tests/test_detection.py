@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from bench.finetune.detection import (
+    Detection,
     camera_inputs,
     detect,
     load_detector,
@@ -231,7 +232,7 @@ def test_each_track_trains_and_is_scored_by_the_devkit(tiny_root: Path, tmp_path
     assert 0.0 <= result.scores["NDS"] <= 1.0 and 0.0 <= result.scores["mAP"] <= 1.0
     assert set(result.per_class) == set(DETECTION_CLASSES)
     facts = result.facts
-    assert facts.steps == recipe.detection_epochs * int(np.ceil(facts.train_scenes / recipe.batch_size))
+    assert facts.steps == Detection().settings(recipe).epochs * int(np.ceil(facts.train_scenes / recipe.batch_size))
     submission = json.loads((tmp_path / "run" / "submission.json").read_text())
     evaluation = NuScenesLidarSegDataset(tiny_root / "nuscenes", "val", "v1.0-mini")
     assert set(submission["results"]) == set(evaluation.names)

@@ -3,7 +3,6 @@ rendered and scored, its SDF meshed and scored; on the generated ScanNet test sc
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,12 +10,12 @@ import pytest
 
 from bench.finetune.engine import finetune
 from bench.finetune.lowlevel import lowlevel_scenes
-from bench.recipes import FINETUNE_PRESETS
+from bench.recipes import FINETUNE_PRESETS, apply_overrides
 from tasks.contract import is_heldout
 from tasks.metrics.lowlevel import read_mesh
 from tasks.spec import get_task
 
-RECIPE = replace(FINETUNE_PRESETS["tiny"], fit_steps=40)  # enough steps for the SDF to cross zero
+RECIPE = apply_overrides(FINETUNE_PRESETS["tiny"], ["fit.steps=40"])  # enough steps for the SDF to cross zero
 
 
 def test_scenes_hold_out_frames_by_the_contracts_rule(tiny_root: Path) -> None:
@@ -53,7 +52,7 @@ def test_nvs_on_the_real_7scenes_frames(shared_data: Path, tmp_path: Path) -> No
     spec = get_task("nvs-7scenes")
     (scene,) = lowlevel_scenes(spec, shared_data)
     assert len(scene.heldout) == 20 and len(scene.train.views) == 80
-    result = finetune(spec, "spunet-micro", shared_data, recipe=replace(RECIPE, fit_steps=3),
+    result = finetune(spec, "spunet-micro", shared_data, recipe=apply_overrides(RECIPE, ["fit.steps=3"]),
                       artifacts=tmp_path / "runs" / "finetune" / "nvs")
     assert result.scores["heldout_frames"] == 20
     assert np.isfinite(result.scores["PSNR"]) and 0.0 <= result.scores["delta1"] <= 1.0

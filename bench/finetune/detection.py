@@ -69,9 +69,9 @@ class DetectorConfig:
         return Detector(self.grid, lidar, camera)
 
 
-def detection_backbones(spec: TaskSpec, backbone: str, recipe: FinetuneRecipe) -> tuple[str | None, str | None]:
+def detection_backbones(spec: TaskSpec, backbone: str, image_backbone: str) -> tuple[str | None, str | None]:
     """(3D, 2D) backbone names of a track: LiDAR uses the run's 3D backbone, camera the run's 2D one, fusion the
-    run's 3D backbone and the recipe's image backbone."""
+    run's 3D backbone and ``image_backbone``."""
     modality = get_backbone_config(backbone).modality
     if spec.sensors == ("camera",):
         if modality != "2d":
@@ -79,7 +79,7 @@ def detection_backbones(spec: TaskSpec, backbone: str, recipe: FinetuneRecipe) -
         return None, backbone
     if modality != "3d":
         raise NotApplicable(f"{spec.id} reads LiDAR sweeps: it needs a 3D backbone, {backbone} is {modality}")
-    return backbone, (recipe.image_backbone if "camera" in spec.sensors else None)
+    return backbone, (image_backbone if "camera" in spec.sensors else None)
 
 
 # ----------------------------------------------------------------------------------------------- samples
@@ -208,15 +208,26 @@ class SampleBatch:
 
 
 # ----------------------------------------------------------------------------------------------- the task
+@dataclass(frozen=True)
+class DetectionSettings:
+    # the image backbone of the fusion track (and of the camera track when the matrix names no 2D backbone), the
+    # size camera images are resized to (H, W; multiples of 32), and the epochs (mini splits hold few samples)
+    image_backbone: str = "timm:resnet18"
+    image_size: tuple[int, int] = (256, 704)
+    epochs: int = 20
+
+
 @register_task_type("detection")
 class Detection(TrainedTaskType):
     """nuScenes 3D detection: the items are keyframe samples (their sensors read when drawn)."""
+
+    section, Settings = "detection", DetectionSettings
 
     def check(self, spec: TaskSpec, backbone: str, linear_probe: bool) -> None:
         if linear_probe:
             raise NotApplicable(f"{spec.id}: the probe protocol reads per-point classes linearly; a detection "
                                 "head has no linear read-out")
-        detection_backbones(spec, backbone, FinetuneRecipe())
+        detection_backbones(spec, backbone, DetectionSettings().image_backbone)
 
     def pretrainings(self, spec: TaskSpec, backbone: str, recipe: FinetuneRecipe) -> list[tuple[str, Mode, str]]:
         modality = get_backbone_config(backbone).modality
@@ -224,21 +235,30 @@ class Detection(TrainedTaskType):
             return [(backbone, "image", "init_path")] if modality == "2d" else []
         jobs = super().pretrainings(spec, backbone, recipe)
         if jobs and "camera" in spec.sensors:
-            jobs.append((recipe.image_backbone, "image", "image_init_path"))
+            jobs.append((self.settings(recipe).image_backbone, "image", "image_init_path"))
         return jobs
+
+    def matrix_backbones(self, spec: TaskSpec, backbones: Sequence[str], recipe: FinetuneRecipe) -> list[str]:
+        """A camera-only track runs the 2D backbones, or its image backbone when none is named (so
+        ``run --tasks 'nuscenes-det*'`` runs every track with the defaults)."""
+        if spec.sensors != ("camera",):
+            return list(backbones)
+        return ([b for b in backbones if get_backbone_config(b).modality == "2d"]
+                or [self.settings(recipe).image_backbone])
 
     def dataset(self, spec: TaskSpec, data_root: Path, split: str) -> NuScenesLidarSegDataset:
         root = data_root / spec.dataset
         return NuScenesLidarSegDataset(root, spec.train_split if split == "train" else split, nuscenes_version(root))
 
     def epochs(self, recipe: FinetuneRecipe) -> int:
-        return recipe.detection_epochs
+        return self.settings(recipe).epochs
 
     def config(self, ctx: FinetuneContext) -> DetectorConfig:
-        lidar, camera = detection_backbones(ctx.spec, ctx.backbone, ctx.recipe)
-        return DetectorConfig(ctx.spec.sensors, lidar, camera, ctx.recipe.image_size)
+        settings = self.settings(ctx.recipe)
+        lidar, camera = detection_backbones(ctx.spec, ctx.backbone, settings.image_backbone)
+        return DetectorConfig(ctx.spec.sensors, lidar, camera, settings.image_size)
 
-    def backbones(self, ctx: FinetuneContext) -> dict[str, str | None]:
+    def sensor_backbones(self, ctx: FinetuneContext) -> dict[str, str | None]:
         config = self.config(ctx)
         return {"lidar": config.lidar_backbone, "camera": config.camera_backbone}
 

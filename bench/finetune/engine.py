@@ -18,6 +18,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -38,7 +39,7 @@ from bench.hooks import (
     precise_batchnorm,
 )
 from bench.optim import one_cycle
-from bench.recipes import FinetuneRecipe, Mode, result_fields
+from bench.recipes import FinetuneRecipe, Mode, apply_overrides, result_fields, task_settings
 from bench.runlog import METRICS, RunLog
 from bench.trainer import Trainer
 from tasks.contract import Domain, in_channels, point_features, voxel_size
@@ -115,7 +116,24 @@ class Inits:
 
 class TaskType(ABC):
     """One kind of task: what fine-tuning needs of it. :meth:`finetune` is the whole run; a task type trained step
-    by step on a dataset subclasses :class:`TrainedTaskType`, which runs it on the one trainer."""
+    by step on a dataset subclasses :class:`TrainedTaskType`, which runs it on the one trainer.
+
+    Its own recipe section: ``Settings``, a frozen dataclass of its settings with their defaults, read from the
+    recipe's ``section.field=value`` items (``recipe.task``) by :meth:`settings`; task types may share a section.
+    """
+
+    section: ClassVar[str | None] = None
+    Settings: ClassVar[type | None] = None
+
+    def settings(self, recipe: FinetuneRecipe) -> Any:
+        """This task type's section of ``recipe``: its ``Settings`` with the recipe's items applied."""
+        prefix = f"{self.section}."
+        return apply_overrides(self.Settings(), [i[len(prefix):] for i in recipe.task if i.startswith(prefix)])
+
+    def matrix_backbones(self, spec: TaskSpec, backbones: Sequence[str], recipe: FinetuneRecipe) -> list[str]:
+        """The backbones of a matrix that run the task (a combination that cannot run is recorded as not
+        applicable); by default all of them."""
+        return list(backbones)
 
     def check(self, spec: TaskSpec, backbone: str, linear_probe: bool) -> None:
         """Raise :class:`NotApplicable` where this backbone or protocol cannot run the task (before any data is
@@ -176,7 +194,7 @@ class TrainedTaskType(TaskType):
     def save(self, model: torch.nn.Module, ctx: FinetuneContext) -> None:
         """Keep what the task's users need of the trained model in ``ctx.artifacts`` (by default nothing)."""
 
-    def backbones(self, ctx: FinetuneContext) -> dict[str, str | None] | None:
+    def sensor_backbones(self, ctx: FinetuneContext) -> dict[str, str | None] | None:
         """A multi-sensor task's backbone per sensor, for the record (by default None: the run's backbone)."""
         return None
 
@@ -203,13 +221,39 @@ def register_task_type(name: str) -> Callable[[type[TaskType]], type[TaskType]]:
     return decorator
 
 
-def task_type(spec: TaskSpec) -> TaskType:
-    """A new instance of the task's type."""
+def task_types() -> dict[str, type[TaskType]]:
+    """The registered task types, the built-in ones included."""
     import bench.finetune.detection  # noqa: F401  (registers the built-in task types)
     import bench.finetune.insseg  # noqa: F401
     import bench.finetune.lowlevel  # noqa: F401
     import bench.finetune.semseg  # noqa: F401
 
+    return TASK_TYPES
+
+
+def check_task_settings(recipe: FinetuneRecipe) -> FinetuneRecipe:
+    """``recipe`` with its task settings checked against the registered task types' sections (an unknown section
+    or field, or a value of the wrong type, is refused naming it) and written canonically (``repr`` of each typed
+    value), so that two spellings of one setting make one recipe."""
+    sections: dict[str, type] = {}
+    for cls in task_types().values():
+        if cls.Settings is not None and sections.setdefault(cls.section, cls.Settings) is not cls.Settings:
+            raise ValueError(f"task types use section {cls.section!r} with two different Settings classes")
+    items = []
+    for item in recipe.task:
+        key, _, raw = item.partition("=")
+        section, _, name = key.partition(".")
+        if section not in sections:
+            raise ValueError(f"task setting {item!r}: no task type has a section {section!r}; known: "
+                             f"{', '.join(sorted(sections))}")
+        value = getattr(apply_overrides(sections[section](), [f"{name}={raw}"]), name)
+        items.append(f"{key}={value!r}")
+    return replace(recipe, task=task_settings(*items))
+
+
+def task_type(spec: TaskSpec) -> TaskType:
+    """A new instance of the task's type."""
+    task_types()
     if not spec.runnable:
         raise NotApplicable(f"task {spec.id} ({spec.task_type}) has no fine-tuning pipeline yet")
     if spec.task_type not in TASK_TYPES:
@@ -346,6 +390,7 @@ def fit_and_evaluate(spec: TaskSpec, backbone_name: str, train: Sequence[object]
 def _prepare(spec: TaskSpec, backbone: str, seed: int, recipe: FinetuneRecipe, linear_probe: bool, device: str,
              artifacts: Path | None) -> tuple[TaskType, FinetuneContext]:
     kind = task_type(spec)
+    recipe = check_task_settings(recipe)
     kind.check(spec, backbone, linear_probe)  # refused before any data is opened
     ranks, dev = distributed.setup(device)
     config = get_backbone_config(backbone)
@@ -408,4 +453,4 @@ def train_and_evaluate(task: TrainedTaskType, ctx: FinetuneContext, train: Seque
         final_train_loss=trainer.last_terms.get("loss", float("nan")), init_sha256=inits.backbone,
         image_init_sha256=inits.image, resumed_from_step=trainer.resumed_from, world_size=facts["world_size"],
         ranks_in_sync=facts["ranks_in_sync"], best_step=evaluate.best[0] if recipe.eval_every else None,
-        best_score=evaluate.best[1] if recipe.eval_every else None, backbones=task.backbones(ctx)))
+        best_score=evaluate.best[1] if recipe.eval_every else None, backbones=task.sensor_backbones(ctx)))

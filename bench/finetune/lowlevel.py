@@ -38,7 +38,7 @@ from bench.hooks import Evaluation, precise_batchnorm
 from bench.pretrain.data import HELDOUT_EPOCH, PretrainSample, SceneSource, build_sample, camera_preview
 from bench.pretrain.engine import Pretrainer
 from bench.pretrain.model import PonderModel, sample_to
-from bench.recipes import FinetuneRecipe, PretrainRecipe, get_recipe
+from bench.recipes import PretrainRecipe, get_recipe
 from renderer.fields import VolumeField
 from renderer.rays import RayBundle, near_far_from_box
 from tasks.contract import UNIT_BOX, split_heldout, voxel_size
@@ -105,21 +105,32 @@ def lowlevel_scenes(spec: TaskSpec, data_root: str | Path, fuse_voxel: float = 0
     return scenes
 
 
-def fit_recipe(recipe: FinetuneRecipe, backbone: str, seed: int) -> PretrainRecipe:
-    """The pre-training recipe of a fit: the recipe's ``fit_preset`` with its ``fit_overrides``, ``fit_steps`` steps
-    on one scene, the whole cloud as input (no crop, no masking: the fit represents the scene, and is evaluated on
+@dataclass(frozen=True)
+class FitSettings:
+    """The low-level tasks' section of the fine-tuning recipe (``fit.steps=500``)."""
+
+    preset: str = "indoor"  # the pre-training preset of the per-scene fit
+    overrides: tuple[str, ...] = ()  # key=value overrides of that pre-training recipe
+    steps: int = 2000
+    nvs_size: tuple[int, int] = (240, 320)  # (H, W) held-out frames are rendered at
+    mesh_resolution: int = 256  # the SDF grid marching cubes reads, per axis over the unit box
+
+
+def fit_recipe(fit: FitSettings, backbone: str, seed: int) -> PretrainRecipe:
+    """The pre-training recipe of a fit: the section's ``preset`` with its ``overrides``, ``steps`` steps on one
+    scene, the whole cloud as input (no crop, no masking: the fit represents the scene, and is evaluated on
     the input it was fitted on)."""
-    return get_recipe(recipe.fit_preset, [*recipe.fit_overrides, f"backbone={backbone}", "epochs=1",
-                                          f"steps_per_epoch={recipe.fit_steps}", "render_every=0", f"seed={seed}",
+    return get_recipe(fit.preset, [*fit.overrides, f"backbone={backbone}", "epochs=1",
+                                   f"steps_per_epoch={fit.steps}", "render_every=0", f"seed={seed}",
                                           "max_points=None", "mask_ratio=0.0"])
 
 
-def fit_scene(scene: LowLevelScene, backbone: str, recipe: FinetuneRecipe, seed: int, init: str | Path | None,
+def fit_scene(scene: LowLevelScene, backbone: str, fit: FitSettings, seed: int, init: str | Path | None,
               init_sha: str | None, cache: Path, device: torch.device) -> tuple[PonderModel, float]:
     """A Ponder model fitted to the scene's training frames (or the finished fit of the same key in ``cache``), and
     its final rendering loss; ``init_sha`` names the export ``init`` in the key."""
     label = (init_sha or "scratch")[:12]
-    pretrain = fit_recipe(recipe, backbone, seed)
+    pretrain = fit_recipe(fit, backbone, seed)
     digest = hashlib.sha256(repr(pretrain).encode()).hexdigest()[:8]  # another fit recipe: another folder
     run_dir = cache / f"{scene.name}-{backbone.replace(':', '_')}-{label}-seed{seed}-{digest}"
     source = SceneSource(run_dir, "scene", [scene.name], lambda i: scene.train)
@@ -192,7 +203,9 @@ def to_world(points: np.ndarray, norm: Similarity) -> np.ndarray:
 
 class _LowLevel(TaskType):
     """What both low-level tasks share: the scenes, a fit per scene (the Pretrainer, on the one trainer), the
-    artifacts folder; ``score`` is the task's own."""
+    artifacts folder, the ``fit`` recipe section; ``score`` is the task's own."""
+
+    section, Settings = "fit", FitSettings
 
     def check(self, spec: TaskSpec, backbone: str, linear_probe: bool) -> None:
         if linear_probe:
@@ -202,7 +215,7 @@ class _LowLevel(TaskType):
 
     def finetune(self, ctx: FinetuneContext, data_root: Path, *, init: str | Path | None,
                  image_init: str | Path | None, picture: Path | None, progress: bool) -> FinetuneResult:
-        spec, recipe = ctx.spec, ctx.recipe
+        spec, fit = ctx.spec, self.settings(ctx.recipe)
         scenes = lowlevel_scenes(spec, data_root)
         init_sha = export_sha256(init) if init else None
         torch.manual_seed(ctx.seed)
@@ -211,20 +224,20 @@ class _LowLevel(TaskType):
             cache = folder.parents[1] / "fits" if ctx.artifacts is not None else Path(scratch) / "fits"
             per_scene, losses = [], []
             for i, scene in enumerate(scenes):
-                model, loss = fit_scene(scene, ctx.backbone, recipe, ctx.seed, init, init_sha, cache, ctx.device)
+                model, loss = fit_scene(scene, ctx.backbone, fit, ctx.seed, init, init_sha, cache, ctx.device)
                 losses.append(loss)
                 sample, field, norm = scene_field(model, scene, ctx.device)
-                per_scene.append(self.score(model, sample, field, norm, scene, recipe, ctx.device,
+                per_scene.append(self.score(model, sample, field, norm, scene, fit, ctx.device,
                                             folder / scene.name, picture if i == 0 else None, spec))
         scores = {k: float(np.mean([s.scores[k] for s in per_scene])) for k in per_scene[0].scores}
         per_class = {k: v for s in per_scene for k, v in s.per_class.items()}
         return FinetuneResult(Evaluation(scores, per_class), RunFacts(
-            train_scenes=len(scenes), eval_scenes=len(scenes), steps=recipe.fit_steps * len(scenes),
+            train_scenes=len(scenes), eval_scenes=len(scenes), steps=fit.steps * len(scenes),
             final_train_loss=float(np.mean(losses)), init_sha256=init_sha))
 
     @abstractmethod
     def score(self, model: PonderModel, sample: PretrainSample, field: VolumeField, norm: Similarity,
-              scene: LowLevelScene, recipe: FinetuneRecipe, device: torch.device, folder: Path, picture: Path | None,
+              scene: LowLevelScene, fit: FitSettings, device: torch.device, folder: Path, picture: Path | None,
               spec: TaskSpec) -> Evaluation:
         """The scene's scores (per class: per frame or per scene), pictures and files in ``folder``."""
 
@@ -232,14 +245,14 @@ class _LowLevel(TaskType):
 @register_task_type("nvs")
 class NovelViewSynthesis(_LowLevel):
     def score(self, model: PonderModel, sample: PretrainSample, field: VolumeField, norm: Similarity,
-              scene: LowLevelScene, recipe: FinetuneRecipe, device: torch.device, folder: Path, picture: Path | None,
+              scene: LowLevelScene, fit: FitSettings, device: torch.device, folder: Path, picture: Path | None,
               spec: TaskSpec) -> Evaluation:
         from bench.finetune.plots import plot_heldout_strip
 
         rows, strip = [], []
         for v in range(len(scene.heldout)):
             real, rendered, real_depth, depth = render_view(model, sample, field, scene.heldout.select([v]), norm,
-                                                            recipe.nvs_size, device)
+                                                            fit.nvs_size, device)
             rows.append({"PSNR": psnr(rendered, real), "SSIM": ssim(rendered, real),
                          **depth_errors(depth, real_depth)})
             if len(strip) < 4:
@@ -255,11 +268,11 @@ class NovelViewSynthesis(_LowLevel):
 @register_task_type("recon")
 class Reconstruction(_LowLevel):
     def score(self, model: PonderModel, sample: PretrainSample, field: VolumeField, norm: Similarity,
-              scene: LowLevelScene, recipe: FinetuneRecipe, device: torch.device, folder: Path, picture: Path | None,
+              scene: LowLevelScene, fit: FitSettings, device: torch.device, folder: Path, picture: Path | None,
               spec: TaskSpec) -> Evaluation:
         from bench.finetune.plots import plot_mesh
 
-        sdf, lo, spacing = sdf_grid(field, recipe.mesh_resolution, device)
+        sdf, lo, spacing = sdf_grid(field, fit.mesh_resolution, device)
         vertices, faces = mesh_from_sdf(sdf, lo, spacing)
         vertices = to_world(vertices, norm)
         write_mesh(folder / "mesh.ply", vertices, faces)

@@ -8,6 +8,7 @@ back to every point, optionally over four rotations (test-time augmentation).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -24,8 +25,15 @@ from tasks.structures import Scene
 from tasks.transforms import rotation_z, voting_fragments
 
 
+@dataclass(frozen=True)
+class SemanticSettings:
+    lovasz_weight: float = 1.0  # the Lovasz-softmax term's weight beside cross-entropy
+
+
 @register_task_type("semseg")
 class SemanticSegmentation(SceneTaskType):
+    section, Settings = "semseg", SemanticSettings
+
     def head(self, backbone: torch.nn.Module, ctx: FinetuneContext) -> torch.nn.Module:
         return SegmentationModel(backbone, backbone.config.out_channels, len(ctx.spec.classes), ctx.linear_probe)
 
@@ -37,7 +45,8 @@ class SemanticSegmentation(SceneTaskType):
         if not (labels >= 0).any():
             return None  # limited annotations: no labelled point drawn in this batch
         loss = F.cross_entropy(output, labels, ignore_index=ctx.spec.ignore_index)
-        return loss + ctx.recipe.lovasz_weight * lovasz_softmax(output, labels, ctx.spec.ignore_index)
+        weight = self.settings(ctx.recipe).lovasz_weight
+        return loss + weight * lovasz_softmax(output, labels, ctx.spec.ignore_index)
 
     def evaluate(self, model: torch.nn.Module, scenes: Sequence[Scene], ctx: FinetuneContext) -> Evaluation:
         matrix = ConfusionMatrix(len(ctx.spec.classes), ctx.spec.ignore_index)

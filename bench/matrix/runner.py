@@ -85,7 +85,9 @@ class RunSpec:
         return spec.protocol + ("+linear-probe" if self.linear_probe else "") + ("+tta" if self.tta else "")
 
     def recipe(self) -> FinetuneRecipe:
-        return replace(get_finetune_recipe(self.preset, list(self.overrides)), tta=self.tta)
+        from bench.finetune.engine import check_task_settings
+
+        return check_task_settings(replace(get_finetune_recipe(self.preset, list(self.overrides)), tta=self.tta))
 
     def record_path(self) -> Path:
         spec = get_task(self.task)
@@ -191,13 +193,16 @@ def expand(*, backbones: list[str], inits: list[str], tasks: str, seeds: list[in
         raise KeyError(f"unknown fine-tuning preset {preset!r}; choose from {', '.join(sorted(FINETUNE_PRESETS))}")
     if any(o.partition("=")[0].strip() == "tta" for o in overrides):
         raise ValueError("test-time augmentation is the --tta flag (it changes the protocol), not a recipe override")
-    get_finetune_recipe(preset, list(overrides))  # a bad override fails here, before any work
-    image_backbone = get_finetune_recipe(preset, list(overrides)).image_backbone
+    from bench.finetune.engine import check_task_settings, task_type
+
+    recipe = check_task_settings(get_finetune_recipe(preset, list(overrides)))  # a bad override fails here
     runs = []
     for task in task_ids:
+        spec = get_task(task)
         for protocol in dict.fromkeys(protocols):
             probe = protocol == "probe"
-            for backbone in task_backbones(get_task(task), backbones, image_backbone):
+            for backbone in (task_type(spec).matrix_backbones(spec, backbones, recipe) if spec.runnable
+                             else backbones):
                 for init in dict.fromkeys(_init_name(i, probe) for i in inits):
                     label, path = (init, None) if init in INITS else (_label(init), init)
                     for seed in seeds:
@@ -206,16 +211,6 @@ def expand(*, backbones: list[str], inits: list[str], tasks: str, seeds: list[in
                                             overrides=tuple(overrides), init_path=path, linear_probe=probe,
                                             device=device, tta=tta, plugins=tuple(plugins)))
     return runs
-
-
-def task_backbones(spec: TaskSpec, backbones: Sequence[str], image_backbone: str) -> list[str]:
-    """The backbones a task runs: all of them, except that a camera-only task runs the 2D ones, or the recipe's
-    image backbone when none is named (so `run --tasks 'nuscenes-det*'` runs every track with the defaults)."""
-    from backbones.registry import get_backbone_config
-
-    if spec.sensors != ("camera",):
-        return list(backbones)
-    return [b for b in backbones if get_backbone_config(b).modality == "2d"] or [image_backbone]
 
 
 def _init_name(init: str, probe: bool) -> str:
