@@ -109,7 +109,7 @@ def load_plugin(spec: str) -> Plugin:
     if is_plugin_file(spec):
         path = Path(spec).expanduser().resolve()
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: backbone plugin file not found")
+            raise FileNotFoundError(f"{path}: plugin file not found")
         name = f"ponderbench_plugin_{hashlib.sha256(str(path).encode()).hexdigest()[:12]}_{path.stem}"
         module_spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(module_spec)

@@ -400,8 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     plugins = argparse.ArgumentParser(add_help=False)
     plugins.add_argument("--plugin", action="append", default=[], metavar="FILE_OR_MODULE",
-                         help="import this .py file or dotted module first, for its @register_backbone entries "
-                              "(repeatable; worker processes and Slurm jobs import it too)")
+                         help="import this .py file or dotted module first, for the backbones, task types and tasks it "
+                              "registers (repeatable; worker processes and Slurm jobs import it too)")
 
     data = sub.add_parser("data", help="generate and validate datasets").add_subparsers(dest="action", required=True)
     synth = data.add_parser("synth", help="write the embedded mini datasets in their real on-disk formats")

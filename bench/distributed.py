@@ -42,6 +42,7 @@ def setup(device: str) -> tuple[Ranks, torch.device]:
     rank = dist.get_rank() if world > 1 else 0
     if device.startswith("cuda") and world > 1:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        torch.cuda.set_device(device)  # NCCL's object collectives (gather, broadcast) run on the current device
     return Ranks(rank, world), torch.device(device)
 
 
@@ -122,8 +123,10 @@ def sum_over_ranks(array: np.ndarray, ranks: Ranks) -> np.ndarray:
     if ranks.world == 1:
         return array
     total = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float64))
+    if dist.get_backend() == "nccl":  # NCCL reduces CUDA tensors only
+        total = total.cuda()
     dist.all_reduce(total)
-    return total.numpy().astype(array.dtype)
+    return total.cpu().numpy().astype(array.dtype)
 
 
 def gather_in_order(items: Sequence[object], ranks: Ranks) -> list[object]:

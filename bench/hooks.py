@@ -5,7 +5,6 @@ and the log (and pictures of its own)."""
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +71,10 @@ class Checkpoint(Hook):
         state = torch.load(self.path, map_location="cpu", weights_only=False)
         if state.get("fingerprint") == self.fingerprint:
             return state
+        if "fingerprint" not in state:
+            log.warning("%s was written by an older version of ponderbench (no run fingerprint); starting afresh",
+                        self.path)
+            return None
         theirs = state.get("fingerprint") or {}
         changed = sorted(k for k in {*self.fingerprint, *theirs} if self.fingerprint.get(k) != theirs.get(k))
         if self.refuse_other:
@@ -88,28 +91,28 @@ def discard_checkpoint(folder: Path) -> None:
 
 class LogMetrics(Hook):
     """A ``train`` row in the run log every ``every`` steps (and after the last): each loss term's mean over the
-    interval, the learning rate, optimiser steps per second. A resumed run's log is cut back to its checkpoint."""
+    interval, the learning rate, optimiser steps per second (loading and stepping; time in hooks, such as an
+    evaluation, does not count). A resumed run's log is cut back to its checkpoint."""
 
     def __init__(self, runlog: RunLog, every: int) -> None:
         self.runlog, self.every = runlog, every
         self.window: list[Terms] = []
-        self.clock, self.since = 0.0, 0  # when and at which step the interval began
+        self.busy, self.since = 0.0, 0  # the trainer's busy seconds and step when the interval began
 
     def before_train(self, trainer: Trainer) -> None:
         self.runlog.begin(trainer.resumed_from)
-        self.window, self.clock, self.since = [], time.perf_counter(), trainer.step
+        self.window, self.busy, self.since = [], trainer.busy_s, trainer.step
 
     def after_step(self, trainer: Trainer, terms: Terms | None) -> None:
         if terms is not None:
             self.window.append(terms)
         if trainer.step % self.every and trainer.step != trainer.steps:
             return
-        now = time.perf_counter()
         names = sorted({n for t in self.window for n in t})
         means = {n: float(np.mean([t[n] for t in self.window if n in t])) for n in names}
         self.runlog.train(step=trainer.step, epoch=trainer.epoch, lr=trainer.scheduler.get_last_lr()[0],
-                          steps_per_s=(trainer.step - self.since) / (now - self.clock), **means)
-        self.window, self.clock, self.since = [], now, trainer.step
+                          steps_per_s=(trainer.step - self.since) / max(trainer.busy_s - self.busy, 1e-9), **means)
+        self.window, self.busy, self.since = [], trainer.busy_s, trainer.step
 
 
 @torch.no_grad()

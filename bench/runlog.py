@@ -1,6 +1,6 @@
-"""A training run's log, ``metrics.jsonl`` in its folder: one JSON row per logging interval (step,
-epoch, mean loss, learning rate, optimiser steps per second), one per evaluation (its scores), and one when the
-run resumed. Rows are appended and flushed one by one, so a kill loses at most the row being written; a resume
+"""A training run's log, ``metrics.jsonl`` in its folder: one JSON row per logging interval (step, epoch, the
+mean of each loss term, learning rate, optimiser steps per second), one per evaluation (its scores), and one when
+the run resumed. Rows are appended and flushed one by one, so a kill loses at most the row being written; a resume
 keeps the rows up to its checkpoint's step and drops the rest.
 """
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -98,6 +99,7 @@ class Trainer:
         self.step = 0  # optimiser steps done
         self.resumed_from: int | None = None  # the checkpoint's step, when the run resumed (set by the hook)
         self.last_terms: Terms = {}  # the last step that had something to learn from
+        self.busy_s = 0.0  # seconds spent loading batches and stepping (not in hooks): what steps/s divides by
 
     @property
     def steps(self) -> int:
@@ -121,8 +123,14 @@ class Trainer:
         self.model.train()
         bar = tqdm(loader, desc=self.desc, disable=not (self.progress and self.ranks.main), initial=self.step,
                    total=self.steps)
-        for batch in bar:  # one pass over all remaining steps: the loader's workers live for the whole run
+        batches = iter(bar)  # one pass over all remaining steps: the loader's workers live for the whole run
+        while True:
+            start = time.perf_counter()
+            batch = next(batches, None)
+            if batch is None:
+                break
             terms = self.train_step(batch)
+            self.busy_s += time.perf_counter() - start
             self.step += 1
             if terms is not None:
                 self.last_terms = terms
@@ -148,9 +156,10 @@ class Trainer:
         finite = terms is None or all(math.isfinite(v) for v in terms.values())
         if not distributed.all_true(finite, self.ranks.world, self.device):
             values = ", ".join(f"{n}={v:.4g}" for n, v in (terms or {}).items())
-            raise NonFiniteLoss(f"{self.desc}: non-finite loss at step {self.step + 1} (epoch "
-                                f"{self.step // self.steps_per_epoch}): {values or 'on another rank'}. The last "
-                                "checkpoint is intact; lower lr or check the data.")
+            where = values if not finite else f"on another process (this one's: {values or 'none'})"
+            epoch = self.step // self.steps_per_epoch + 1
+            raise NonFiniteLoss(f"non-finite loss at step {self.step + 1} (epoch {epoch}): {where}. Checkpoints "
+                                "written so far are intact; lower lr or check the data.")
         if distributed.all_true(terms is None, self.ranks.world, self.device):
             self.scheduler.step()
             return None

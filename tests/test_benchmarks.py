@@ -416,6 +416,11 @@ def test_records_are_read_back_typed_and_checked(tmp_path: Path) -> None:
         path.write_text(json.dumps({**raw, **change}))
         with pytest.raises(RecordError, match=rf"^{path}: .*{message}"):
             RunRecord.from_json(path)
+    old = {k: v for k, v in raw.items() if k != "facts"}  # schema 2 kept the run facts among the metrics
+    path.write_text(json.dumps({**old, "schema": 2, "metrics": {"mIoU": 0.5, "steps": 300, "train_scenes": 8}}))
+    migrated = RunRecord.from_json(path)
+    assert migrated.metrics == {"mIoU": 0.5} and migrated.facts == {"steps": 300, "train_scenes": 8}
+    assert migrated.schema == SCHEMA
 
 
 def test_slurm_pretraining_is_a_job_and_its_failure_fails_the_runs(tiny_root: Path, tmp_path: Path,

@@ -93,6 +93,13 @@ def test_a_checkpoint_of_another_run_is_not_resumed(tiny_root: Path, tmp_path: P
     assert _scores(other) == _scores(_fit(tiny_root))
 
 
+def test_a_checkpoint_of_an_older_version_is_not_resumed(tiny_root: Path, tmp_path: Path,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    torch.save({"model": {}, "step": 3}, tmp_path / CHECKPOINT)  # no run fingerprint: written before it existed
+    result = _fit(tiny_root, tmp_path, epochs=1)
+    assert result.facts.resumed_from_step is None and "written by an older version" in caplog.text
+
+
 def test_periodic_evaluation_keeps_the_best_and_leaves_the_last_as_it_was(tiny_root: Path, tmp_path: Path) -> None:
     every = _fit(tiny_root, tmp_path, eval_every=1)
     assert _scores(every) == _scores(_fit(tiny_root))  # evaluating in between changes nothing that follows

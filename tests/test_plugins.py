@@ -72,7 +72,7 @@ def test_plugins_reach_worker_processes(tiny_root: Path, tmp_path: Path, plugin:
     (["--backbones", "spunet-micro", "--tasks", "scanet-semseg"], "no task matches 'scanet-semseg'; did you mean"),
     (["--backbones", "spunet-micro", "--inits", "scrach"], "init 'scrach' is neither scratch, ponder"),
     (["--backbones", "spunet-micro", "epoch=3"], "has no field 'epoch'"),
-    (["--plugin", "no_such_file.py"], "no_such_file.py: backbone plugin file not found"),
+    (["--plugin", "no_such_file.py"], "no_such_file.py: plugin file not found"),
 ])
 def test_a_typo_exits_2_before_any_work(tiny_root: Path, tmp_path: Path, words: list[str], message: str,
                                          capsys) -> None:  # noqa: ANN001

@@ -128,7 +128,7 @@ def test_non_finite_loss_stops_with_the_step_and_terms(tiny_root: Path, tmp_path
 
     monkeypatch.setattr(NeuSVariance, "forward", lambda self: self.variance * float("nan"))
     trainer = Pretrainer(micro_recipe("indoor"), tiny_root / "scannet", tmp_path, progress=False)
-    with pytest.raises(NonFiniteLoss, match=r"non-finite loss at step 1 \(epoch 0\): rgb=nan.*total=nan"):
+    with pytest.raises(NonFiniteLoss, match=r"non-finite loss at step 1 \(epoch 1\): rgb=nan.*total=nan"):
         trainer.run()
     assert not (tmp_path / "checkpoint.pt").exists()
 

@@ -5,9 +5,10 @@ datasets, ``build(backbone)`` (the model around the backbone), its batches (coll
 ``evaluate`` (a typed :class:`~bench.hooks.Evaluation`). Register one with :func:`register_task_type`; nothing
 else changes to add one. :func:`train_and_evaluate` runs it: the backbone (scratch, or a pre-trained export) in
 the task's model, SGD (Nesterov) or AdamW + OneCycle on augmented training batches (the whole model, or with
-``linear_probe`` a head on the frozen backbone), on :class:`~bench.trainer.Trainer` with the hooks every run gets
-(run log, precise BatchNorm, evaluation best and last, pictures, checkpoint). The result keeps the scores apart
-from the run's facts (:class:`FinetuneResult`). Point-cloud input follows :mod:`tasks.contract`, as pre-training's.
+``linear_probe`` a head on the frozen backbone), on :class:`~bench.trainer.Trainer` with its hooks (run log,
+precise BatchNorm, evaluation best and last; pictures when asked for one, a checkpoint when the run has a
+folder). The result keeps the scores apart from the run's facts (:class:`FinetuneResult`). Point-cloud input
+follows :mod:`tasks.contract`, as pre-training's.
 """
 
 from __future__ import annotations

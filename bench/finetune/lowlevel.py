@@ -122,7 +122,7 @@ def fit_recipe(fit: FitSettings, backbone: str, seed: int) -> PretrainRecipe:
     the input it was fitted on)."""
     return get_recipe(fit.preset, [*fit.overrides, f"backbone={backbone}", "epochs=1",
                                    f"steps_per_epoch={fit.steps}", "render_every=0", f"seed={seed}",
-                                          "max_points=None", "mask_ratio=0.0"])
+                                   "max_points=None", "mask_ratio=0.0"])
 
 
 def fit_scene(scene: LowLevelScene, backbone: str, fit: FitSettings, seed: int, init: str | Path | None,

@@ -21,7 +21,10 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from tasks.io import atomic_write
 
-SCHEMA = 2  # 2: resolved fine-tuning recipe, status not-applicable, typed reading
+SCHEMA = 3  # 2: resolved fine-tuning recipe, status not-applicable, typed reading; 3: run facts apart
+# what schema 2 kept among the metrics and schema 3 keeps among the facts (a schema-2 record is read as schema 3)
+FACTS_OF_SCHEMA_2 = ("train_scenes", "eval_scenes", "steps", "final_train_loss", "resumed_from_step", "world_size",
+                     "ranks_in_sync", "backbones", "image_init_sha256", "image_init_path")
 PACKAGES = ("ponderbench", "torch", "spconv-cu120", "timm", "numpy", "nuscenes-devkit")
 
 Status = Literal["ok", "failed", "skipped", "not-applicable", "not-runnable"]
@@ -59,7 +62,7 @@ class RunRecord:
     peak_rss_bytes: int | None = None
     git_sha: str = ""
     packages: dict = field(default_factory=dict)
-    plugins: dict = field(default_factory=dict)  # backbone plugins: {spec: {path, sha256}}
+    plugins: dict = field(default_factory=dict)  # plugins (backbones, task types, tasks): {spec: {path, sha256}}
     python: str = field(default_factory=platform.python_version)
     schema: int = SCHEMA
 
@@ -76,6 +79,9 @@ class RunRecord:
             raise RecordError(f"{path}: not a readable JSON run record ({exc})") from exc
         if not isinstance(raw, dict):
             raise RecordError(f"{path}: a run record is a JSON object, found {type(raw).__name__}")
+        if raw.get("schema") == 2 and isinstance(raw.get("metrics"), dict):  # its run facts were among the metrics
+            facts = {k: raw["metrics"].pop(k) for k in FACTS_OF_SCHEMA_2 if k in raw["metrics"]}
+            raw = {**raw, "facts": facts, "schema": SCHEMA}
         if raw.get("schema") != SCHEMA:
             raise RecordError(f"{path}: record schema {raw.get('schema')!r} is not {SCHEMA} (written by another "
                               "version of ponderbench; re-run it or read it with that version)")

@@ -83,9 +83,9 @@ def load_results(*roots: str | Path) -> pd.DataFrame:
                "wall_s": r.wall_s, "peak_rss_bytes": r.peak_rss_bytes, "git_sha": r.git_sha,
                "data_fingerprint": r.data_fingerprint, "init_sha256": r.init_sha256, "error": r.error,
                "path": str(path)}
-        clash = sorted((set(r.metrics) | set(r.facts)) & set(COLUMNS))
+        clash = sorted((set(r.metrics) | set(r.facts)) & set(COLUMNS) | set(r.metrics) & set(r.facts))
         if clash:
-            raise ResultsError(f"{path}: metrics or facts {clash} clash with fixed columns")
+            raise ResultsError(f"{path}: metrics or facts {clash} clash with fixed columns or with each other")
         rows.append({**row, **r.metrics, **r.facts})
     metrics = sorted({k for row in rows for k in row} - set(COLUMNS))
     frame = pd.DataFrame(rows, columns=[*COLUMNS, *metrics])

@@ -77,7 +77,7 @@ class RunSpec:
     linear_probe: bool = False
     device: str = "cpu"
     tta: bool = False
-    plugins: tuple[str, ...] = ()  # backbone plugins imported before the run (in whatever process runs it)
+    plugins: tuple[str, ...] = ()  # plugins (backbones, task types, tasks), imported in whatever process runs it
 
     @property
     def protocol(self) -> str:
@@ -132,7 +132,7 @@ def data_root_for(dataset: str, roots: tuple[str, ...]) -> Path | None:
 
 
 def load_plugins(plugins: Sequence[str]) -> dict[str, dict[str, str]]:
-    """Import backbone plugins (idempotent); returns {spec: {path, sha256}} for the record."""
+    """Import plugins (idempotent); returns {spec: {path, sha256}} for the record."""
     from backbones.registry import load_plugin
 
     return {spec: {"path": (pl := load_plugin(spec)).path, "sha256": pl.sha256} for spec in plugins}
@@ -266,7 +266,7 @@ def execute(run: RunSpec) -> RunRecord:
     try:  # on a worker or a Slurm node the plugins are imported here, and may fail there
         record.plugins = load_plugins(run.plugins)
     except Exception:  # noqa: BLE001  (recorded like any failing run)
-        plugin_error = f"backbone plugin could not be imported:\n{traceback.format_exc()[-3000:]}"
+        plugin_error = f"plugin could not be imported:\n{traceback.format_exc()[-3000:]}"
     if plugin_error:
         record.error = plugin_error
     elif not spec.runnable:

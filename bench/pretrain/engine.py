@@ -24,7 +24,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from backbones.registry import get_backbone_config
 from bench import distributed
-from bench.hooks import CHECKPOINT, Checkpoint, LogMetrics
+from bench.hooks import Checkpoint, LogMetrics
 from bench.matrix.records import git_sha
 from bench.optim import one_cycle
 from bench.pretrain.data import (
@@ -154,10 +154,6 @@ class Pretrainer:
         self.scheduler = one_cycle(self.optimizer, recipe.lr, recipe.epochs * self.steps_per_epoch, recipe.pct_start)
         self.held: list[PretrainSample] = []
         self.heldout_before: float | None = None
-
-    @property
-    def checkpoint_path(self) -> Path:
-        return self.run_dir / CHECKPOINT
 
     def _write_json(self, name: str, payload: dict) -> None:
         atomic_write(self.run_dir / name, lambda tmp: tmp.write_text(json.dumps(payload, indent=1, default=str)))

@@ -20,7 +20,7 @@ def save_figure(fig: plt.Figure, path: Path) -> None:
 
 
 def plot_losses(steps: pd.DataFrame, path: Path) -> None:
-    """One line per loss term (log scale) over the steps of ``losses.jsonl``."""
+    """One line per loss term (log scale) over the steps of the run log (``metrics.jsonl``)."""
     terms = [c for c in steps.columns if c not in ("step", "epoch", "lr", "seconds")]
     fig, ax = plt.subplots(figsize=(7, 4))
     for term in terms:
