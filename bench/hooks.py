@@ -60,7 +60,7 @@ class Checkpoint(Hook):
                  "scaler": trainer.scaler.state_dict() if trainer.scaler is not None else None,
                  "torch_rng": torch.get_rng_state(), "step": trainer.step, "epoch": trainer.epoch,
                  "last_terms": trainer.last_terms,
-                 "hooks": {type(h).__name__: h.state_dict() for h in trainer.hooks if h.state_dict()},
+                 "hooks": {type(h).__name__: kept for h in trainer.hooks if (kept := h.state_dict())},
                  "fingerprint": self.fingerprint}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(self.path, lambda tmp: torch.save(state, tmp))
@@ -75,7 +75,7 @@ class Checkpoint(Hook):
             log.warning("%s was written by an older version of ponderbench (no run fingerprint); starting afresh",
                         self.path)
             return None
-        theirs = state.get("fingerprint") or {}
+        theirs = state["fingerprint"]
         changed = sorted(k for k in {*self.fingerprint, *theirs} if self.fingerprint.get(k) != theirs.get(k))
         if self.refuse_other:
             raise ValueError(f"{self.path}: the checkpoint belongs to another run (differs in {', '.join(changed)}); "

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -282,12 +282,12 @@ class Detection(TrainedTaskType):
              ) -> torch.Tensor:
         return detection_loss(*output, target)["total"]
 
-    def batchnorm_inputs(self, data: NuScenesLidarSegDataset, ctx: FinetuneContext) -> Iterator[DetectionInput]:
+    def batchnorm_inputs(self, data: NuScenesLidarSegDataset, ctx: FinetuneContext) -> list[DetectionInput]:
         config = self.config(ctx)
         rng = np.random.default_rng(ctx.seed + 1)
         picked = sorted(rng.permutation(len(data))[:BN_SAMPLES].tolist())
         cameras = "camera" in config.sensors
-        return (make_batch([data.sensors(data.names[i], cameras)], config, [rng])[0].to(ctx.device) for i in picked)
+        return [make_batch([data.sensors(data.names[i], cameras)], config, [rng])[0] for i in picked]
 
     @torch.no_grad()
     def evaluate(self, model: Detector, data: NuScenesLidarSegDataset, ctx: FinetuneContext) -> Evaluation:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -181,9 +181,9 @@ class TrainedTaskType(TaskType):
         """The batch's loss, or None when it has nothing to learn from (no labelled point)."""
 
     @abstractmethod
-    def batchnorm_inputs(self, data: Sequence[object], ctx: FinetuneContext) -> Iterable[object]:
-        """Model inputs of training items over which BatchNorm statistics are recomputed (drawn apart from
-        training's own draws, so they do not depend on them)."""
+    def batchnorm_inputs(self, data: Sequence[object], ctx: FinetuneContext) -> list[object]:
+        """Model inputs (on the CPU; each with ``.to(device)``) of training items over which BatchNorm statistics
+        are recomputed, drawn apart from training's own draws so they do not depend on them. Made once per run."""
 
     @abstractmethod
     def evaluate(self, model: torch.nn.Module, data: Sequence[object], ctx: FinetuneContext) -> Evaluation:
@@ -299,9 +299,9 @@ class SceneTaskType(TrainedTaskType):
     def collate(self, data: Sequence[Scene], ctx: FinetuneContext) -> SceneBatch:
         return SceneBatch(data, self, ctx.domain, ctx.voxel, ctx.recipe.max_points)
 
-    def batchnorm_inputs(self, data: Sequence[Scene], ctx: FinetuneContext) -> Iterable[PointBatch]:
-        return cloud_inputs(batchnorm_clouds(data, ctx.domain, ctx.voxel, ctx.recipe.max_points, ctx.seed),
-                            ctx.device)
+    def batchnorm_inputs(self, data: Sequence[Scene], ctx: FinetuneContext) -> list[PointBatch]:
+        return [PointBatch.collate([cloud])
+                for cloud in batchnorm_clouds(data, ctx.domain, ctx.voxel, ctx.recipe.max_points, ctx.seed)]
 
     def steps_per_epoch(self, spec: TaskSpec, data_root: Path, train: Sequence[object], recipe: FinetuneRecipe) -> int:
         """A limited-reconstruction task (a fraction of the training scenes) trains for as many optimiser steps as
@@ -417,8 +417,13 @@ def train_and_evaluate(task: TrainedTaskType, ctx: FinetuneContext, train: Seque
     torch.manual_seed(ctx.seed)
     model, inits = task.build(ctx, init, image_init)
     model.to(ctx.device)
+    stats = task.batchnorm_inputs(train, ctx)
+
+    def stats_on_device() -> Iterator[object]:
+        return (inputs.to(ctx.device) for inputs in stats)
+
     if ctx.linear_probe:
-        precise_batchnorm(model.backbone, task.batchnorm_inputs(train, ctx))
+        precise_batchnorm(model.backbone, stats_on_device())
     optimizer, peaks = make_optimizer(model, recipe)
     steps_per_epoch = steps_per_epoch or math.ceil(len(train) / recipe.batch_size)
     steps = task.epochs(recipe) * steps_per_epoch
@@ -428,8 +433,7 @@ def train_and_evaluate(task: TrainedTaskType, ctx: FinetuneContext, train: Seque
     runlog = RunLog(ctx.artifacts / METRICS if ctx.artifacts is not None and ctx.ranks.main else None)
     evaluate = Evaluate(lambda m: task.evaluate(m, evaluation, ctx), runlog, spec.main_score, spec.higher_is_better)
     hooks = [LogMetrics(runlog, recipe.log_every),
-             PreciseBatchNorm(lambda: task.batchnorm_inputs(train, ctx), keep=model.backbone if ctx.linear_probe
-                              else None),
+             PreciseBatchNorm(stats_on_device, keep=model.backbone if ctx.linear_probe else None),
              evaluate]
     if picture is not None:
         hooks.append(Pictures(lambda m: task.picture(m, evaluation, ctx, picture)))
