@@ -6,7 +6,8 @@ Geometric augmentations are similarity transforms applied to points, normals *an
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import functools
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
@@ -76,6 +77,19 @@ class Crop:
         return np.square(points - self.center).sum(-1) <= self.radius**2
 
 
+@dataclass(frozen=True)
+class CropSize:
+    """How many points a training sphere crop keeps: at most ``max_points`` and at most ``fraction`` of the cloud
+    (Pointcept's ``SphereCrop(point_max=...)`` and ``SphereCrop(sample_rate=...)``); None: no limit."""
+
+    max_points: int | None = None
+    fraction: float | None = None
+
+    def limit(self, n: int) -> int | None:
+        limits = [x for x in (self.max_points, None if self.fraction is None else int(self.fraction * n)) if x]
+        return min(limits) if limits else None
+
+
 def sphere_crop(coord: np.ndarray, limit: int | None, rng: np.random.Generator,
                 candidates: np.ndarray | None = None) -> Crop:
     """At most ``limit`` points: the ones nearest a random centre (Pointcept ``SphereCrop``), drawn from the cloud
@@ -138,27 +152,257 @@ def normalize_to_unit_cube(scene: Scene) -> tuple[Scene, Similarity]:
     return t.apply(scene), t
 
 
-@dataclass(frozen=True)
-class Augment:
-    """The reference training augmentations; each geometric one moves the cameras with the points."""
+def rotation(axis: str, angle: float) -> Similarity:
+    """A rotation by ``angle`` radians about the x, y or z axis."""
+    if axis == "z":
+        return rotation_z(angle)
+    c, s = np.cos(angle), np.sin(angle)
+    m = np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]]) if axis == "x" else \
+        np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
+    return Similarity(m, np.zeros(3))
 
-    rotate_z: float = np.pi  # uniform angle in [-rotate_z, rotate_z]
-    scale: tuple[float, float] = (0.9, 1.1)  # isotropic, so depth stays a valid target
-    flip_p: float = 0.5  # mirror x
-    jitter_sigma: float = 0.005
-    jitter_clip: float = 0.02
-    dropout: float = 0.0  # fraction of points dropped
+
+# a test-time view (Pointcept's ``aug_transform``): a rotation about z (in units of pi), a scale, the axes mirrored
+TestView = tuple[float, float, str]
+IDENTITY_VIEW: TestView = (0.0, 1.0, "")
+
+
+def view_transform(view: TestView) -> Similarity | None:
+    """The similarity of a test-time view; None for the identity."""
+    angle, scale, flip = view
+    if not set(flip) <= set("xyz"):
+        raise ValueError(f"test view {view}: flip must be letters of xyz, got {flip!r}")
+    if (angle, scale, flip) == IDENTITY_VIEW:
+        return None
+    t = rotation_z(angle * np.pi)
+    if scale != 1.0:
+        t = t.then(Similarity(np.eye(3), np.zeros(3), float(scale)))
+    if flip:
+        t = t.then(Similarity(np.diag([-1.0 if a in flip else 1.0 for a in "xyz"]), np.zeros(3)))
+    return t
+
+
+# ---------------------------------------------------------------------------------------------- augmentation
+# Training augmentations as Pointcept names and parametrises them, so that a recipe's list reads like the config it
+# comes from. A recipe holds each as its ``repr`` (``RandomRotate(angle=(-1, 1), axis='z', p=0.5)``), which
+# :func:`parse_transform` reads back. Draws come from the sample's generator, in list order; a probability of 1
+# draws no coin. Geometric transforms are similarities, composed and applied at once (to points, normals and the
+# cameras, so rendering targets still line up); the others change points or colours.
+
+
+@dataclass(frozen=True)
+class RandomRotate:
+    """A rotation about ``axis`` by a uniform angle in ``angle`` (in units of pi), with probability ``p``."""
+
+    angle: tuple[float, float] = (-1.0, 1.0)
+    axis: str = "z"
+    p: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.axis not in ("x", "y", "z"):
+            raise ValueError(f"RandomRotate: axis must be x, y or z, got {self.axis!r}")
+
+    def draw(self, rng: np.random.Generator) -> Similarity | None:
+        if not _coin(rng, self.p):
+            return None
+        return rotation(self.axis, rng.uniform(self.angle[0] * np.pi, self.angle[1] * np.pi))
+
+
+@dataclass(frozen=True)
+class RandomScale:
+    """An isotropic scale, uniform in ``scale`` (isotropic, so depth stays a valid target)."""
+
+    scale: tuple[float, float] = (0.9, 1.1)
+
+    def draw(self, rng: np.random.Generator) -> Similarity | None:
+        return Similarity(np.eye(3), np.zeros(3), float(rng.uniform(*self.scale)))
+
+
+@dataclass(frozen=True)
+class RandomFlip:
+    """Mirror each of ``axes`` with probability ``p``, independently (Pointcept flips x and y)."""
+
+    p: float = 0.5
+    axes: str = "xy"
+
+    def __post_init__(self) -> None:
+        if not self.axes or not set(self.axes) <= set("xyz"):
+            raise ValueError(f"RandomFlip: axes must be letters of xyz, got {self.axes!r}")
+
+    def draw(self, rng: np.random.Generator) -> Similarity | None:
+        flip = np.ones(3)
+        for axis in self.axes:
+            if rng.random() < self.p:
+                flip["xyz".index(axis)] = -1.0
+        return None if (flip == 1).all() else Similarity(np.diag(flip), np.zeros(3))
+
+
+@dataclass(frozen=True)
+class RandomShift:
+    """A translation, uniform in +-``shift`` metres along each axis."""
+
+    shift: tuple[float, float, float] = (0.2, 0.2, 0.2)
+
+    def draw(self, rng: np.random.Generator) -> Similarity | None:
+        return Similarity(np.eye(3), np.array([rng.uniform(-s, s) for s in self.shift]))
+
+
+@dataclass(frozen=True)
+class RandomJitter:
+    """Gaussian noise on every coordinate, clipped to +-``clip`` metres."""
+
+    sigma: float = 0.005
+    clip: float = 0.02
 
     def __call__(self, scene: Scene, rng: np.random.Generator) -> Scene:
-        t = rotation_z(rng.uniform(-self.rotate_z, self.rotate_z))
-        t = t.then(Similarity(np.eye(3), np.zeros(3), float(rng.uniform(*self.scale))))
-        if rng.random() < self.flip_p:
-            t = t.then(Similarity(np.diag([-1.0, 1.0, 1.0]), np.zeros(3)))
-        scene = t.apply(scene)
-        if self.jitter_sigma > 0:
-            noise = np.clip(rng.normal(0, self.jitter_sigma, scene.coord.shape), -self.jitter_clip, self.jitter_clip)
-            scene = replace(scene, coord=(scene.coord + noise).astype(np.float32))
-        if self.dropout > 0:
-            keep = rng.random(len(scene)) >= self.dropout
-            scene = scene.subset(np.flatnonzero(keep))
-        return scene
+        noise = np.clip(rng.normal(0, self.sigma, scene.coord.shape), -self.clip, self.clip)
+        return replace(scene, coord=(scene.coord + noise).astype(np.float32))
+
+
+@dataclass(frozen=True)
+class RandomDropout:
+    """With probability ``p``, keep a random ``1 - ratio`` of the points."""
+
+    ratio: float = 0.2
+    p: float = 0.2
+
+    def __call__(self, scene: Scene, rng: np.random.Generator) -> Scene:
+        if not _coin(rng, self.p):
+            return scene
+        keep = rng.choice(len(scene), int(len(scene) * (1 - self.ratio)), replace=False)
+        return scene.subset(np.sort(keep))
+
+
+@dataclass(frozen=True)
+class ElasticDistortion:
+    """With probability ``p``, a smooth random displacement field per (granularity, magnitude) pair, in metres:
+    Gaussian noise on a grid of that spacing, box-blurred three times along each axis, interpolated at the points.
+    Not a similarity: the cameras cannot follow, so the scene's views are dropped (fine-tuning only)."""
+
+    params: tuple[tuple[float, float], ...] = ((0.2, 0.4), (0.8, 1.6))
+    p: float = 0.95
+
+    def __call__(self, scene: Scene, rng: np.random.Generator) -> Scene:
+        from scipy.interpolate import RegularGridInterpolator
+        from scipy.ndimage import uniform_filter1d
+
+        if not _coin(rng, self.p):
+            return scene
+        coord = scene.coord.astype(np.float64)
+        for granularity, magnitude in self.params:
+            lo = coord.min(0) - granularity * 3
+            cells = ((coord.max(0) - lo) // granularity).astype(int) + 4
+            noise = rng.standard_normal((*cells, 3))
+            for _ in range(2):
+                for axis in range(3):
+                    noise = uniform_filter1d(noise, 3, axis=axis, mode="constant")
+            axes = [lo[i] + granularity * np.arange(cells[i]) for i in range(3)]
+            field = RegularGridInterpolator(axes, noise, bounds_error=False, fill_value=0.0)
+            coord = coord + field(coord) * magnitude
+        return replace(scene, coord=coord.astype(np.float32), views=None)
+
+
+@dataclass(frozen=True)
+class ChromaticAutoContrast:
+    """With probability ``p``, stretch each colour channel to 0-255 and blend it with the original
+    (``blend_factor``; None: uniform in [0, 1) per draw)."""
+
+    p: float = 0.2
+    blend_factor: float | None = None
+
+    def __call__(self, scene: Scene, rng: np.random.Generator) -> Scene:
+        if scene.color is None or not _coin(rng, self.p):
+            return scene
+        lo, hi = scene.color.min(0), scene.color.max(0)
+        stretched = (scene.color - lo) * (255.0 / np.maximum(hi - lo, 1e-6))
+        blend = rng.random() if self.blend_factor is None else self.blend_factor
+        return replace(scene, color=((1 - blend) * scene.color + blend * stretched).astype(np.float32))
+
+
+@dataclass(frozen=True)
+class ChromaticTranslation:
+    """With probability ``p``, shift all colours by one offset per channel, uniform in +-``ratio`` x 255."""
+
+    p: float = 0.95
+    ratio: float = 0.05
+
+    def __call__(self, scene: Scene, rng: np.random.Generator) -> Scene:
+        if scene.color is None or not _coin(rng, self.p):
+            return scene
+        shift = (rng.random((1, 3)) - 0.5) * 255 * 2 * self.ratio
+        return replace(scene, color=np.clip(scene.color + shift, 0, 255).astype(np.float32))
+
+
+@dataclass(frozen=True)
+class ChromaticJitter:
+    """With probability ``p``, Gaussian noise of ``std`` x 255 on every point's colour."""
+
+    p: float = 0.95
+    std: float = 0.005
+
+    def __call__(self, scene: Scene, rng: np.random.Generator) -> Scene:
+        if scene.color is None or not _coin(rng, self.p):
+            return scene
+        noise = rng.standard_normal(scene.color.shape) * self.std * 255
+        return replace(scene, color=np.clip(scene.color + noise, 0, 255).astype(np.float32))
+
+
+Geometric = RandomRotate | RandomScale | RandomFlip | RandomShift
+Transform = Geometric | RandomJitter | RandomDropout | ElasticDistortion | ChromaticAutoContrast | \
+    ChromaticTranslation | ChromaticJitter
+TRANSFORMS: dict[str, type] = {cls.__name__: cls for cls in (
+    RandomRotate, RandomScale, RandomFlip, RandomShift, RandomJitter, RandomDropout, ElasticDistortion,
+    ChromaticAutoContrast, ChromaticTranslation, ChromaticJitter)}
+
+
+def _coin(rng: np.random.Generator, p: float) -> bool:
+    return p >= 1.0 or (p > 0.0 and rng.random() < p)
+
+
+def parse_transform(text: str) -> Transform:
+    """A transform from its ``repr`` (keyword arguments, Python literals): ``RandomFlip(p=0.5, axes='x')``."""
+    import ast
+
+    try:
+        call = ast.parse(text.strip(), mode="eval").body
+        if not isinstance(call, ast.Call) or not isinstance(call.func, ast.Name) or call.args:
+            raise ValueError("not Name(key=value, ...)")
+        kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+    except (SyntaxError, ValueError) as err:
+        raise ValueError(f"transform {text!r}: write it as Name(key=value, ...) with literal values ({err})") from None
+    if call.func.id not in TRANSFORMS:
+        raise ValueError(f"transform {text!r}: unknown {call.func.id!r}; known: {', '.join(TRANSFORMS)}")
+    cls = TRANSFORMS[call.func.id]
+    unknown = set(kwargs) - {f.name for f in fields(cls)}
+    if unknown:
+        raise ValueError(f"transform {text!r}: {cls.__name__} has no {', '.join(sorted(unknown))}; it takes "
+                         f"{', '.join(f.name for f in fields(cls))}")
+    return cls(**{k: _canonical(v) for k, v in kwargs.items()})
+
+
+def _canonical(value: object) -> object:
+    """Numbers as floats and lists as tuples, so that two spellings of one transform make one recipe."""
+    if isinstance(value, list | tuple):
+        return tuple(_canonical(v) for v in value)
+    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+@functools.lru_cache(maxsize=64)
+def parse_transforms(texts: tuple[str, ...]) -> tuple[Transform, ...]:
+    """A recipe's augmentation list, parsed once."""
+    return tuple(parse_transform(t) for t in texts)
+
+
+def augment(scene: Scene, transforms: tuple[Transform, ...], rng: np.random.Generator) -> Scene:
+    """``scene`` through ``transforms`` in order; consecutive geometric ones are composed and applied once."""
+    pending: Similarity | None = None
+    for t in transforms:
+        if isinstance(t, Geometric):
+            drawn = t.draw(rng)
+            if drawn is not None:
+                pending = drawn if pending is None else pending.then(drawn)
+            continue
+        if pending is not None:
+            scene, pending = pending.apply(scene), None
+        scene = t(scene, rng)
+    return scene if pending is None else pending.apply(scene)

@@ -9,7 +9,23 @@ import pytest
 
 from tasks.formats.rgbd_frames import backproject
 from tasks.formats.scannet import ScanNetDataset
-from tasks.transforms import Augment, grid_sample_test, grid_sample_train, normalize_to_unit_cube
+from tasks.transforms import (
+    ChromaticAutoContrast,
+    ChromaticJitter,
+    ChromaticTranslation,
+    ElasticDistortion,
+    RandomDropout,
+    RandomFlip,
+    RandomJitter,
+    RandomRotate,
+    RandomScale,
+    augment,
+    grid_sample_test,
+    grid_sample_train,
+    normalize_to_unit_cube,
+    parse_transform,
+    view_transform,
+)
 
 
 @pytest.fixture
@@ -53,9 +69,10 @@ def test_normalize_to_unit_cube(tiny_root: Path) -> None:
 def test_augmentation_moves_cameras_with_points(tiny_root: Path, seed: int) -> None:
     """Back-projecting the augmented views must give the augmented cloud's geometry."""
     scene = ScanNetDataset(tiny_root / "scannet", "train", with_views=True)[0]
-    aug = Augment(jitter_sigma=0.0, flip_p=0.5)
-    rng = np.random.default_rng(seed)
-    out = aug(scene, rng)
+    tilt = (-1 / 64, 1 / 64)
+    pipeline = (RandomRotate(p=0.5), RandomRotate(angle=tilt, axis="x", p=0.5), RandomRotate(angle=tilt, axis="y"),
+                RandomScale(), RandomFlip())
+    out = augment(scene, pipeline, np.random.default_rng(seed))
     # recover the similarity from three points (no jitter/dropout here)
     src, dst = scene.coord[:200].astype(np.float64), out.coord[:200].astype(np.float64)
     scale = np.linalg.norm(dst[1:] - dst[0], axis=1).mean() / np.linalg.norm(src[1:] - src[0], axis=1).mean()
@@ -83,10 +100,98 @@ def _assert_views_follow_points(before, after) -> None:
 
 def test_dropout_and_jitter(tiny_root: Path) -> None:
     scene = ScanNetDataset(tiny_root / "scannet", "train")[0]
-    out = Augment(rotate_z=0, scale=(1, 1), flip_p=0, jitter_sigma=0.01, jitter_clip=0.02, dropout=0.5)(
-        scene, np.random.default_rng(0))
-    assert 0.4 < len(out) / len(scene) < 0.6
-    assert len(out.segment) == len(out)
+    out = augment(scene, (RandomDropout(ratio=0.5, p=1.0),), np.random.default_rng(0))
+    assert len(out) == len(scene) // 2 and len(out.segment) == len(out)
+    assert set(map(tuple, out.coord.tolist())) <= set(map(tuple, scene.coord.tolist()))  # a subset, unmoved
+    assert len(augment(scene, (RandomDropout(ratio=0.5, p=0.0),), np.random.default_rng(0))) == len(scene)
+    moved = augment(scene, (RandomJitter(sigma=0.01, clip=0.02),), np.random.default_rng(0)).coord - scene.coord
+    assert np.abs(moved).max() <= 0.02 + 1e-6 and 0.005 < np.abs(moved).mean() < 0.01  # jittered, clipped
+
+
+def _nearest(cloud: np.ndarray, points: np.ndarray) -> np.ndarray:
+    from scipy.spatial import cKDTree
+
+    return cKDTree(cloud).query(points)[1]
+
+
+def _rigid(rotation: RandomRotate) -> np.ndarray:
+    return rotation.draw(np.random.default_rng(0)).rotation
+
+
+@pytest.mark.parametrize("axis", ["x", "y", "z"])
+def test_rotation_about_each_axis_keeps_that_axis(axis: str) -> None:
+    r = _rigid(RandomRotate(angle=(0.25, 0.25), axis=axis))  # exactly 45 degrees
+    e = np.eye(3)["xyz".index(axis)]
+    np.testing.assert_allclose(r @ e, e, atol=1e-12)
+    np.testing.assert_allclose(np.linalg.det(r), 1.0)
+    np.testing.assert_allclose(np.arccos((np.trace(r) - 1) / 2), np.pi / 4)
+
+
+def test_probabilities_and_flips_follow_pointcept() -> None:
+    """p is the chance a transform happens (a p of 1 draws no coin); RandomFlip mirrors each axis on its own coin."""
+    rng = np.random.default_rng(0)
+    rotated = [RandomRotate(p=0.3).draw(rng) is not None for _ in range(2000)]
+    assert 0.25 < np.mean(rotated) < 0.35
+    flips = [RandomFlip(p=0.5).draw(rng) for _ in range(2000)]
+    diagonals = np.array([np.diag(f.rotation) if f is not None else np.ones(3) for f in flips])
+    assert 0.45 < (diagonals[:, 0] < 0).mean() < 0.55 and 0.45 < (diagonals[:, 1] < 0).mean() < 0.55
+    assert (diagonals[:, 2] == 1).all() and 0.2 < ((diagonals[:, 0] < 0) & (diagonals[:, 1] < 0)).mean() < 0.3
+    first, second = np.random.default_rng(5), np.random.default_rng(5)
+    RandomRotate(p=1.0).draw(first)
+    second.uniform(-np.pi, np.pi)
+    assert first.random() == second.random()  # p = 1: only the angle was drawn
+
+
+def test_scale_is_isotropic_within_its_range() -> None:
+    rng = np.random.default_rng(0)
+    scales = [RandomScale(scale=(0.9, 1.1)).draw(rng).scale for _ in range(500)]
+    assert min(scales) >= 0.9 and max(scales) <= 1.1 and np.std(scales) > 0.05
+
+
+def test_elastic_distortion_is_smooth_and_bounded(tiny_root: Path) -> None:
+    scene = ScanNetDataset(tiny_root / "scannet", "train", with_views=True)[0]
+    out = ElasticDistortion(params=((0.2, 0.4),), p=1.0)(scene, np.random.default_rng(0))
+    shift = out.coord - scene.coord
+    assert out.views is None and len(out) == len(scene)  # non-rigid: the cameras cannot follow
+    assert 0.005 < np.abs(shift).mean() < 0.4
+    near = _nearest(scene.coord, scene.coord + 0.01)  # neighbours move alike: a smooth field, not noise
+    assert np.abs(shift - shift[near]).mean() < 0.2 * np.abs(shift).mean() + 1e-3
+    assert ElasticDistortion(p=0.0)(scene, np.random.default_rng(0)) is scene
+
+
+def test_chromatic_transforms_keep_colours_in_range(tiny_root: Path) -> None:
+    scene = ScanNetDataset(tiny_root / "scannet", "train")[0]
+    rng = np.random.default_rng(0)
+    contrast = ChromaticAutoContrast(p=1.0, blend_factor=1.0)(scene, rng)
+    np.testing.assert_allclose(contrast.color.min(0), 0, atol=1e-3)
+    np.testing.assert_allclose(contrast.color.max(0), 255, atol=1e-2)
+    shifted = ChromaticTranslation(p=1.0, ratio=0.05)(scene, rng)
+    delta = shifted.color - scene.color
+    inside = ((scene.color > 20) & (scene.color < 235)).all(1)
+    assert np.ptp(delta[inside], axis=0).max() < 1e-3 and np.abs(delta[inside]).max() <= 0.05 * 255 + 1e-3
+    jittered = ChromaticJitter(p=1.0, std=0.05)(scene, rng)
+    assert jittered.color.min() >= 0 and jittered.color.max() <= 255
+    assert 5 < np.std(jittered.color[inside] - scene.color[inside]) < 20
+    np.testing.assert_array_equal(jittered.coord, scene.coord)
+
+
+def test_transforms_read_back_from_their_repr() -> None:
+    for t in (RandomRotate(angle=(-1 / 64, 1 / 64), axis="x", p=0.5), RandomScale(), RandomFlip(axes="x"),
+              RandomJitter(), RandomDropout(), ElasticDistortion(), ChromaticAutoContrast(), ChromaticTranslation(),
+              ChromaticJitter()):
+        assert parse_transform(repr(t)) == t
+    assert repr(parse_transform("RandomRotate(angle=[-1, 1], p=1)")) == repr(RandomRotate())  # canonical numbers
+    for bad, says in (("RandomSpin()", "unknown 'RandomSpin'"), ("RandomFlip(q=1)", "has no q"),
+                      ("RandomFlip(0.5)", "key=value"), ("RandomRotate(axis='w')", "axis must be")):
+        with pytest.raises(ValueError, match=says):
+            parse_transform(bad)
+
+
+def test_test_views_rotate_scale_and_mirror() -> None:
+    assert view_transform((0.0, 1.0, "")) is None
+    t = view_transform((0.5, 0.9, "xy"))
+    np.testing.assert_allclose(t.rotation @ [1.0, 0.0, 0.0], [0.0, -1.0, 0.0], atol=1e-12)  # turned, then mirrored
+    assert t.scale == 0.9
 
 
 def test_a_point_cap_is_a_sphere_crop_that_keeps_local_density() -> None:
