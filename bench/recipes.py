@@ -1,8 +1,11 @@
-"""Typed recipes: pre-training (the PonderV2 reference values per mode) and fine-tuning, with small presets for
-CPU runs.
+"""Typed recipes: pre-training and fine-tuning, their reference values with the source of each, and the CPU presets
+as stated overrides of the reference.
 
 One dataclass per stage, a few named presets, and one ``key=value`` override parser (``losses.rgb=5``,
-``epochs=10``) checked against the field types, instead of a tree of near-identical config files.
+``epochs=10``) checked against the field types, instead of a tree of near-identical config files. A reference
+recipe is a list of :class:`~tasks.references.Setting` (key, value, source) over the dataclass's defaults: each
+pre-training mode's here, each task's with the task (``TaskSpec.recipe``). ``ponderbench list recipes --format json``
+prints every resolved value beside its source.
 """
 
 from __future__ import annotations
@@ -11,10 +14,16 @@ import ast
 import dataclasses
 import json
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Literal, get_args, get_type_hints
+from typing import TYPE_CHECKING, Any, Literal, get_args, get_type_hints
 
+from bench.optim import Schedule
 from renderer.losses import LossWeights
-from tasks.contract import Domain
+from tasks.contract import MAX_TEST_FRAGMENTS, Domain
+from tasks.references import PRETRAIN, Setting
+from tasks.transforms import TestView, parse_transforms
+
+if TYPE_CHECKING:
+    from tasks.spec import TaskSpec
 
 Mode = Literal["indoor", "outdoor", "image"]  # 3D + RGB-D views | LiDAR | 2D backbone on multi-view images
 Optimizer = Literal["sgd", "adamw"]
@@ -54,11 +63,15 @@ class PretrainRecipe:
     # optimisation
     optimizer: str = "adamw"  # adamw | sgd (nesterov)
     lr: float = 2e-4
+    backbone_lr_scale: float = 1.0  # the backbone's learning rate is lr x this (UniPAD's lr_mult)
     weight_decay: float = 0.01
     momentum: float = 0.9
-    pct_start: float = 0.05  # OneCycle warm-up fraction
-    grad_clip: float = 1.0
+    schedule: Schedule = Schedule()
+    grad_clip: float | None = 1.0  # max global gradient norm (None: no clipping)
     amp: bool = True  # bfloat16 autocast of the backbone on CUDA
+    # training transforms (tasks.transforms), in order; indoor and outdoor point clouds (the image mode's views are
+    # not augmented)
+    augment: tuple[str, ...] = ("RandomRotate()", "RandomScale()", "RandomFlip(axes='x')", "RandomJitter()")
     seed: int = 0
     # outputs
     render_every: int = 100  # steps between rendered-vs-real pictures (0: never)
@@ -76,26 +89,7 @@ class PretrainRecipe:
             raise ValueError(f"optimizer must be adamw or sgd, got {self.optimizer!r}")
         if not 0.0 <= self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
-
-
-_OUTDOOR = dict(grid=(180, 180, 5), volume_channels=32, n_uniform=72, n_importance=24, mask_ratio=0.8,
-                rays_per_view=512, losses=LossWeights(rgb=10.0, depth=10.0, sdf=10.0, truncation=0.5),
-                semantic_dim=0)
-_MINI = dict(epochs=1, grid=(48, 48, 16), volume_channels=32, unet_base=16, unet_levels=3, sdf_channels=32,
-             color_channels=32, hidden=64, semantic_dim=32, n_uniform=48, n_importance=16, lr=2e-3,
-             render_every=50, max_points=40_000)
-
-PRESETS: dict[str, PretrainRecipe] = {
-    "indoor": PretrainRecipe(mode="indoor", backbone="spunet-v1m1"),
-    "indoor-mini": PretrainRecipe(mode="indoor", backbone="spunet-mini", **_MINI),
-    "outdoor": PretrainRecipe(mode="outdoor", backbone="spunet-v1m1", **_OUTDOOR),
-    "outdoor-mini": PretrainRecipe(mode="outdoor", backbone="spunet-mini", **{
-        **_OUTDOOR, **_MINI, "grid": (90, 90, 5), "semantic_dim": 0, "n_uniform": 48, "n_importance": 16,
-        "lidar_rays": 1024}),
-    "image": PretrainRecipe(mode="image", backbone="timm:resnet50", mask_ratio=0.3, semantic_dim=0),
-    "image-mini": PretrainRecipe(mode="image", backbone="timm:resnet18", mask_ratio=0.3,
-                                 **{**_MINI, "semantic_dim": 0, "max_points": None}, image_size=(128, 160)),
-}
+        _canonical_transforms(self)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -107,14 +101,22 @@ class FinetuneRecipe:
     backbone_lr_scale: float = 1.0  # the backbone's learning rate is lr x this (the head's is lr)
     momentum: float = 0.9  # SGD only
     weight_decay: float = 1e-4
-    pct_start: float = 0.05
-    max_points: int | None = None  # cap on training points per scene (after grid sampling)
+    schedule: Schedule = Schedule()
+    grid_size: float | None = None  # metres per voxel; None: the input contract's (tasks.contract.voxel_size)
+    max_points: int | None = None  # SphereCrop: at most this many training points per scene, after grid sampling
+    crop_fraction: float | None = None  # SphereCrop's sample_rate: at most this fraction of them (with max_points)
+    # training transforms (tasks.transforms), in order; None: the suite's list for the task's domain
+    # (DOMAIN_AUGMENT), which the CPU presets use
+    augment: tuple[str, ...] | None = None
+    test_fragments: int | None = MAX_TEST_FRAGMENTS  # test-mode fragments voted per voxel; None: all (Pointcept)
+    # the test-time views ``tta`` votes over: (rotation about z in units of pi, scale, axes mirrored)
+    tta_views: tuple[TestView, ...] = ((0.0, 1.0, ""), (0.5, 1.0, ""), (1.0, 1.0, ""), (1.5, 1.0, ""))
     grad_clip: float | None = None  # max global gradient norm (None: no clipping)
     precision: Precision = "fp32"  # bf16 / fp16 autocast: CUDA only
     num_workers: int = 0  # DataLoader processes preparing the training clouds (0: the training process)
     log_every: int = 10  # optimiser steps per row of the run's metrics.jsonl
     eval_every: int = 0  # epochs between evaluations (0: only after the last step); the record keeps the last
-    tta: bool = False  # evaluation votes over four rotations (segmentation tasks)
+    tta: bool = False  # evaluation votes over ``tta_views`` (segmentation tasks; the run's --tta flag)
     # the task types' own settings, ``section.field=value`` (``detection.epochs=20``, ``fit.steps=500``): each task
     # type reads its section (bench.finetune.engine.TaskType.Settings) from them; one item per key, sorted
     task: tuple[str, ...] = ()
@@ -132,6 +134,30 @@ class FinetuneRecipe:
                                                                                  and self.grad_clip <= 0):
             raise ValueError(f"num_workers and eval_every must be >= 0, log_every >= 1 and grad_clip > 0 or None, "
                              f"got {self.num_workers}, {self.eval_every}, {self.log_every} and {self.grad_clip}")
+        if self.test_fragments is not None and self.test_fragments < 1 or not self.tta_views:
+            raise ValueError(f"test_fragments must be >= 1 or None and tta_views not empty, got "
+                             f"{self.test_fragments} and {self.tta_views}")
+        _canonical_transforms(self)
+        object.__setattr__(self, "tta_views", tuple((float(a), float(s), str(f)) for a, s, f in self.tta_views))
+
+
+def _canonical_transforms(recipe: Any) -> None:
+    """Each transform of ``recipe.augment`` checked and written as its ``repr``: two spellings make one recipe."""
+    if recipe.augment is not None:
+        object.__setattr__(recipe, "augment", tuple(repr(t) for t in parse_transforms(tuple(recipe.augment))))
+
+
+# the suite's augmentation per domain (the CPU presets'): a full z rotation, a scale, a mirror of x, and indoors a
+# small jitter (outdoor sweeps are measured in metres and already noisy)
+DOMAIN_AUGMENT: dict[Domain, tuple[str, ...]] = {
+    "indoor": ("RandomRotate()", "RandomScale(scale=(0.9, 1.1))", "RandomFlip(axes='x')",
+               "RandomJitter(sigma=0.005, clip=0.02)"),
+    "outdoor": ("RandomRotate()", "RandomScale(scale=(0.95, 1.05))", "RandomFlip(axes='x')"),
+}
+
+
+def training_transforms(recipe: FinetuneRecipe, domain: Domain) -> tuple[str, ...]:
+    return DOMAIN_AUGMENT[domain] if recipe.augment is None else recipe.augment
 
 
 # fields that change how a fine-tune runs, not what it computes: a record or checkpoint made with other values is
@@ -154,54 +180,6 @@ def task_settings(*items: str, base: tuple[str, ...] = ()) -> tuple[str, ...]:
             raise ValueError(f"task setting {item!r} is not section.field=value")
         merged[key.strip()] = value.strip()
     return tuple(f"{k}={v}" for k, v in sorted(merged.items()))
-
-
-# AdamW learns the mini suite in a few hundred steps, where SGD at Pointcept's rate needs thousands
-_MINI_FINETUNE = FinetuneRecipe(epochs=10, batch_size=2, optimizer="adamw", lr=0.005, weight_decay=0.01,
-                                max_points=12_000, task=task_settings(
-                                    "detection.epochs=20", "detection.image_size=(96, 160)", "fit.preset=indoor-mini",
-                                    "fit.steps=150", "fit.nvs_size=(120, 160)", "fit.mesh_resolution=128"))
-FINETUNE_PRESETS: dict[str, FinetuneRecipe] = {
-    "reference": FinetuneRecipe(num_workers=4),
-    "mini": _MINI_FINETUNE,
-    "small": _MINI_FINETUNE,  # mini's fine-tuning; what differs is the ponder init's pre-training (20x longer)
-    "tiny": FinetuneRecipe(epochs=2, batch_size=2, optimizer="adamw", lr=0.005, weight_decay=0.01,  # tests
-                           max_points=3_000, task=task_settings(
-                               "detection.epochs=2", "detection.image_size=(64, 96)", "fit.preset=indoor-mini",
-                               "fit.steps=2", "fit.nvs_size=(24, 32)", "fit.mesh_resolution=32",
-                               "fit.overrides=('views=2', 'rays_per_view=128', 'grid=(24, 24, 8)', 'n_uniform=24', "
-                               "'n_importance=8', 'unet_levels=2', 'volume_channels=16')")),
-}
-# the pre-training each fine-tuning preset's ponder init gets: (recipe preset of the mode, overrides)
-PRETRAIN_FOR_FINETUNE: dict[str, tuple[str, tuple[str, ...]]] = {
-    "reference": ("{mode}", ()),
-    "mini": ("{mode}-mini", ()),
-    "small": ("{mode}-mini", ("epochs=20",)),
-    "tiny": ("{mode}-mini", ("epochs=1", "max_points=3000", "render_every=0")),
-}
-
-
-def _preset(presets: dict[str, Any], kind: str, preset: str | None, overrides: list[str] | None) -> Any:
-    if preset not in presets:
-        raise KeyError(f"unknown {kind} preset {preset!r}; choose from {', '.join(sorted(presets))}")
-    return apply_overrides(presets[preset], overrides or [])
-
-
-def get_recipe(preset: str, overrides: list[str] | None = None) -> PretrainRecipe:
-    """A pre-training preset with ``key=value`` overrides (values are Python literals; strings may be bare)."""
-    return _preset(PRESETS, "pre-training", preset, overrides)
-
-
-def pretrain_recipe_for(preset: str, mode: Mode, backbone: str) -> PretrainRecipe:
-    """The pre-training of the ``ponder`` init under the fine-tuning ``preset``: ``mode`` is a 3D backbone's domain
-    (indoor, outdoor) or ``image`` for a 2D backbone."""
-    name, overrides = PRETRAIN_FOR_FINETUNE[preset]
-    return get_recipe(name.format(mode=mode), [f"backbone={backbone}", *overrides])
-
-
-def get_finetune_recipe(preset: str, overrides: list[str] | None = None) -> FinetuneRecipe:
-    """A fine-tuning preset with ``key=value`` overrides, parsed like the pre-training ones."""
-    return _preset(FINETUNE_PRESETS, "fine-tuning", preset, overrides)
 
 
 def apply_overrides(recipe: Any, overrides: list[str]) -> Any:
@@ -256,3 +234,180 @@ def _parse(raw: str, hint: Any, item: str) -> Any:
             raise ValueError(f"override {item!r}: expected a tuple such as (1, 2)")
         return value
     raise ValueError(f"override {item!r}: cannot set a field of type {text}")
+
+
+# ------------------------------------------------------------------------------------------- presets and sources
+def _cpu(key: str, value: Any, why: str) -> Setting:
+    return Setting(key, value, f"ponderbench: {why}")
+
+
+_ONECYCLE = (_cpu("schedule.kind", "onecycle", "the CPU presets' schedule"),
+             _cpu("schedule.pct_start", 0.05, "the CPU presets' warm-up"),
+             _cpu("schedule.div_factor", 25.0, "PyTorch's OneCycle default"),
+             _cpu("schedule.final_div_factor", 1e4, "PyTorch's OneCycle default"),
+             *(_cpu(f"schedule.{key}", value, "unused by OneCycle")
+               for key, value in (("power", 0.9), ("warmup_steps", 0), ("warmup_ratio", 1.0 / 3),
+                                  ("min_lr_ratio", 1e-3))))
+
+
+def _mini_pretrain(mode: Mode) -> tuple[Setting, ...]:
+    """What the mini pre-training changes in the reference of ``mode``: a small net, volume and sampler and one epoch,
+    AdamW at a high rate (minutes on 2 CPU cores), and the suite's own augmentation."""
+    volume = {"indoor": (48, 48, 16), "outdoor": (90, 90, 5), "image": (48, 48, 16)}[mode]
+    small = "a net, volume and sampler small enough for minutes on 2 CPU cores"
+    settings = [
+        _cpu("backbone", "timm:resnet18" if mode == "image" else "spunet-mini", "the CPU presets' backbone"),
+        _cpu("epochs", 1, "one pass over the mini suite's scenes (the main job's budget)"),
+        _cpu("batch_size", 1, "one scene a step on a CPU"),
+        _cpu("grid", volume, small), _cpu("volume_channels", 32, small), _cpu("unet_base", 16, small),
+        _cpu("unet_levels", 3, small), _cpu("sdf_channels", 32, small), _cpu("color_channels", 32, small),
+        _cpu("hidden", 64, small), _cpu("n_uniform", 48, small), _cpu("n_importance", 16, small),
+        _cpu("semantic_dim", 32 if mode == "indoor" else 0, small),
+        _cpu("optimizer", "adamw", "AdamW learns in the few hundred steps a CPU affords"),
+        _cpu("lr", 2e-3, "AdamW's rate for a one-epoch run"), _cpu("weight_decay", 0.01, "AdamW's usual decay"),
+        _cpu("momentum", 0.9, "unused by AdamW"), _cpu("backbone_lr_scale", 1.0, "one rate for the whole model"),
+        *_ONECYCLE, _cpu("grad_clip", 1.0, "a guard for AdamW at a high rate"),
+        _cpu("render_every", 50, "pictures twice a mini run"),
+        _cpu("max_points", None if mode == "image" else 40_000, "a sphere crop bounds a CPU step's memory"),
+        _cpu("augment", DOMAIN_AUGMENT["outdoor" if mode == "outdoor" else "indoor"], "the suite's augmentation"),
+    ]
+    if mode == "outdoor":
+        why = "the suite's outdoor variant: LiDAR rays with colour-free SDF losses (see the README)"
+        settings += [_cpu("lidar_rays", 1024, "half the LiDAR rays, for a CPU step"),
+                     _cpu("mask_block", 2.0, "the suite's outdoor variant drops 2 m blocks of points"),
+                     *(_cpu(f"losses.{term}", weight, why) for term, weight in (
+                         ("rgb", 10.0), ("depth", 10.0), ("sdf", 10.0), ("free_space", 1.0), ("eikonal", 0.01),
+                         ("semantic", 0.1), ("truncation", 0.5)))]
+    if mode == "image":
+        settings += [_cpu("image_size", (128, 160), "small views for a CPU step")]
+    return tuple(settings)
+
+
+# the pre-training presets: each mode's reference (tasks.references.PRETRAIN) and the mini presets, which are the
+# reference with the stated overrides
+PRETRAIN_SETTINGS: dict[str, tuple[Setting, ...]] = {
+    **{mode: PRETRAIN[mode] for mode in MODES},
+    **{f"{mode}-mini": (*PRETRAIN[mode], *_mini_pretrain(mode)) for mode in MODES},
+}
+
+
+def _build(base: Any, settings: tuple[Setting, ...]) -> Any:
+    return apply_overrides(base, [s.item for s in settings])
+
+
+PRESETS: dict[str, PretrainRecipe] = {
+    name: _build(PretrainRecipe(mode=name.split("-")[0], backbone="spunet-v1m1"), settings)  # type: ignore[arg-type]
+    for name, settings in PRETRAIN_SETTINGS.items()}
+
+_MINI_WHY = "the mini suite's CPU fine-tuning"
+# What the CPU presets change in every task's reference. AdamW learns the mini suite in a few hundred steps, where
+# SGD at Pointcept's rate needs thousands; every key a reference sets is set here too, so that a CPU preset is the
+# same recipe for every task (tests/test_references.py checks it).
+_MINI_FINETUNE: tuple[Setting, ...] = (
+    _cpu("epochs", 10, _MINI_WHY), _cpu("batch_size", 2, _MINI_WHY), _cpu("optimizer", "adamw", _MINI_WHY),
+    _cpu("lr", 0.005, _MINI_WHY), _cpu("weight_decay", 0.01, _MINI_WHY), _cpu("momentum", 0.9, _MINI_WHY),
+    _cpu("backbone_lr_scale", 1.0, _MINI_WHY),
+    *_ONECYCLE, _cpu("grid_size", None, "the input contract's voxel, as pre-training used"),
+    _cpu("max_points", 12_000, "a sphere crop bounds a CPU step's memory"),
+    _cpu("crop_fraction", None, "the crop is max_points"),
+    _cpu("augment", None, "the suite's list for the task's domain (DOMAIN_AUGMENT)"),
+    _cpu("test_fragments", MAX_TEST_FRAGMENTS, "real sweeps hold thousands of returns in one voxel"),
+    _cpu("tta_views", ((0.0, 1.0, ""), (0.5, 1.0, ""), (1.0, 1.0, ""), (1.5, 1.0, "")), "four rotations"),
+    _cpu("precision", "fp32", "CPU"), _cpu("grad_clip", None, _MINI_WHY), _cpu("num_workers", 0, "2 CPU cores"),
+    _cpu("semseg.lovasz_weight", 1.0, "CE + Lovasz learns the mini suite's small classes"),
+    _cpu("detection.epochs", 20, "mini splits hold few samples"),
+    _cpu("detection.image_size", (96, 160), "small images for a CPU step"),
+    _cpu("fit.preset", "indoor-mini", _MINI_WHY), _cpu("fit.steps", 150, _MINI_WHY),
+    _cpu("fit.nvs_size", (120, 160), _MINI_WHY), _cpu("fit.mesh_resolution", 128, _MINI_WHY),
+)
+_TINY_WHY = "seconds per run, for tests"
+FINETUNE_PRESETS: dict[str, tuple[Setting, ...]] = {
+    "reference": (_cpu("num_workers", 4, "DataLoader processes on a GPU machine"),),
+    "mini": _MINI_FINETUNE,
+    "small": _MINI_FINETUNE,  # mini's fine-tuning; what differs is the ponder init's pre-training (20x longer)
+    "tiny": (*_MINI_FINETUNE, _cpu("epochs", 2, _TINY_WHY), _cpu("max_points", 3_000, _TINY_WHY),
+             _cpu("detection.epochs", 2, _TINY_WHY), _cpu("detection.image_size", (64, 96), _TINY_WHY),
+             _cpu("fit.steps", 2, _TINY_WHY), _cpu("fit.nvs_size", (24, 32), _TINY_WHY),
+             _cpu("fit.mesh_resolution", 32, _TINY_WHY),
+             _cpu("fit.overrides", ("views=2", "rays_per_view=128", "grid=(24, 24, 8)", "n_uniform=24",
+                                    "n_importance=8", "unet_levels=2", "volume_channels=16"), _TINY_WHY)),
+}
+# the pre-training each fine-tuning preset's ponder init gets: (recipe preset of the mode, overrides)
+PRETRAIN_FOR_FINETUNE: dict[str, tuple[str, tuple[str, ...]]] = {
+    "reference": ("{mode}", ()),
+    "mini": ("{mode}-mini", ()),
+    "small": ("{mode}-mini", ("epochs=20",)),
+    "tiny": ("{mode}-mini", ("epochs=1", "max_points=3000", "render_every=0")),
+}
+
+
+def _check_preset(presets: dict[str, Any], kind: str, preset: str | None) -> None:
+    if preset not in presets:
+        raise KeyError(f"unknown {kind} preset {preset!r}; choose from {', '.join(sorted(presets))}")
+
+
+def get_recipe(preset: str, overrides: list[str] | None = None) -> PretrainRecipe:
+    """A pre-training preset with ``key=value`` overrides (values are Python literals; strings may be bare)."""
+    _check_preset(PRESETS, "pre-training", preset)
+    return apply_overrides(PRESETS[preset], overrides or [])
+
+
+def pretrain_recipe_for(preset: str, mode: Mode, backbone: str) -> PretrainRecipe:
+    """The pre-training of the ``ponder`` init under the fine-tuning ``preset``: ``mode`` is a 3D backbone's domain
+    (indoor, outdoor) or ``image`` for a 2D backbone."""
+    name, overrides = PRETRAIN_FOR_FINETUNE[preset]
+    return get_recipe(name.format(mode=mode), [f"backbone={backbone}", *overrides])
+
+
+def finetune_settings(preset: str, task: TaskSpec | None = None) -> tuple[Setting, ...]:
+    """What the fine-tuning ``preset`` sets over the recipe's defaults: the task's reference, then the preset's."""
+    _check_preset(FINETUNE_PRESETS, "fine-tuning", preset)
+    return (*(task.recipe if task is not None else ()), *FINETUNE_PRESETS[preset])
+
+
+def get_finetune_recipe(preset: str, overrides: list[str] | None = None, task: TaskSpec | None = None
+                        ) -> FinetuneRecipe:
+    """A fine-tuning preset for ``task`` (its reference recipe under the preset's settings; without a task, the
+    recipe's defaults under them) with ``key=value`` overrides, parsed like the pre-training ones."""
+    return apply_overrides(_build(FinetuneRecipe(), finetune_settings(preset, task)), overrides or [])
+
+
+def finetune_sources(preset: str, task: TaskSpec, overrides: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """The task's fine-tuning recipe under ``preset``, every field with its source (:func:`recipe_sources`), its task
+    type's section included, and ``augment`` as the transforms it resolves to."""
+    from bench.finetune.engine import check_task_settings, task_type
+
+    recipe = check_task_settings(get_finetune_recipe(preset, overrides, task=task))
+    kind = task_type(task) if task.runnable else None
+    sections = {kind.section: kind.settings(recipe)} if kind is not None and kind.section else {}
+    resolved = recipe_sources(recipe, finetune_settings(preset, task), overrides, sections)
+    if recipe.augment is None:
+        resolved["augment"] = {"value": list(DOMAIN_AUGMENT[task.domain]), "source": resolved["augment"]["source"]}
+    return resolved
+
+
+def recipe_sources(recipe: Any, settings: tuple[Setting, ...], overrides: list[str] | None = None,
+                   sections: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """Every resolved field of ``recipe`` (nested ones as ``schedule.kind``; the task settings of ``sections``, a
+    section name -> its settings object, as ``semseg.lovasz_weight``) as ``{"value": ..., "source": ...}``: the
+    last setting or override that set it, else the dataclass default (``ponderbench: default``)."""
+    sources = {s.key: s.source for s in settings}
+    sources.update({item.partition("=")[0].strip(): "command line" for item in overrides or []})
+    values = _flat(recipe)
+    for section, settings_object in (sections or {}).items():
+        values.update({f"{section}.{k}": v for k, v in _flat(settings_object).items()})
+    return {key: {"value": json.loads(json.dumps(value)), "source": sources.get(
+        key, "ponderbench: default (the originals set no value; the dataclass's)")} for key, value in values.items()}
+
+
+def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if f.name == "task" and isinstance(obj, FinetuneRecipe):
+            continue  # task settings: listed per section, from the task type's resolved settings
+        if dataclasses.is_dataclass(value):
+            out.update(_flat(value, f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = value
+    return out

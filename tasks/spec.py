@@ -12,9 +12,11 @@ import fnmatch
 from dataclasses import dataclass
 from typing import Literal, get_args
 
+from tasks import references as refs
 from tasks.classes import NUSCENES16, S3DIS13, SCANNET20, SCANNET200, SEMANTIC_KITTI19
 from tasks.contract import DOMAINS, Domain
 from tasks.metrics.detection import DETECTION_CLASSES, DETECTION_METRICS
+from tasks.references import Setting
 
 PAPER = "PonderV2 paper (arXiv:2310.08586)"
 
@@ -51,6 +53,9 @@ class TaskSpec:
     # the leaderboard table that shows it: the benchmark's columns, or the low-level one (its metrics are not class
     # scores)
     table: Literal["benchmark", "lowlevel"] = "benchmark"
+    # its reference fine-tuning recipe: settings over bench.recipes.FinetuneRecipe's defaults, each with its source
+    # (tasks.references); the CPU presets override them (``ponderbench list recipes --task ID``)
+    recipe: tuple[Setting, ...] = ()
 
     def __post_init__(self) -> None:
         for name, allowed in (("protocol", get_args(Protocol)), ("domain", DOMAINS),
@@ -104,12 +109,13 @@ SEG_METRICS = ("mIoU", "mAcc", "allAcc")
 
 
 def _semseg(id: str, title: str, loader: str, classes: tuple[str, ...], domain: Domain,
-            reference: float | None, protocol: Protocol = "full", value: float | None = None, version: int = 3,
-            note: str = "") -> TaskSpec:
+            reference: float | None, recipe: tuple[Setting, ...], protocol: Protocol = "full",
+            value: float | None = None, version: int = 3, note: str = "") -> TaskSpec:
     return register_task(TaskSpec(
         id=id, version=version, title=title, loader=loader, train_split="train", eval_split="val",
         task_type="semseg", classes=classes, ignore_index=-1, metrics=SEG_METRICS, main_score="mIoU",
-        higher_is_better=True, protocol=protocol, protocol_value=value, domain=domain, reference=reference, note=note))
+        higher_is_better=True, protocol=protocol, protocol_value=value, domain=domain, reference=reference, note=note,
+        recipe=recipe))
 
 
 def _not_yet(id: str, title: str, loader: str, task_type: str, metric: str,
@@ -122,35 +128,39 @@ def _not_yet(id: str, title: str, loader: str, task_type: str, metric: str,
 
 
 _semseg("scannet-semseg", "ScanNet semantic segmentation (20 classes), val", "scannet", SCANNET20,
-        "indoor", 77.0)
+        "indoor", 77.0, refs.SCANNET_SEMSEG)
 _semseg("scannet200-semseg", "ScanNet200 semantic segmentation, val", "scannet200", SCANNET200,
-        "indoor", 32.3)
+        "indoor", 32.3, refs.SCANNET200_SEMSEG)
 _semseg("s3dis-area5-semseg", "S3DIS Area 5 semantic segmentation (13 classes)", "s3dis", S3DIS13,
-        "indoor", 73.2)
+        "indoor", 73.2, refs.S3DIS_SEMSEG)
 INSSEG_METRICS = ("mAP", "AP50", "AP25")
-for id, title, loader, classes, ref in (
-        ("scannet-insseg", "ScanNet instance segmentation (18 classes), val", "scannet", SCANNET20, 62.6),
-        ("scannet200-insseg", "ScanNet200 instance segmentation, val", "scannet200", SCANNET200, 30.5)):
+for id, title, loader, classes, ref, recipe in (
+        ("scannet-insseg", "ScanNet instance segmentation (18 classes), val", "scannet", SCANNET20, 62.6,
+         refs.SCANNET_INSSEG),
+        ("scannet200-insseg", "ScanNet200 instance segmentation, val", "scannet200", SCANNET200, 30.5,
+         refs.SCANNET200_INSSEG)):
     register_task(TaskSpec(
         id=id, version=3, title=title, loader=loader, train_split="train", eval_split="val",
         task_type="insseg", classes=classes, ignore_index=-1, metrics=INSSEG_METRICS, main_score="AP50",
-        higher_is_better=True, protocol="full", protocol_value=None, domain="indoor", reference=ref,
+        higher_is_better=True, protocol="full", protocol_value=None, domain="indoor", reference=ref, recipe=recipe,
         note="PointGroup-style head; the ScanNet benchmark's AP over its instance classes (all but wall, floor)"))
 for pct, ref in ((1, 34.6), (5, None), (10, None), (20, 68.2)):
     _semseg(f"scannet-de-lr{pct}", f"ScanNet data-efficient: {pct}% of the training scenes", "scannet",
-            SCANNET20, "indoor", ref, protocol="limited-reconstruction", value=pct / 100)
+            SCANNET20, "indoor", ref, refs.SCANNET_SEMSEG, protocol="limited-reconstruction", value=pct / 100)
 for points, ref in ((20, 67.0), (50, None), (100, None), (200, 74.8)):
     _semseg(f"scannet-de-la{points}", f"ScanNet data-efficient: {points} labelled points per training scene",
-            "scannet", SCANNET20, "indoor", ref, protocol="limited-annotation", value=float(points))
+            "scannet", SCANNET20, "indoor", ref, refs.SCANNET_SEMSEG, protocol="limited-annotation",
+            value=float(points))
 _semseg("semantickitti-semseg", "SemanticKITTI semantic segmentation (19 classes), val", "semantickitti",
-        SEMANTIC_KITTI19, "outdoor", 71.5)
+        SEMANTIC_KITTI19, "outdoor", 71.5, refs.SEMANTIC_KITTI_SEMSEG)
 _semseg("nuscenes-lidarseg", "nuScenes lidar semantic segmentation (16 classes), val", "nuscenes",
-        NUSCENES16, "outdoor", 79.4, version=4)  # 4: the generated drives hold every detection class, some moving
+        # 4: the generated drives hold every detection class, some moving
+        NUSCENES16, "outdoor", 79.4, refs.NUSCENES_SEMSEG, version=4)
 _semseg("nuscenes-lidarseg-samples", "Real nuScenes lidarseg sweeps (../shared/data): every 5th sweep held out",
-        "lidarseg-frames", NUSCENES16, "outdoor", None,
+        "lidarseg-frames", NUSCENES16, "outdoor", None, refs.NUSCENES_SEMSEG,
         note="30 real sweeps (24 train, 6 held out): a check on real data, not a benchmark")
 _semseg("nuscenes-lidarseg-samples-la200", "Real nuScenes lidarseg sweeps, 200 labelled points per training sweep",
-        "lidarseg-frames", NUSCENES16, "outdoor", None, protocol="limited-annotation",
+        "lidarseg-frames", NUSCENES16, "outdoor", None, refs.NUSCENES_SEMSEG, protocol="limited-annotation",
         value=200.0, note="the limited-annotation protocol on real sweeps: does pre-training on them help?")
 for track, title, ref, sensors in (("lidar", "LiDAR", 70.6, ("lidar",)),
                                    ("camera", "camera (2D backbone)", 47.4, ("camera",)),

@@ -16,7 +16,7 @@ from bench.finetune import NotApplicable, finetune, load_export
 from bench.matrix.leaderboard import LeaderboardError, leaderboard
 from bench.matrix.records import RunRecord, read_records, write_record
 from bench.matrix.runner import execute, expand, run_matrix
-from bench.recipes import FINETUNE_PRESETS
+from bench.recipes import get_finetune_recipe
 from tasks.datasets import limit_annotations, limited_scenes, task_scenes
 from tasks.heads.segmentation import lovasz_softmax
 from tasks.metrics import ConfusionMatrix
@@ -124,7 +124,7 @@ def test_task_scenes_apply_the_protocol(tiny_root: Path) -> None:
 
 
 def test_limited_reconstruction_trains_as_many_steps_as_the_full_split(tiny_root: Path) -> None:
-    recipe = replace(FINETUNE_PRESETS["tiny"], batch_size=1, epochs=1)
+    recipe = replace(get_finetune_recipe("tiny"), batch_size=1, epochs=1)
     full = finetune(get_task("scannet-semseg"), "spunet-micro", tiny_root, recipe=recipe)
     lr1 = finetune(get_task("scannet-de-lr1"), "spunet-micro", tiny_root, recipe=recipe)
     assert (full.facts.train_scenes, lr1.facts.train_scenes) == (2, 1)
@@ -132,7 +132,7 @@ def test_limited_reconstruction_trains_as_many_steps_as_the_full_split(tiny_root
 
 
 def test_every_finetune_preset_names_its_pretraining() -> None:
-    from bench.recipes import PRETRAIN_FOR_FINETUNE, pretrain_recipe_for
+    from bench.recipes import FINETUNE_PRESETS, PRETRAIN_FOR_FINETUNE, pretrain_recipe_for
 
     assert set(PRETRAIN_FOR_FINETUNE) == set(FINETUNE_PRESETS)
     for domain in ("indoor", "outdoor"):
@@ -158,7 +158,7 @@ def test_the_probe_normalises_frozen_features_on_the_task_data(tiny_root: Path) 
 
     engine.precise_batchnorm = spy
     try:
-        result = finetune(get_task("scannet-semseg"), "spunet-micro", tiny_root, recipe=FINETUNE_PRESETS["tiny"],
+        result = finetune(get_task("scannet-semseg"), "spunet-micro", tiny_root, recipe=get_finetune_recipe("tiny"),
                           linear_probe=True)
     finally:
         engine.precise_batchnorm = original
@@ -183,7 +183,7 @@ def test_protocols_expand_to_finetune_and_probe_runs(tmp_path: Path) -> None:
 
 def test_finetune_learns_and_refuses_what_does_not_apply(tiny_root: Path, tmp_path: Path) -> None:
     spec = get_task("semantickitti-semseg")
-    result = finetune(spec, "spunet-micro", tiny_root, seed=0, recipe=FINETUNE_PRESETS["tiny"])
+    result = finetune(spec, "spunet-micro", tiny_root, seed=0, recipe=get_finetune_recipe("tiny"))
     assert 0.0 <= result.scores["mIoU"] <= 1.0 and result.scores["eval_points"] > 0 and len(result.per_class) == 19
     with pytest.raises(NotApplicable, match="2D backbone"):
         finetune(spec, "timm:resnet18", tiny_root)
@@ -234,17 +234,17 @@ def test_matrix_records_skips_and_resumes(tiny_root: Path, tmp_path: Path, monke
     assert ok.git_sha and ok.packages["torch"] and ok.data_fingerprint
     from bench.finetune.engine import check_task_settings
 
-    assert ok.finetune_recipe == asdict(check_task_settings(FINETUNE_PRESETS["tiny"]))  # task settings canonical
+    assert ok.finetune_recipe == asdict(check_task_settings(get_finetune_recipe("tiny")))  # task settings canonical
     from bench.matrix.runner import finished
 
     done = next(r for r in runs if r.task == "semantickitti-semseg")
     assert finished(done) is not None and finished(replace(done, overrides=("epochs=3",))) is None
-    tiny, small = asdict(FINETUNE_PRESETS["tiny"]), asdict(FINETUNE_PRESETS["small"])
+    tiny, small = asdict(get_finetune_recipe("tiny")), asdict(get_finetune_recipe("small"))
     same_recipe = replace(done, preset="small", overrides=tuple(f"{k}={v!r}" for k, v in tiny.items() if v != small[k]))
     assert finished(same_recipe) is not None  # scratch: the preset changes nothing else
     ponder = _record("semantickitti-semseg", "ponder", 0, 0.5, version=get_task("semantickitti-semseg").version)
     ponder.backbone, ponder.finetune_preset = "spunet-micro", "tiny"
-    ponder.finetune_recipe = asdict(check_task_settings(FINETUNE_PRESETS["tiny"]))
+    ponder.finetune_recipe = asdict(check_task_settings(get_finetune_recipe("tiny")))
     write_record(results, ponder)
     assert finished(replace(done, init="ponder")) is not None
     assert finished(replace(same_recipe, init="ponder")) is None  # its init was pre-trained under another preset
@@ -369,6 +369,7 @@ def test_prediction_covers_every_point_with_few_fragments() -> None:
     from backbones.registry import create_backbone
     from bench.finetune.semseg import predict_scene
     from tasks.heads.segmentation import SegmentationModel
+    from tasks.transforms import IDENTITY_VIEW
 
     rng = np.random.default_rng(0)
     coord = np.concatenate([rng.random((300, 3)) * 5, np.zeros((2000, 3))]).astype(np.float32)
@@ -376,10 +377,11 @@ def test_prediction_covers_every_point_with_few_fragments() -> None:
     calls = []
     model = SegmentationModel(create_backbone("spunet-micro", in_channels=4), 16, 3).eval()
     model.register_forward_hook(lambda *args: calls.append(1))
-    for tta in (False, True):
+    four = get_finetune_recipe("mini").tta_views
+    for views in ((IDENTITY_VIEW,), four):
         calls.clear()
-        pred = predict_scene(model, scene, 0.1, "outdoor", 3, torch.device("cpu"), tta=tta, max_fragments=4)
-        assert pred.shape == (len(coord),) and len(calls) == (16 if tta else 4)
+        pred = predict_scene(model, scene, 0.1, "outdoor", 3, torch.device("cpu"), views, max_fragments=4)
+        assert pred.shape == (len(coord),) and len(calls) == 4 * len(views)
         assert len(set(pred[300:].tolist())) == 1, "the points of one voxel share its vote"
 
 
@@ -454,11 +456,11 @@ def test_slurm_pretraining_is_a_job_and_its_failure_fails_the_runs(tiny_root: Pa
 
 def test_the_backbone_may_learn_slower_than_the_head() -> None:
     from backbones.registry import create_backbone
-    from bench.finetune.engine import make_optimizer
+    from bench.optim import make_optimizer
     from tasks.heads.segmentation import SegmentationModel
 
     model = SegmentationModel(create_backbone("spunet-micro"), 16, 5)
-    recipe = replace(FINETUNE_PRESETS["tiny"], backbone_lr_scale=0.1)
+    recipe = replace(get_finetune_recipe("tiny"), backbone_lr_scale=0.1)
     optimizer, peaks = make_optimizer(model, recipe)
     backbone, head = optimizer.param_groups
     assert peaks == [pytest.approx(recipe.lr * 0.1), recipe.lr]

@@ -10,10 +10,11 @@ import pytest
 from bench.finetune.engine import train_cloud
 from bench.pretrain.data import build_sample
 from bench.pretrain.model import PonderModel
-from bench.recipes import get_recipe
+from bench.recipes import DOMAIN_AUGMENT, get_recipe
 from tasks.contract import FEATURES, in_channels, is_heldout, point_features, split_heldout, voxel_size
 from tasks.structures import Scene
 from tasks.synth.indoor import make_room, room_cloud, room_views
+from tasks.transforms import CropSize, parse_transforms
 
 
 def _scene(domain: str) -> Scene:
@@ -45,7 +46,8 @@ def test_pretraining_and_finetuning_feed_the_same_channels(domain: str) -> None:
     assert feat.shape[1] == in_channels(domain) == len(FEATURES[domain])
     assert _rows(feat) <= expected
     # fine-tuning: the same function on the (augmented) scene, the same width and order
-    (_, _, tuned), augmented, index = train_cloud(scene, domain, voxel_size(domain, 0.02), None,
+    transforms = parse_transforms(DOMAIN_AUGMENT[domain])
+    (_, _, tuned), augmented, index = train_cloud(scene, domain, voxel_size(domain, 0.02), CropSize(), transforms,
                                                   np.random.default_rng(0))
     np.testing.assert_array_equal(tuned, point_features(augmented, domain)[index])
     if domain == "indoor":  # colour and normal columns: augmentation rotates normals, colours stay

@@ -20,7 +20,7 @@ from bench.finetune.detection import (
     transform_boxes,
 )
 from bench.finetune.engine import finetune
-from bench.recipes import FINETUNE_PRESETS
+from bench.recipes import get_finetune_recipe
 from bench.runlog import METRICS, read_run_log
 from tasks.errors import DataFormatError
 from tasks.formats.nuscenes import NuScenesLidarSegDataset, read_mmdet3d_info
@@ -226,7 +226,7 @@ def test_the_three_tracks_are_runnable_tasks() -> None:
                                                  ("fusion", "spunet-micro")])
 def test_each_track_trains_and_is_scored_by_the_devkit(tiny_root: Path, tmp_path: Path, track: str,
                                                        backbone: str) -> None:
-    recipe = FINETUNE_PRESETS["tiny"]
+    recipe = get_finetune_recipe("tiny")
     result = finetune(get_task(f"nuscenes-det-{track}"), backbone, tiny_root, recipe=recipe,
                       artifacts=tmp_path / "run", picture=tmp_path / "bev.png")
     assert 0.0 <= result.scores["NDS"] <= 1.0 and 0.0 <= result.scores["mAP"] <= 1.0
@@ -257,9 +257,9 @@ def test_a_point_cloud_backbone_cannot_run_the_camera_track(tiny_root: Path) -> 
     from bench.finetune import NotApplicable
 
     with pytest.raises(NotApplicable, match="2D backbone"):
-        finetune(get_task("nuscenes-det-camera"), "spunet-micro", tiny_root, recipe=FINETUNE_PRESETS["tiny"])
+        finetune(get_task("nuscenes-det-camera"), "spunet-micro", tiny_root, recipe=get_finetune_recipe("tiny"))
     with pytest.raises(NotApplicable, match="linear read-out"):
-        finetune(get_task("nuscenes-det-lidar"), "spunet-micro", tiny_root, recipe=FINETUNE_PRESETS["tiny"],
+        finetune(get_task("nuscenes-det-lidar"), "spunet-micro", tiny_root, recipe=get_finetune_recipe("tiny"),
                  linear_probe=True)
 
 
@@ -289,7 +289,7 @@ def test_the_lidar_detector_runs_on_the_real_sample(shared_data: Path, tiny_root
     """A (barely) trained LiDAR detector reads the real sweep and draws the BEV and CAM_FRONT pictures."""
     from bench.finetune.plots import plot_boxes_on_camera, plot_detections
 
-    finetune(get_task("nuscenes-det-lidar"), "spunet-micro", tiny_root, recipe=FINETUNE_PRESETS["tiny"],
+    finetune(get_task("nuscenes-det-lidar"), "spunet-micro", tiny_root, recipe=get_finetune_recipe("tiny"),
              artifacts=tmp_path / "run")
     model, config = load_detector(tmp_path / "run" / "model.pt")
     sample = read_mmdet3d_info(next((shared_data / "nuscenes-multisensor-sample").glob("*.pkl")))

@@ -14,42 +14,54 @@ from backbones.structures import PointBatch
 from bench.finetune import finetune
 from bench.finetune.engine import FinetuneContext
 from bench.finetune.insseg import InstanceSegmentation
-from bench.recipes import FINETUNE_PRESETS, FinetuneRecipe
+from bench.recipes import FinetuneRecipe, get_finetune_recipe
 from tasks.classes import SCANNET20, SCANNET200
 from tasks.datasets import task_scenes
 from tasks.heads.instance import centre_offsets
 from tasks.metrics.instance import instance_classes
 from tasks.spec import get_task
-from tasks.transforms import rotation_z
+from tasks.transforms import identity, view_transform
 
 
 class Oracle(nn.Module):
     """A perfect instance model of one scene: the true class and the true offset of each point it is shown,
-    in whichever of the four test-time rotations it is shown."""
+    in whichever of the test-time views (rotated, scaled, mirrored) it is shown."""
 
-    def __init__(self, coord: np.ndarray, segment: np.ndarray, instance: np.ndarray, num_classes: int) -> None:
+    def __init__(self, coord: np.ndarray, segment: np.ndarray, instance: np.ndarray, num_classes: int,
+                 views: tuple) -> None:
         super().__init__()
         self.tree, self.segment, self.k = cKDTree(coord), segment, num_classes
         self.offsets = centre_offsets(coord, instance)
+        self.views = [view_transform(v) or identity() for v in views]
 
     def forward(self, batch: PointBatch) -> tuple[torch.Tensor, torch.Tensor]:
         shown = batch.coord.numpy().astype(np.float64)
-        best = min((rotation_z(-a) for a in (0.0, np.pi / 2, np.pi, 3 * np.pi / 2)),
-                   key=lambda turn: self.tree.query(shown @ turn.rotation.T)[0].max())
-        _, index = self.tree.query(shown @ best.rotation.T)
+
+        def back(view) -> np.ndarray:  # noqa: ANN001
+            return shown @ view.rotation / view.scale  # x = R^T y / s, in rows
+
+        best = min(self.views, key=lambda view: self.tree.query(back(view))[0].max())
+        _, index = self.tree.query(back(best))
         logits = torch.from_numpy(np.eye(self.k)[np.maximum(self.segment[index], 0)] * 10.0)
-        offsets = self.offsets[index] @ best.rotation  # into the rotated frame the points are shown in
+        offsets = best.scale * self.offsets[index] @ best.rotation.T  # into the frame the points are shown in
         return logits.float(), torch.from_numpy(offsets).float()
 
 
-@pytest.mark.parametrize("tta", [False, True])
-def test_a_perfect_model_scores_ap_one_through_voting_clustering_and_the_evaluator(tiny_root: Path, tta: bool
+# the mini presets' four rotations, and views that also scale and mirror (as Pointcept's)
+VIEWS = {"none": None, "rotations": FinetuneRecipe().tta_views,
+         "scaled-mirrored": ((0.0, 1.0, ""), (0.5, 0.9, ""), (1.0, 1.1, "xy"), (1.5, 1.0, "x"))}
+
+
+@pytest.mark.parametrize("views", list(VIEWS))
+def test_a_perfect_model_scores_ap_one_through_voting_clustering_and_the_evaluator(tiny_root: Path, views: str
                                                                                     ) -> None:
     spec = get_task("scannet-insseg")
     scene = task_scenes(spec, tiny_root, "val")[0]
-    ctx = FinetuneContext(spec=spec, recipe=FinetuneRecipe(tta=tta), backbone="oracle", voxel=0.05,
+    recipe = FinetuneRecipe(tta=views != "none", tta_views=VIEWS[views] or FinetuneRecipe().tta_views)
+    ctx = FinetuneContext(spec=spec, recipe=recipe, backbone="oracle", voxel=0.05,
                           device=torch.device("cpu"), linear_probe=False)
-    oracle = Oracle(scene.coord.astype(np.float64), scene.segment, scene.instance, len(spec.classes))
+    oracle = Oracle(scene.coord.astype(np.float64), scene.segment, scene.instance, len(spec.classes),
+                    recipe.tta_views)
     result = InstanceSegmentation().evaluate(oracle, [scene], ctx)
     scores, per_class = result.scores, result.per_class
     assert scores["AP50"] == pytest.approx(1.0) and scores["mAP"] == pytest.approx(1.0)
@@ -60,7 +72,7 @@ def test_a_perfect_model_scores_ap_one_through_voting_clustering_and_the_evaluat
 
 def test_insseg_fine_tunes_and_records_the_benchmark_metrics(tiny_root: Path) -> None:
     spec = get_task("scannet200-insseg")
-    result = finetune(spec, "spunet-micro", tiny_root, seed=0, recipe=FINETUNE_PRESETS["tiny"])
+    result = finetune(spec, "spunet-micro", tiny_root, seed=0, recipe=get_finetune_recipe("tiny"))
     assert {"mAP", "AP50", "AP25", "semantic_mIoU"} <= set(result.scores)
     assert all(0.0 <= result.scores[k] <= 1.0 or np.isnan(result.scores[k]) for k in ("mAP", "AP50", "AP25"))
     assert set(result.per_class) == {SCANNET200[i] for i in instance_classes(SCANNET200)}

@@ -10,12 +10,12 @@ import pytest
 
 from bench.finetune.engine import finetune
 from bench.finetune.lowlevel import lowlevel_scenes
-from bench.recipes import FINETUNE_PRESETS, apply_overrides
+from bench.recipes import apply_overrides, get_finetune_recipe
 from tasks.contract import is_heldout
 from tasks.metrics.lowlevel import read_mesh
 from tasks.spec import get_task
 
-RECIPE = apply_overrides(FINETUNE_PRESETS["tiny"], ["fit.steps=40"])  # enough steps for the SDF to cross zero
+RECIPE = apply_overrides(get_finetune_recipe("tiny"), ["fit.steps=40"])  # enough steps for the SDF to cross zero
 
 
 def test_scenes_hold_out_frames_by_the_contracts_rule(tiny_root: Path) -> None:

@@ -205,10 +205,10 @@ def test_unusable_scenes_are_skipped_with_a_warning(tiny_root: Path, tmp_path: P
 
 @pytest.mark.parametrize("total", [1, 2, 20, 40, 1000])
 def test_one_cycle_survives_short_runs(total: int) -> None:
-    from bench.optim import one_cycle
+    from bench.optim import Schedule, build_schedule
 
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
-    schedule = one_cycle(opt, 0.1, total, 0.05)
+    schedule = build_schedule(opt, Schedule(pct_start=0.05), 0.1, total)
     for _ in range(total):
         opt.step()
         schedule.step()

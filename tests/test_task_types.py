@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from bench.finetune import FinetuneContext, register_task_type
 from bench.finetune.engine import TASK_TYPES, check_task_settings, fit_and_evaluate, task_type, task_types
 from bench.finetune.semseg import SemanticSegmentation
-from bench.recipes import FINETUNE_PRESETS, FinetuneRecipe, get_finetune_recipe
+from bench.recipes import FinetuneRecipe, get_finetune_recipe
 from tasks.datasets import task_scenes
 from tasks.spec import get_task, list_tasks
 
@@ -76,7 +76,7 @@ def test_a_new_task_type_is_a_class_and_a_registration(tiny_root: Path) -> None:
         train, evaluation = task_scenes(spec, tiny_root, "train"), task_scenes(spec, tiny_root, "val")
         result = fit_and_evaluate(spec, "spunet-micro", train, evaluation, recipe=recipe)
         assert 0.0 <= result.scores["mIoU"] <= 1.0 and np.isfinite(result.facts.final_train_loss)
-        other = fit_and_evaluate(spec, "spunet-micro", train, evaluation, recipe=FINETUNE_PRESETS["tiny"])
+        other = fit_and_evaluate(spec, "spunet-micro", train, evaluation, recipe=get_finetune_recipe("tiny"))
         assert other.facts.final_train_loss != result.facts.final_train_loss  # gamma reached the loss
         with pytest.raises(ValueError, match="already registered"):
             register_task_type("semseg-focal")(FocalSegmentation)

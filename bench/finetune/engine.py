@@ -39,15 +39,22 @@ from bench.hooks import (
     PreciseBatchNorm,
     precise_batchnorm,
 )
-from bench.optim import one_cycle
-from bench.recipes import FinetuneRecipe, Mode, apply_overrides, result_fields, task_settings
+from bench.optim import build_schedule, make_optimizer
+from bench.recipes import (
+    FinetuneRecipe,
+    Mode,
+    apply_overrides,
+    result_fields,
+    task_settings,
+    training_transforms,
+)
 from bench.runlog import METRICS, RunLog
 from bench.trainer import Trainer
 from tasks.contract import Domain, in_channels, point_features, voxel_size
 from tasks.datasets import task_scenes
 from tasks.spec import TaskSpec
 from tasks.structures import Scene
-from tasks.transforms import Augment, grid_sample_train, sphere_crop
+from tasks.transforms import CropSize, Transform, augment, grid_sample_train, parse_transforms, sphere_crop
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +70,7 @@ class FinetuneContext:
     spec: TaskSpec
     recipe: FinetuneRecipe
     backbone: str
-    voxel: float | None = None  # the contract's voxel for a 3D backbone (what pre-training used)
+    voxel: float | None = None  # metres per voxel for a 3D backbone: the recipe's grid_size, else the contract's
     seed: int = 0
     device: torch.device = torch.device("cpu")  # noqa: RUF009
     linear_probe: bool = False
@@ -73,6 +80,15 @@ class FinetuneContext:
     @property
     def domain(self) -> Domain:
         return self.spec.domain
+
+    @property
+    def transforms(self) -> tuple[Transform, ...]:
+        """The recipe's training transforms for the task's domain."""
+        return parse_transforms(training_transforms(self.recipe, self.domain))
+
+    @property
+    def crop(self) -> CropSize:
+        return CropSize(self.recipe.max_points, self.recipe.crop_fraction)
 
 
 @dataclass(frozen=True)
@@ -263,17 +279,14 @@ def task_type(spec: TaskSpec) -> TaskType:
     return TASK_TYPES[spec.task_type]()
 
 
-def train_cloud(scene: Scene, domain: Domain, voxel: float, limit: int | None, rng: np.random.Generator
-                ) -> tuple[Cloud, Scene, np.ndarray]:
-    """An augmented, grid-sampled training cloud, cropped to ``limit`` points around a random centre:
+def train_cloud(scene: Scene, domain: Domain, voxel: float, crop: CropSize, transforms: tuple[Transform, ...],
+                rng: np.random.Generator) -> tuple[Cloud, Scene, np.ndarray]:
+    """An augmented, grid-sampled training cloud, sphere-cropped to ``crop``'s size around a random centre:
     (cloud, the augmented scene, indices of the chosen points)."""
-    outdoor = domain == "outdoor"
-    augment = Augment(rotate_z=np.pi, scale=(0.95, 1.05) if outdoor else (0.9, 1.1), flip_p=0.5,
-                      jitter_sigma=0.0 if outdoor else 0.005)
-    scene = augment(scene, rng)
+    scene = augment(scene, transforms, rng)
     sampled = grid_sample_train(scene.coord, voxel, rng)
-    crop = sphere_crop(scene.coord[sampled.index], limit, rng).index  # a cap keeps local density, never thins
-    index, grid = sampled.index[crop], sampled.grid_coord[crop]
+    kept = sphere_crop(scene.coord[sampled.index], crop.limit(len(sampled.index)), rng).index  # keeps the density
+    index, grid = sampled.index[kept], sampled.grid_coord[kept]
     return (scene.coord[index], grid, point_features(scene, domain)[index]), scene, index
 
 
@@ -297,11 +310,11 @@ class SceneTaskType(TrainedTaskType):
         """Training targets of the points ``index`` of the (augmented) scene."""
 
     def collate(self, data: Sequence[Scene], ctx: FinetuneContext) -> SceneBatch:
-        return SceneBatch(data, self, ctx.domain, ctx.voxel, ctx.recipe.max_points)
+        return SceneBatch(data, self, ctx.domain, ctx.voxel, ctx.crop, ctx.transforms)
 
     def batchnorm_inputs(self, data: Sequence[Scene], ctx: FinetuneContext) -> list[PointBatch]:
         return [PointBatch.collate([cloud])
-                for cloud in batchnorm_clouds(data, ctx.domain, ctx.voxel, ctx.recipe.max_points, ctx.seed)]
+                for cloud in batchnorm_clouds(data, ctx.domain, ctx.voxel, ctx.crop, ctx.transforms, ctx.seed)]
 
     def steps_per_epoch(self, spec: TaskSpec, data_root: Path, train: Sequence[object], recipe: FinetuneRecipe) -> int:
         """A limited-reconstruction task (a fraction of the training scenes) trains for as many optimiser steps as
@@ -320,12 +333,13 @@ class SceneBatch:
     task: SceneTaskType
     domain: Domain
     voxel: float
-    limit: int | None
+    crop: CropSize
+    transforms: tuple[Transform, ...]
 
     def __call__(self, draws: list[Draw]) -> tuple[PointBatch, np.ndarray]:
         clouds, targets = [], []
         for i, rng in draws:
-            cloud, scene, index = train_cloud(self.scenes[i], self.domain, self.voxel, self.limit, rng)
+            cloud, scene, index = train_cloud(self.scenes[i], self.domain, self.voxel, self.crop, self.transforms, rng)
             clouds.append(cloud)
             targets.append(self.task.targets(scene, index))
         return PointBatch.collate(clouds), np.concatenate(targets)
@@ -336,29 +350,13 @@ def cloud_inputs(clouds: Sequence[Cloud], device: torch.device) -> Iterator[Poin
     return (PointBatch.collate([cloud]).to(device) for cloud in clouds)
 
 
-def batchnorm_clouds(train: Sequence[Scene], domain: Domain, voxel: float, limit: int | None, seed: int
-                     ) -> list[Cloud]:
+def batchnorm_clouds(train: Sequence[Scene], domain: Domain, voxel: float, crop: CropSize,
+                     transforms: tuple[Transform, ...], seed: int) -> list[Cloud]:
     """Training clouds (at most :data:`BN_SCENES`, as in training) over which BatchNorm statistics are
     recomputed; drawn from their own generator, so they do not depend on what training drew."""
     rng = np.random.default_rng(seed + 1)
-    return [train_cloud(train[i], domain, voxel, limit, rng)[0]
+    return [train_cloud(train[i], domain, voxel, crop, transforms, rng)[0]
             for i in sorted(rng.permutation(len(train))[:BN_SCENES].tolist())]
-
-
-def make_optimizer(model: torch.nn.Module, recipe: FinetuneRecipe
-                   ) -> tuple[torch.optim.Optimizer, list[float]]:
-    """The recipe's optimiser over the trainable parameters, the backbone's at ``lr x backbone_lr_scale``;
-    returns it with each group's peak learning rate."""
-    backbone = getattr(model, "backbone", None)  # a task model without one trains as one group
-    inside = {id(p) for p in backbone.parameters()} if backbone is not None else set()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": ps, "lr": lr} for ps, lr in (
-        ([p for p in trainable if id(p) in inside], recipe.lr * recipe.backbone_lr_scale),
-        ([p for p in trainable if id(p) not in inside], recipe.lr)) if ps]
-    optimizer = (torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=True,
-                                 weight_decay=recipe.weight_decay) if recipe.optimizer == "sgd" else
-                 torch.optim.AdamW(groups, lr=recipe.lr, weight_decay=recipe.weight_decay))
-    return optimizer, [g["lr"] for g in groups]
 
 
 def finetune(spec: TaskSpec, backbone_name: str, data_root: str | Path, *, seed: int = 0,
@@ -395,7 +393,7 @@ def _prepare(spec: TaskSpec, backbone: str, seed: int, recipe: FinetuneRecipe, l
     kind.check(spec, backbone, linear_probe)  # refused before any data is opened
     ranks, dev = distributed.setup(device)
     config = get_backbone_config(backbone)
-    voxel = voxel_size(spec.domain, config.voxel_size) if config.modality == "3d" else None
+    voxel = (recipe.grid_size or voxel_size(spec.domain, config.voxel_size)) if config.modality == "3d" else None
     return kind, FinetuneContext(spec=spec, recipe=recipe, backbone=backbone, voxel=voxel, seed=seed, device=dev,
                                  linear_probe=linear_probe, ranks=ranks,
                                  artifacts=Path(artifacts) if artifacts is not None else None)
@@ -427,7 +425,7 @@ def train_and_evaluate(task: TrainedTaskType, ctx: FinetuneContext, train: Seque
     optimizer, peaks = make_optimizer(model, recipe)
     steps_per_epoch = steps_per_epoch or math.ceil(len(train) / recipe.batch_size)
     steps = task.epochs(recipe) * steps_per_epoch
-    scheduler = one_cycle(optimizer, peaks, steps, recipe.pct_start)
+    scheduler = build_schedule(optimizer, recipe.schedule, peaks, steps)
     batches = StepBatches(task.collate(train, ctx), seed=ctx.seed, scenes=len(train), batch_size=recipe.batch_size,
                           steps=steps, ranks=ctx.ranks)
     runlog = RunLog(ctx.artifacts / METRICS if ctx.artifacts is not None and ctx.ranks.main else None)

@@ -20,10 +20,12 @@ from bench.finetune.engine import batchnorm_clouds, cloud_inputs
 from bench.finetune.exports import load_export
 from bench.finetune.semseg import point_outputs
 from bench.hooks import precise_batchnorm
+from bench.recipes import DOMAIN_AUGMENT
 from tasks.contract import Domain, in_channels, voxel_size
 from tasks.datasets import task_scenes
 from tasks.spec import TaskSpec
 from tasks.structures import Scene
+from tasks.transforms import CropSize, parse_transforms
 
 POINTS_PER_SCENE = 20_000  # points drawn per scene for the regressions
 RIDGE = 1e-3  # ridge strength on standardised features
@@ -88,7 +90,9 @@ def feature_probe(spec: TaskSpec, backbone_name: str, data_root: str | Path, *, 
     backbone.to(dev)
     train, evaluation = task_scenes(spec, data_root, "train"), task_scenes(spec, data_root, spec.eval_split)
     picked = sorted(rng.permutation(len(train))[:max(scenes, 1)].tolist())
-    precise_batchnorm(backbone, cloud_inputs(batchnorm_clouds(train, spec.domain, voxel, None, seed), dev))
+    clouds = batchnorm_clouds(train, spec.domain, voxel, CropSize(), parse_transforms(DOMAIN_AUGMENT[spec.domain]),
+                              seed)
+    precise_batchnorm(backbone, cloud_inputs(clouds, dev))
     parts: dict[str, list[tuple[np.ndarray, dict[str, np.ndarray]]]] = {"train": [], "eval": []}
     for split, data, indices in (("train", train, picked), ("eval", evaluation, range(min(scenes, len(evaluation))))):
         for i in indices:

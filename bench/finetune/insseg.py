@@ -18,7 +18,7 @@ import torch
 from bench import distributed
 from bench.finetune.engine import FinetuneContext, SceneTaskType, register_task_type
 from bench.finetune.plots import plot_instances
-from bench.finetune.semseg import point_outputs
+from bench.finetune.semseg import evaluation_views, point_outputs
 from bench.hooks import Evaluation
 from tasks.heads.instance import InstanceSegmentationModel, centre_offsets, cluster_instances, pointgroup_loss
 from tasks.metrics import ConfusionMatrix
@@ -73,7 +73,8 @@ class InstanceSegmentation(SceneTaskType):
         k = len(classes)
         stuff = [i for i in range(k) if i not in instance_classes(classes)]
         out = point_outputs(model, scene, ctx.voxel, ctx.domain, ctx.device,
-                            lambda o: torch.cat([o[0].softmax(-1), o[1]], 1), ctx.recipe.tta, vectors=slice(k, k + 3))
+                            lambda o: torch.cat([o[0].softmax(-1), o[1]], 1), evaluation_views(ctx.recipe),
+                            ctx.recipe.test_fragments, vectors=slice(k, k + 3))
         votes = out[:, :k].sum(1, keepdims=True)  # each vote's probabilities sum to 1
         probs, offsets = out[:, :k] / votes, out[:, k:] / votes
         return probs, cluster_instances(scene.coord, offsets, probs, stuff, ctx.voxel)

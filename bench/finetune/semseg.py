@@ -18,11 +18,12 @@ from backbones.structures import PointBatch
 from bench import distributed
 from bench.finetune.engine import FinetuneContext, SceneTaskType, register_task_type
 from bench.hooks import Evaluation
+from bench.recipes import FinetuneRecipe
 from tasks.contract import MAX_TEST_FRAGMENTS, point_features
 from tasks.heads.segmentation import SegmentationModel, lovasz_softmax
 from tasks.metrics import ConfusionMatrix
 from tasks.structures import Scene
-from tasks.transforms import rotation_z, voting_fragments
+from tasks.transforms import IDENTITY_VIEW, TestView, view_transform, voting_fragments
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,9 @@ class SemanticSegmentation(SceneTaskType):
         matrix = ConfusionMatrix(len(ctx.spec.classes), ctx.spec.ignore_index)
         for i in distributed.shard(len(scenes), ctx.ranks):
             scene = scenes[i]
-            matrix.update(scene.segment, predict_scene(model, scene, ctx.voxel, ctx.domain, len(ctx.spec.classes),
-                                                       ctx.device, ctx.recipe.tta))
+            predicted = predict_scene(model, scene, ctx.voxel, ctx.domain, len(ctx.spec.classes), ctx.device,
+                                      evaluation_views(ctx.recipe), ctx.recipe.test_fragments)
+            matrix.update(scene.segment, predicted)
         matrix.matrix = distributed.sum_over_ranks(matrix.matrix, ctx.ranks)
         scores = matrix.scores(ctx.spec.classes)
         per_class = scores.pop("per_class_iou")
@@ -61,17 +63,23 @@ class SemanticSegmentation(SceneTaskType):
 
 
 def predict_scene(model: torch.nn.Module, scene: Scene, voxel: float, domain: str, num_classes: int,
-                  device: torch.device, tta: bool = False, max_fragments: int = MAX_TEST_FRAGMENTS) -> np.ndarray:
+                  device: torch.device, views: Sequence[TestView] = (IDENTITY_VIEW,),
+                  max_fragments: int | None = MAX_TEST_FRAGMENTS) -> np.ndarray:
     """Class of every point of ``scene``: test-mode fragments voted per voxel, every point takes its voxel's vote."""
-    return point_outputs(model, scene, voxel, domain, device, lambda logits: logits.softmax(-1), tta,
+    return point_outputs(model, scene, voxel, domain, device, lambda logits: logits.softmax(-1), views,
                          max_fragments).argmax(1)
 
 
+def evaluation_views(recipe: FinetuneRecipe) -> tuple[TestView, ...]:
+    """The views an evaluation votes over: the recipe's test-time views with ``tta``, else the scene as it is."""
+    return tuple(recipe.tta_views) if recipe.tta else (IDENTITY_VIEW,)
+
+
 def point_outputs(model: torch.nn.Module, scene: Scene, voxel: float, domain: str, device: torch.device,
-                  readout: Callable[[object], torch.Tensor], tta: bool = False,
-                  max_fragments: int = MAX_TEST_FRAGMENTS, vectors: slice | None = None) -> np.ndarray:
+                  readout: Callable[[object], torch.Tensor], views: Sequence[TestView] = (IDENTITY_VIEW,),
+                  max_fragments: int | None = MAX_TEST_FRAGMENTS, vectors: slice | None = None) -> np.ndarray:
     """Per-point outputs (N, D) of a model over a whole scene: ``readout`` turns the model's output into (n, D)
-    rows, which are summed over the test-mode fragments of each voxel (and over four rotations with ``tta``)
+    rows, which are summed over the test-mode fragments of each voxel and over the test-time ``views``
     and sent back to every point of the voxel. Columns ``vectors`` hold xyz vectors, rotated back to the
     scene's frame.
 
@@ -79,9 +87,9 @@ def point_outputs(model: torch.nn.Module, scene: Scene, voxel: float, domain: st
     samples have 3,165 in one 10 cm voxel), which would otherwise mean thousands of forward passes.
     """
     total: np.ndarray | None = None
-    for angle in ((0.0, np.pi / 2, np.pi, 3 * np.pi / 2) if tta else (0.0,)):
-        turn = rotation_z(angle)
-        view = turn.apply(scene) if angle else scene
+    for test_view in views:
+        turn = view_transform(test_view)
+        view = scene if turn is None else turn.apply(scene)
         feats = point_features(view, domain)
         fragments, voxel_of = voting_fragments(view.coord, voxel, max_fragments)
         sums: np.ndarray | None = None
@@ -92,7 +100,7 @@ def point_outputs(model: torch.nn.Module, scene: Scene, voxel: float, domain: st
                 rows = readout(model(batch)).float().cpu().numpy()
             sums = rows if sums is None else sums + rows
         per_point = sums[voxel_of]
-        if vectors is not None and angle:
-            per_point[:, vectors] = per_point[:, vectors] @ turn.rotation  # row vectors: R^T v
+        if vectors is not None and turn is not None:  # row vectors: R^T v / s
+            per_point[:, vectors] = per_point[:, vectors] @ turn.rotation / turn.scale
         total = per_point if total is None else total + per_point
     return total

@@ -87,7 +87,8 @@ class RunSpec:
     def recipe(self) -> FinetuneRecipe:
         from bench.finetune.engine import check_task_settings
 
-        return check_task_settings(replace(get_finetune_recipe(self.preset, list(self.overrides)), tta=self.tta))
+        recipe = get_finetune_recipe(self.preset, list(self.overrides), task=get_task(self.task))
+        return check_task_settings(replace(recipe, tta=self.tta))
 
     def record_path(self) -> Path:
         spec = get_task(self.task)
@@ -195,10 +196,11 @@ def expand(*, backbones: list[str], inits: list[str], tasks: str, seeds: list[in
         raise ValueError("test-time augmentation is the --tta flag (it changes the protocol), not a recipe override")
     from bench.finetune.engine import check_task_settings, task_type
 
-    recipe = check_task_settings(get_finetune_recipe(preset, list(overrides)))  # a bad override fails here
     runs = []
     for task in task_ids:
         spec = get_task(task)
+        # the task's recipe under the preset; a bad override fails here
+        recipe = check_task_settings(get_finetune_recipe(preset, list(overrides), task=spec))
         for protocol in dict.fromkeys(protocols):
             probe = protocol == "probe"
             for backbone in (task_type(spec).matrix_backbones(spec, backbones, recipe) if spec.runnable

@@ -23,7 +23,8 @@ from tasks.contract import OUTDOOR_EXTENT, UNIT_BOX, grid_spec, point_features, 
 from tasks.datasets import DATASETS, open_dataset
 from tasks.errors import DataFormatError
 from tasks.structures import PosedViews, Scene
-from tasks.transforms import Augment, grid_sample_train, normalize_to_unit_cube, sphere_crop
+from tasks.transforms import augment as augmented
+from tasks.transforms import grid_sample_train, normalize_to_unit_cube, parse_transforms, sphere_crop
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,7 @@ def _camera_sample(scene: Scene, recipe, voxel_size: float, rng: np.random.Gener
     pick = rng.choice(len(scene.views), size=min(recipe.views, len(scene.views)), replace=False)
     scene = replace(scene, views=scene.views.select(np.sort(pick)))
     if augment and recipe.mode == "indoor":
-        scene = Augment(rotate_z=np.pi, scale=(0.9, 1.1), flip_p=0.5)(scene, rng)
+        scene = augmented(scene, parse_transforms(recipe.augment), rng)
     full, norm = normalize_to_unit_cube(scene)
     views = full.views
     spec = grid_spec(recipe.domain, recipe.grid)
@@ -245,7 +246,7 @@ def _outdoor_sample(scene: Scene, recipe, voxel_size: float, rng: np.random.Gene
                     gen: torch.Generator, augment: bool, with_preview: bool) -> PretrainSample:
     """A LiDAR sweep in its sensor frame: block-masked input, rays from the sensor to its own returns."""
     if augment:
-        scene = Augment(rotate_z=np.pi, scale=(0.95, 1.05), flip_p=0.5, jitter_sigma=0.0)(scene, rng)
+        scene = augmented(scene, parse_transforms(recipe.augment), rng)
     spec = grid_spec(recipe.domain, recipe.grid)
     lo, hi = np.array(spec.lo), np.array(spec.hi)
     rng_dist = np.linalg.norm(scene.coord, axis=1)

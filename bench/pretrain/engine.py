@@ -26,7 +26,7 @@ from backbones.registry import get_backbone_config
 from bench import distributed
 from bench.hooks import Checkpoint, LogMetrics
 from bench.matrix.records import git_sha
-from bench.optim import one_cycle
+from bench.optim import build_schedule, make_optimizer
 from bench.pretrain.data import (
     PretrainSample,
     Preview,
@@ -145,13 +145,8 @@ class Pretrainer:
         self.model.to(self.device)
         self.steps_per_epoch = recipe.steps_per_epoch or math.ceil(len(self.source) /
                                                                    (recipe.batch_size * self.ranks.world))
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if recipe.optimizer == "adamw":
-            self.optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
-        else:
-            self.optimizer = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, nesterov=True,
-                                             weight_decay=recipe.weight_decay)
-        self.scheduler = one_cycle(self.optimizer, recipe.lr, recipe.epochs * self.steps_per_epoch, recipe.pct_start)
+        self.optimizer, peaks = make_optimizer(self.model, recipe)
+        self.scheduler = build_schedule(self.optimizer, recipe.schedule, peaks, recipe.epochs * self.steps_per_epoch)
         self.held: list[PretrainSample] = []
         self.heldout_before: float | None = None
 
