@@ -93,19 +93,52 @@ def _list(args: argparse.Namespace) -> int:
                                     "title"]]
         print(table.to_string(index=False))
     elif args.what == "recipes":
-        from bench.recipes import FINETUNE_PRESETS, PRESETS, PRETRAIN_FOR_FINETUNE
-
-        print(pd.DataFrame([{"preset": k, "mode": r.mode, "backbone": r.backbone, "epochs": r.epochs,
-                             "grid": r.grid, "rays": f"{r.views}x{r.rays_per_view}", "lr": r.lr}
-                            for k, r in PRESETS.items()]).to_string(index=False))
-        print("\nfine-tuning presets (ponderbench run --preset NAME KEY=VALUE ...):")
-        print(pd.DataFrame([{"preset": k, **asdict(r), "ponder init": " ".join(
-            (PRETRAIN_FOR_FINETUNE[k][0].format(mode="<mode>"), *PRETRAIN_FOR_FINETUNE[k][1]))}
-            for k, r in FINETUNE_PRESETS.items()]).to_string(index=False))
+        return _list_recipes(args)
     elif args.what == "suites":
         from tasks.synth.suite import SUITES
 
         print(pd.DataFrame([{"suite": k, **v.__dict__} for k, v in SUITES.items()]).to_string(index=False))
+    return 0
+
+
+def _list_recipes(args: argparse.Namespace) -> int:
+    """The presets, or one recipe resolved value by value with the source of each (``--task``, ``--pretrain``)."""
+    import json
+
+    from bench.recipes import (
+        FINETUNE_PRESETS,
+        PRESETS,
+        PRETRAIN_FOR_FINETUNE,
+        PRETRAIN_SETTINGS,
+        finetune_sources,
+        get_finetune_recipe,
+        recipe_sources,
+    )
+
+    if args.task or args.pretrain:
+        if args.pretrain:
+            if args.pretrain not in PRESETS:
+                raise SystemExit(f"ponderbench list recipes: unknown pre-training preset {args.pretrain!r}; choose "
+                                 f"from {', '.join(sorted(PRESETS))}")
+            resolved = recipe_sources(PRESETS[args.pretrain], PRETRAIN_SETTINGS[args.pretrain])
+        else:
+            from tasks.spec import get_task
+
+            resolved = finetune_sources(args.preset, get_task(args.task))
+        if args.format == "json":
+            print(json.dumps(resolved, indent=1))
+        else:
+            print(pd.DataFrame([{"field": k, **v} for k, v in resolved.items()]).to_string(index=False))
+        return 0
+    print(pd.DataFrame([{"preset": k, "mode": r.mode, "backbone": r.backbone, "epochs": r.epochs,
+                         "batch": r.batch_size, "optimizer": r.optimizer, "lr": r.lr, "grid": r.grid,
+                         "rays": f"{r.views}x{r.rays_per_view}"} for k, r in PRESETS.items()]).to_string(index=False))
+    print("\nfine-tuning presets (ponderbench run --preset NAME KEY=VALUE ...): each task's reference recipe with "
+          "these settings\n(ponderbench list recipes --task TASK --preset NAME shows one task's, with sources)")
+    for name, settings in FINETUNE_PRESETS.items():
+        init = " ".join((PRETRAIN_FOR_FINETUNE[name][0].format(mode="<mode>"), *PRETRAIN_FOR_FINETUNE[name][1]))
+        print(f"  {name}: {' '.join(s.item for s in settings) or '(the reference as it is)'}; ponder init: {init}")
+    get_finetune_recipe("mini")  # the presets resolve
     return 0
 
 
@@ -506,6 +539,12 @@ def build_parser() -> argparse.ArgumentParser:
     lister = sub.add_parser("list", parents=[plugins], help="list what the suite knows")
     lister.add_argument("what", choices=("backbones", "datasets", "suites", "tasks", "recipes"))
     lister.add_argument("pattern", nargs="?", default="*", help="wildcard filter for backbones, e.g. 'spunet*'")
+    lister.add_argument("--task", help="recipes: this task's fine-tuning recipe under --preset, each value with its "
+                                       "source")
+    lister.add_argument("--preset", default="reference", help="recipes: the fine-tuning preset for --task")
+    lister.add_argument("--pretrain", help="recipes: this pre-training preset (indoor, outdoor-mini ...), each value "
+                                           "with its source")
+    lister.add_argument("--format", choices=("table", "json"), default="table")
     lister.set_defaults(func=_list)
     return parser
 
