@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 Mode = Literal["indoor", "outdoor", "image"]  # 3D + RGB-D views | LiDAR | 2D backbone on multi-view images
 Optimizer = Literal["sgd", "adamw"]
 Precision = Literal["fp32", "bf16", "fp16"]  # fine-tuning's autocast dtype on CUDA (fp16 with a GradScaler)
+OutdoorRays = Literal["camera", "lidar"]
+Projection = Literal["unet", "conv"]
 MODES: tuple[Mode, ...] = get_args(Mode)
 
 
@@ -41,20 +43,30 @@ class PretrainRecipe:
     # input
     mask_ratio: float = 0.8  # indoor: RandomDropout of points; outdoor: block masking; image: patch masking
     mask_block: float = 2.0  # outdoor: block edge in metres; image: patch edge in pixels is 32
+    # outdoor: masked blocks keep their points, whose features become one learned token (PonderV2), instead of
+    # being dropped (the suite's LiDAR variant)
+    mask_token: bool = False
     max_points: int | None = None  # cap on input points per scene (a sphere crop; rays end inside it)
     image_size: tuple[int, int] = (256, 352)  # image mode: (H, W) the views are resized to
     # rays
     views: int = 5
     rays_per_view: int = 256  # indoor/image per view; outdoor: per camera, or LiDAR rays per sweep / 4
     lidar_rays: int = 2048  # outdoor rays from the LiDAR origin to its own returns
+    # outdoor: rays from each camera to the LiDAR points it sees (PonderV2; a nuScenes root with its cameras), or
+    # from the LiDAR origin to its own returns (the suite's variant: any sweep, no camera needed)
+    outdoor_rays: OutdoorRays = "lidar"
+    close_radius: float = 3.0  # camera rays: points nearer the LiDAR than this (metres, in x-y) are not targets
     # volume and renderer
     grid: tuple[int, int, int] = (128, 128, 32)  # (X, Y, Z) cells
-    volume_channels: int = 96
+    volume_channels: int = 96  # the U-Net's input width (the conv projection reads the backbone's features)
+    projection: Projection = "unet"  # a 3D U-Net (PonderV2 indoor) or one Conv3d (outdoor)
     unet_base: int = 32
     unet_levels: int = 4
     sdf_channels: int = 64
-    color_channels: int = 64
+    color_channels: int = 64  # the conv projection's one volume serves both: equal to sdf_channels
     hidden: int = 128
+    field_layers: int = 1  # hidden blocks of the SDF decoder
+    geometry_features: int = 64  # the SDF decoder's feature output beside the SDF
     semantic_dim: int = 512  # 0: no semantic rendering
     n_uniform: int = 96
     n_importance: int = 36
@@ -89,6 +101,10 @@ class PretrainRecipe:
             raise ValueError(f"optimizer must be adamw or sgd, got {self.optimizer!r}")
         if not 0.0 <= self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
+        for name, value, allowed in (("outdoor_rays", self.outdoor_rays, get_args(OutdoorRays)),
+                                     ("projection", self.projection, get_args(Projection))):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         _canonical_transforms(self)
 
 
@@ -250,9 +266,11 @@ _ONECYCLE = (_cpu("schedule.kind", "onecycle", "the CPU presets' schedule"),
                                   ("min_lr_ratio", 1e-3))))
 
 
-def _mini_pretrain(mode: Mode) -> tuple[Setting, ...]:
+def _mini_pretrain(mode: Mode, camera: bool = False) -> tuple[Setting, ...]:
     """What the mini pre-training changes in the reference of ``mode``: a small net, volume and sampler and one epoch,
-    AdamW at a high rate (minutes on 2 CPU cores), and the suite's own augmentation."""
+    AdamW at a high rate (minutes on 2 CPU cores), and the suite's own augmentation. Outdoors, the suite's LiDAR-ray
+    variant, or with ``camera`` PonderV2's pretext (camera rays, mask token, one convolution, depth loss) at the
+    LiDAR variant's ray budget."""
     volume = {"indoor": (48, 48, 16), "outdoor": (90, 90, 5), "image": (48, 48, 16)}[mode]
     small = "a net, volume and sampler small enough for minutes on 2 CPU cores"
     settings = [
@@ -271,10 +289,19 @@ def _mini_pretrain(mode: Mode) -> tuple[Setting, ...]:
         _cpu("max_points", None if mode == "image" else 40_000, "a sphere crop bounds a CPU step's memory"),
         _cpu("augment", DOMAIN_AUGMENT["outdoor" if mode == "outdoor" else "indoor"], "the suite's augmentation"),
     ]
-    if mode == "outdoor":
+    if camera:
+        settings = [s for s in settings if s.key != "hidden"]  # the reference's decoder is already small
+        settings += [_cpu("rays_per_view", 170, "6 cameras x 170: the LiDAR variant's 1,024 rays a step")]
+    elif mode == "outdoor":
         why = "the suite's outdoor variant: LiDAR rays with colour-free SDF losses (see the README)"
-        settings += [_cpu("lidar_rays", 1024, "half the LiDAR rays, for a CPU step"),
+        settings += [_cpu("outdoor_rays", "lidar", "the suite's outdoor variant: rays from the LiDAR to its returns "
+                                                   "(any sweep: the mini suite pre-trains on SemanticKITTI)"),
+                     _cpu("lidar_rays", 1024, "half the LiDAR rays, for a CPU step"),
+                     _cpu("mask_token", False, "the suite's outdoor variant drops the masked blocks' points"),
                      _cpu("mask_block", 2.0, "the suite's outdoor variant drops 2 m blocks of points"),
+                     _cpu("projection", "unet", "the suite's outdoor variant: a small 3D U-Net"),
+                     _cpu("field_layers", 1, "the suite's outdoor variant: the indoor decoder"),
+                     _cpu("geometry_features", 64, "the suite's outdoor variant: the indoor decoder"),
                      *(_cpu(f"losses.{term}", weight, why) for term, weight in (
                          ("rgb", 10.0), ("depth", 10.0), ("sdf", 10.0), ("free_space", 1.0), ("eikonal", 0.01),
                          ("semantic", 0.1), ("truncation", 0.5)))]
@@ -288,6 +315,7 @@ def _mini_pretrain(mode: Mode) -> tuple[Setting, ...]:
 PRETRAIN_SETTINGS: dict[str, tuple[Setting, ...]] = {
     **{mode: PRETRAIN[mode] for mode in MODES},
     **{f"{mode}-mini": (*PRETRAIN[mode], *_mini_pretrain(mode)) for mode in MODES},
+    "outdoor-mini-camera": (*PRETRAIN["outdoor"], *_mini_pretrain("outdoor", camera=True)),
 }
 
 

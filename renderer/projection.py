@@ -1,6 +1,7 @@
-"""Dense 3D U-Net that turns the scattered feature volume into the renderer's SDF + colour volume.
+"""Dense projections from the scattered feature volume to the renderer's SDF + colour volumes: a 3D U-Net
+(PonderV2 indoor) or one convolution (PonderV2 outdoor, :class:`SimpleConv3D`).
 
-Reference: 96 backbone channels in, 128 out split 64 SDF + 64 colour, 4 levels. The split is two 1x1
+U-Net reference: 96 backbone channels in, 128 out split 64 SDF + 64 colour, 4 levels. The split is two 1x1
 heads, so each half comes out as its own contiguous channels-last volume (B, Z, Y, X, C), the layout the
 renderer samples, with no copy to split them. Pooling halves only the axes that are still at least 2
 cells long, and decoders upsample to their skip's exact size, so odd and flat grids (the outdoor
@@ -40,3 +41,19 @@ class UNet3D(nn.Module):
         for decoder, skip in zip(reversed(self.decoders), reversed(skips[:-1]), strict=True):
             x = decoder(torch.cat([skip, F.interpolate(x, size=skip.shape[2:], mode="nearest")], 1))
         return tuple(head(x).permute(0, 2, 3, 4, 1).contiguous() for head in self.heads)
+
+
+class SimpleConv3D(nn.Module):
+    """PonderV2's outdoor projection (``SimpleConv3D-v1m1``): one 3x3x3 convolution, BatchNorm and ReLU. Its one
+    volume is both the SDF and the colour volume (the original's ``share_volume``), so the outdoor volume of
+    180 x 180 x 5 cells costs one convolution instead of a U-Net."""
+
+    def __init__(self, in_channels: int = 96, out_channels: int = 32) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv3d(in_channels, out_channels, 3, padding=1), nn.BatchNorm3d(out_channels),
+                                  nn.ReLU(inplace=True))
+
+    def forward(self, volume: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, Z, Y, X, in_channels) -> the same (B, Z, Y, X, out_channels) volume twice (SDF, colour)."""
+        out = self.conv(volume.permute(0, 4, 1, 2, 3)).permute(0, 2, 3, 4, 1).contiguous()
+        return out, out

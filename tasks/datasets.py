@@ -89,10 +89,10 @@ def _semantickitti(path: Path, split: str) -> SceneDataset:
     return SemanticKITTIDataset(path, split)
 
 
-def _nuscenes(path: Path, split: str, version: str | None = None) -> SceneDataset:
+def _nuscenes(path: Path, split: str, version: str | None = None, with_cameras: bool = False) -> SceneDataset:
     from tasks.formats.nuscenes import NuScenesLidarSegDataset
 
-    return NuScenesLidarSegDataset(path, split, version=nuscenes_version(path, version))
+    return NuScenesLidarSegDataset(path, split, version=nuscenes_version(path, version), with_cameras=with_cameras)
 
 
 def _fused_with_views(views: PosedViews, name: str) -> Scene:

@@ -30,7 +30,7 @@ from bench.hooks import Evaluation
 from bench.recipes import FinetuneRecipe, Mode
 from tasks.contract import OUTDOOR_VOXEL, in_channels, point_features
 from tasks.datasets import nuscenes_version
-from tasks.formats.nuscenes import SPLITS, NuScenesLidarSegDataset, SensorSample
+from tasks.formats.nuscenes import SPLITS, NuScenesLidarSegDataset, SensorSample, intensity
 from tasks.heads.detection import (
     BEVGrid,
     DetectionInput,
@@ -121,7 +121,7 @@ def sweep_cloud(points: np.ndarray, grid: BEVGrid, rng: np.random.Generator | No
     inside = ((np.abs(points[:, :2]) < grid.extent).all(1) & (points[:, 2] > grid.z_range[0])
               & (points[:, 2] < grid.z_range[1]))
     points = points[inside]
-    scene = Scene(name="sweep", coord=points[:, :3].astype(np.float32), strength=points[:, 3:4].astype(np.float32))
+    scene = Scene(name="sweep", coord=points[:, :3].astype(np.float32), strength=intensity(points))
     if rng is None:
         fragment = voting_fragments(scene.coord, OUTDOOR_VOXEL, 1)[0][0]
     else:

@@ -57,12 +57,13 @@ class SceneSource:
         return self.loader(index)
 
 
-def open_source(path: str | Path, mode: str) -> SceneSource:
+def open_source(path: str | Path, mode: str, cameras: bool = False) -> SceneSource:
     """The scenes at ``path`` in the first format of :data:`tasks.datasets.DATASETS` that serves ``mode`` and is
     found there (a 7-Scenes-style RGB-D folder, a Pointcept ScanNet root, SemanticKITTI, a nuScenes root, a folder
     of loose lidarseg frames), read by the loaders fine-tuning uses: pre-training trains on the training split
     only and reports its depth error on a few validation scenes; an RGB-D folder and loose frames hold out frames
-    by the contract's rule, the same frames the ``*-samples`` tasks evaluate on.
+    by the contract's rule, the same frames the ``*-samples`` tasks evaluate on. ``cameras``: outdoor sweeps with
+    their cameras attached (camera rays), which only a nuScenes root has.
     """
     from tasks.formats.rgbd_folder import RGBDFolder
 
@@ -79,8 +80,12 @@ def open_source(path: str | Path, mode: str) -> SceneSource:
     if kind == "lidarseg-frames":
         train, held = (open_dataset(kind, path, split) for split in ("train", "val"))
         return SceneSource(path, kind, train.names, train.__getitem__, (), [held[i] for i in range(len(held))])
+    if cameras and kind != "nuscenes":
+        raise DataFormatError(path, f"camera rays (outdoor_rays=camera) need a nuScenes root with its cameras; this "
+                                    f"is {kind or 'no outdoor dataset'}: use outdoor_rays=lidar")
     if kind is not None:
-        options = {"with_views": True} if mode in ("indoor", "image") else {}
+        options = ({"with_views": True} if mode in ("indoor", "image") else
+                   {"with_cameras": True} if cameras else {})
         data = open_dataset(kind, path, "train", **options)
         return SceneSource(path, kind, data.names, data.__getitem__, SCANNET20 if kind == "scannet" else (),
                            _heldout_scenes(kind, path, **options))
@@ -122,6 +127,7 @@ class PretrainSample:
     intrinsics: torch.Tensor | None = None  # (1, V, 3, 3) for ``images``
     cam_to_world: torch.Tensor | None = None  # (1, V, 4, 4)
     labels_known: bool = False
+    masked: torch.Tensor | None = None  # (N,) bool: points whose features the model's mask token replaces
     preview: Preview | None = None
     metres_per_unit: float = 1.0  # to report depth errors in metres
 
@@ -244,7 +250,8 @@ def _with_images(sample: PretrainSample, views: PosedViews, recipe, rng: np.rand
 
 def _outdoor_sample(scene: Scene, recipe, voxel_size: float, rng: np.random.Generator,  # noqa: ANN001
                     gen: torch.Generator, augment: bool, with_preview: bool) -> PretrainSample:
-    """A LiDAR sweep in its sensor frame: block-masked input, rays from the sensor to its own returns."""
+    """A LiDAR sweep in its sensor frame, block-masked, with rays from the cameras to the points they see
+    (PonderV2's ``outdoor_rays=camera``) or from the sensor to its own returns (``lidar``)."""
     if augment:
         scene = augmented(scene, parse_transforms(recipe.augment), rng)
     spec = grid_spec(recipe.domain, recipe.grid)
@@ -254,9 +261,12 @@ def _outdoor_sample(scene: Scene, recipe, voxel_size: float, rng: np.random.Gene
     if len(inside) == 0:
         raise UnusableScene(f"{scene.name}: no LiDAR return inside the volume")
     keep = inside[sphere_crop(scene.coord[inside], recipe.max_points, rng).index]
-    targets = keep[_subset(len(keep), recipe.lidar_rays, rng)]  # returns inside the input crop, before masking
-    rays = lidar_rays(scene.coord[targets])
-    if augment and recipe.mask_ratio > 0:
+    rays = None
+    if recipe.outdoor_rays == "lidar":
+        targets = keep[_subset(len(keep), recipe.lidar_rays, rng)]  # returns inside the input crop, before masking
+        rays = lidar_rays(scene.coord[targets])
+    drop = augment and recipe.mask_ratio > 0 and not recipe.mask_token
+    if drop:  # the LiDAR variant drops the masked blocks' points
         blocks = np.floor(scene.coord[keep, :2] / recipe.mask_block).astype(np.int64)
         _, block_id = np.unique(blocks, axis=0, return_inverse=True)
         dropped = rng.random(block_id.max() + 1) < recipe.mask_ratio
@@ -265,20 +275,70 @@ def _outdoor_sample(scene: Scene, recipe, voxel_size: float, rng: np.random.Gene
         raise UnusableScene(f"{scene.name}: no point left after block masking")
     coord = scene.coord[keep]
     sampled = grid_sample_train(coord - lo.astype(np.float32), voxel_size, rng)
+    coord = coord[sampled.index]
+    if rays is None:
+        if scene.views is None:
+            raise UnusableScene(f"{scene.name}: camera rays need the sweep's cameras")
+        rays = camera_rays(scene.views, coord, recipe.rays_per_view, recipe.close_radius, rng)
+        if len(rays) == 0:
+            raise UnusableScene(f"{scene.name}: no camera sees a LiDAR point")
+    masked = None
+    if augment and recipe.mask_ratio > 0 and recipe.mask_token:
+        masked = torch.from_numpy(block_mask(coord - lo, recipe.mask_block, recipe.mask_ratio, rng))
     feat = point_features(scene.subset(keep[sampled.index]), "outdoor")
-    points = PointBatch.collate([(coord[sampled.index], sampled.grid_coord, feat)])
+    points = PointBatch.collate([(coord, sampled.grid_coord, feat)])
     preview = _lidar_preview(scene.coord, recipe.render_size) if with_preview else None
-    return PretrainSample(scene.name, spec, rays, points=points, preview=preview)
+    return PretrainSample(scene.name, spec, rays, points=points, masked=masked, preview=preview)
+
+
+def block_mask(coord: np.ndarray, block: float, ratio: float, rng: np.random.Generator) -> np.ndarray:
+    """(N,) True for the points of ``ratio`` of the occupied ``block``-metre cubes (PonderV2's outdoor mask: it
+    keeps round((1 - ratio) x blocks) blocks, drawn at random)."""
+    _, block_id = np.unique(np.floor(coord / block).astype(np.int64), axis=0, return_inverse=True)
+    n = int(block_id.max()) + 1
+    kept = np.zeros(n, dtype=bool)
+    kept[rng.permutation(n)[:round(n * (1 - ratio))]] = True
+    return ~kept[block_id.reshape(-1)]
+
+
+def camera_rays(views: PosedViews, points: np.ndarray, per_camera: int, close_radius: float,
+                rng: np.random.Generator) -> RayBundle:
+    """Rays from each camera to the LiDAR points it sees (PonderV2's ``ProjectOnImage`` + ``RaySample``): points in
+    front of it, inside its image and farther than ``close_radius`` from the LiDAR in x-y, the nearest one per
+    pixel; ``per_camera`` of them at random. The depth target is the camera-to-point distance."""
+    far = np.linalg.norm(points[:, :2], axis=1) > close_radius
+    height, width = views.image.shape[1:3]
+    starts, ends = [], []
+    for v in range(len(views)):
+        world_to_cam = np.linalg.inv(views.cam_to_world[v])
+        cam = points @ world_to_cam[:3, :3].T + world_to_cam[:3, 3]
+        z = cam[:, 2]
+        uv = (cam @ views.intrinsics[v].T)[:, :2] / np.maximum(z, 1e-5)[:, None]
+        seen = np.flatnonzero(far & (z > 1e-5) & (uv > 0).all(1) & (uv[:, 0] < width) & (uv[:, 1] < height))
+        pixel = uv[seen, 0].astype(np.int64) + uv[seen, 1].astype(np.int64) * width
+        order = np.lexsort((z[seen], pixel))  # by pixel, nearest first
+        first = np.ones(len(order), dtype=bool)
+        first[1:] = pixel[order][1:] != pixel[order][:-1]
+        visible = seen[order[first]]
+        chosen = visible[rng.choice(len(visible), size=min(per_camera, len(visible)), replace=False)]
+        starts.append(np.repeat(views.cam_to_world[v][None, :3, 3], len(chosen), 0))
+        ends.append(points[chosen])
+    return rays_between(np.concatenate(starts), np.concatenate(ends))
 
 
 def lidar_rays(returns: np.ndarray) -> RayBundle:
     """Rays from the sensor origin to LiDAR returns, with their range as the depth target."""
-    pts = torch.from_numpy(np.ascontiguousarray(returns, dtype=np.float32))
-    depth = pts.norm(dim=1)
-    directions = pts / depth[:, None]
-    origins = torch.zeros_like(pts)
+    return rays_between(np.zeros_like(returns), returns)
+
+
+def rays_between(starts: np.ndarray, ends: np.ndarray) -> RayBundle:
+    """Rays from ``starts`` to ``ends`` (N, 3), whose distance is the depth target, clipped to the outdoor volume."""
+    origins = torch.from_numpy(np.ascontiguousarray(starts, dtype=np.float32))
+    offset = torch.from_numpy(np.ascontiguousarray(ends, dtype=np.float32)) - origins
+    depth = offset.norm(dim=1)
+    directions = offset / depth[:, None]
     near, far, _ = near_far_from_box(origins, directions, *OUTDOOR_EXTENT, near_min=0.5)
-    return RayBundle(origins, directions, near, far, torch.zeros(len(pts), dtype=torch.long), depth=depth)
+    return RayBundle(origins, directions, near, far, torch.zeros(len(depth), dtype=torch.long), depth=depth)
 
 
 def _lidar_preview(coord: np.ndarray, size: tuple[int, int]) -> Preview:

@@ -132,7 +132,8 @@ class Pretrainer:
         self.ranks, self.device = distributed.setup(device)
         self.resume, self.progress = resume, progress
         torch.manual_seed(recipe.seed)  # identical initial weights on every rank
-        self.source: SceneSource = source or open_source(self.data, recipe.mode)
+        self.source: SceneSource = source or open_source(
+            self.data, recipe.mode, cameras=recipe.mode == "outdoor" and recipe.outdoor_rays == "camera")
         config = get_backbone_config(recipe.backbone)
         self.voxel = voxel_size(recipe.domain, config.voxel_size)
         self.model = PonderModel(recipe, self.source.class_names)

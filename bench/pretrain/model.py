@@ -1,8 +1,8 @@
 """The Ponder model: a backbone learns by rendering, inside a volumetric neural renderer.
 
 backbone -> feature volume (scatter-mean of point features, or 2D features lifted from the views) -> 3D U-Net
--> SDF and colour volumes -> NeuS rendering of the sample's rays -> losses. The backbone's input follows
-:mod:`tasks.contract`, so its export fine-tunes on exactly what it was pre-trained on.
+(or PonderV2 outdoor's one convolution) -> SDF and colour volumes -> NeuS rendering of the sample's rays -> losses.
+The backbone's input follows :mod:`tasks.contract`, so its export fine-tunes on exactly what it was pre-trained on.
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ from torch import nn
 from torch.profiler import record_function
 
 from backbones.registry import create_backbone, get_backbone_config
+from backbones.structures import PointBatch
 from bench.pretrain.data import PretrainSample
 from bench.recipes import PretrainRecipe
 from renderer.fields import FieldConfig, VolumeField
-from renderer.projection import UNet3D
+from renderer.projection import SimpleConv3D, UNet3D
 from renderer.rays import RayBundle
 from renderer.render import render_rays
 from renderer.samplers import NeuSSampler
@@ -43,11 +44,24 @@ class PonderModel(nn.Module):
         if (recipe.mode == "image") != (config.modality == "2d"):
             raise ValueError(f"mode {recipe.mode!r} needs a {'2D' if recipe.mode == 'image' else '3D'} backbone, "
                              f"{recipe.backbone!r} is {config.modality}")
-        self.to_volume = nn.Linear(feature_channels, recipe.volume_channels)
-        self.unet = UNet3D(recipe.volume_channels, (recipe.sdf_channels, recipe.color_channels), recipe.unet_base,
-                           recipe.unet_levels)
+        # PonderV2 outdoor: masked blocks keep their points, their features replaced by this learned token
+        self.mask_token = (nn.Parameter(nn.init.trunc_normal_(torch.zeros(1, in_channels(recipe.domain)), std=0.02,
+                                                              a=-0.02, b=0.02))
+                           if recipe.mask_token else None)
+        if recipe.projection == "conv":
+            if recipe.sdf_channels != recipe.color_channels:
+                raise ValueError("the conv projection's one volume is both the SDF and the colour volume: "
+                                 f"sdf_channels ({recipe.sdf_channels}) must equal color_channels "
+                                 f"({recipe.color_channels})")
+            self.to_volume = nn.Identity()
+            self.projection = SimpleConv3D(feature_channels, recipe.sdf_channels)
+        else:
+            self.to_volume = nn.Linear(feature_channels, recipe.volume_channels)
+            self.projection = UNet3D(recipe.volume_channels, (recipe.sdf_channels, recipe.color_channels),
+                                     recipe.unet_base, recipe.unet_levels)
         semantic_dim = recipe.semantic_dim if class_names else 0
         self.field = VolumeField(FieldConfig(recipe.sdf_channels, recipe.color_channels, recipe.hidden,
+                                             layers=recipe.field_layers, geometry_features=recipe.geometry_features,
                                              semantic_dim=semantic_dim))
         self.sampler = NeuSSampler(recipe.n_uniform, recipe.n_importance)
         self.register_buffer("class_embeddings", class_embeddings(list(class_names), dim=semantic_dim)
@@ -59,7 +73,7 @@ class PonderModel(nn.Module):
         amp = self.recipe.amp and sample.rays.origins.is_cuda
         with record_function("model/backbone"), torch.autocast("cuda", torch.bfloat16, enabled=amp):
             if self.modality == "3d":
-                feats = self.backbone(sample.points)
+                feats = self.backbone(self._masked(sample))
             else:
                 maps = self.backbone(sample.images)
         if self.modality == "3d":
@@ -75,8 +89,16 @@ class PonderModel(nn.Module):
                                            sample.cam_to_world, (h, w), sample.spec.lo, sample.spec.hi,
                                            sample.spec.shape)
                 volume = self.to_volume(lifted)
-        with record_function("model/unet"):
-            return self.unet(volume)
+        with record_function("model/projection"):
+            return self.projection(volume)
+
+    def _masked(self, sample: PretrainSample) -> PointBatch:
+        """The backbone's input: the mask token in place of the features of the sample's masked points."""
+        points = sample.points
+        if self.mask_token is None or sample.masked is None:
+            return points
+        feat = torch.where(sample.masked[:, None], self.mask_token.to(points.feat.dtype), points.feat)
+        return replace(points, feat=feat)
 
     def train_step(self, sample: PretrainSample, generator: torch.Generator | None = None, loss_scale: float = 1.0
                    ) -> dict[str, float]:
@@ -115,6 +137,7 @@ def sample_to(sample: PretrainSample, device: torch.device) -> PretrainSample:
 
     points = None if sample.points is None else sample.points.to(device)
     return replace(sample, rays=sample.rays.to(device), points=points, images=move(sample.images),
+                   masked=move(sample.masked),
                    intrinsics=move(sample.intrinsics), cam_to_world=move(sample.cam_to_world))
 
 

@@ -22,7 +22,7 @@ from tasks.classes import NUSCENES_GENERAL32
 from tasks.errors import DataFormatError
 from tasks.formats.base import SceneDataset
 from tasks.io import check_length, load_binary, load_image
-from tasks.structures import Scene
+from tasks.structures import PosedViews, Scene
 
 CAMERAS = ("CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_FRONT_LEFT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_BACK_RIGHT")
 SPLITS = {  # our split name -> devkit split name, per version
@@ -54,6 +54,12 @@ def read_lidarseg_labels(path: Path, n_points: int, lut: np.ndarray, points: Pat
 def read_lidar_points(path: Path) -> np.ndarray:
     """A ``.pcd.bin`` sweep: float32 x5 (x, y, z, intensity, ring index) in the LiDAR frame."""
     return load_binary(path, np.float32, 5)
+
+
+def intensity(points: np.ndarray) -> np.ndarray:
+    """(N, 1) return strength in [0, 1]: nuScenes stores 0-255; Pointcept (and PonderV2) divide by 255, so that
+    it is on SemanticKITTI's remission scale."""
+    return points[:, 3:4] / np.float32(255.0)
 
 
 @dataclass
@@ -89,10 +95,12 @@ class SensorSample:
 class NuScenesLidarSegDataset(SceneDataset):
     """LIDAR_TOP keyframes of a split with lidarseg labels; scene names are sample tokens."""
 
-    def __init__(self, root: str | Path, split: str = "train", version: str = "v1.0-trainval"):
+    def __init__(self, root: str | Path, split: str = "train", version: str = "v1.0-trainval",
+                 with_cameras: bool = False):
         if version not in SPLITS or split not in SPLITS[version]:
             raise ValueError(f"version/split must be one of {SPLITS}, got {version}/{split}")
         self.version = version
+        self.with_cameras = with_cameras  # attach the 6 cameras as posed views (outdoor camera-ray pre-training)
         self.lut = general_to_challenge_lut()
         super().__init__(root, split)
 
@@ -146,34 +154,53 @@ class NuScenesLidarSegDataset(SceneDataset):
                 raise DataFormatError(path, f"file is missing (listed in {self.version}/{table}.json)")
         points = read_lidar_points(points_file)
         segment = None if label_file is None else read_lidarseg_labels(label_file, len(points), self.lut, points_file)
-        return Scene(name=name, coord=points[:, :3].copy(), strength=points[:, 3:4].copy(), segment=segment)
+        views = self.camera_views(name) if self.with_cameras else None
+        return Scene(name=name, coord=points[:, :3].copy(), strength=intensity(points), segment=segment, views=views)
 
-    def sensors(self, name: str, cameras: bool = True) -> SensorSample:
-        """The sample's LiDAR sweep, 6 camera images with calibration (``cameras``), and boxes with their
-        detection class and velocity (the devkit's, from the neighbouring annotations), all in the LiDAR frame."""
-        from nuscenes.eval.detection.utils import category_to_detection_name
+    def _sensor_to_global(self, sd_token: str) -> np.ndarray:
         from nuscenes.utils.geometry_utils import transform_matrix
         from pyquaternion import Quaternion
 
-        sample = self.nusc.get("sample", name)
+        sd = self.nusc.get("sample_data", sd_token)
+        cs = self.nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
+        pose = self.nusc.get("ego_pose", sd["ego_pose_token"])
+        return (transform_matrix(pose["translation"], Quaternion(pose["rotation"]))
+                @ transform_matrix(cs["translation"], Quaternion(cs["rotation"])))
 
-        def sensor_to_global(sd_token: str) -> np.ndarray:
-            sd = self.nusc.get("sample_data", sd_token)
-            cs = self.nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
-            pose = self.nusc.get("ego_pose", sd["ego_pose_token"])
-            return (transform_matrix(pose["translation"], Quaternion(pose["rotation"]))
-                    @ transform_matrix(cs["translation"], Quaternion(cs["rotation"])))
-
-        lidar_sd = sample["data"]["LIDAR_TOP"]
-        lidar_to_global = sensor_to_global(lidar_sd)
+    def _cameras(self, sample: dict) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+        """The sample's camera images (RGB), intrinsics (V, 3, 3) and LiDAR-to-camera transforms (V, 4, 4)."""
+        lidar_to_global = self._sensor_to_global(sample["data"]["LIDAR_TOP"])
         images, intrinsics, lidar_to_cam = [], [], []
-        for cam in CAMERAS if cameras else ():
+        for cam in CAMERAS:
             sd_token = sample["data"][cam]
             sd = self.nusc.get("sample_data", sd_token)
             images.append(load_image(self.root / sd["filename"]))
             intrinsics.append(np.array(self.nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
                                        ["camera_intrinsic"]))
-            lidar_to_cam.append(np.linalg.inv(sensor_to_global(sd_token)) @ lidar_to_global)
+            lidar_to_cam.append(np.linalg.inv(self._sensor_to_global(sd_token)) @ lidar_to_global)
+        return images, np.stack(intrinsics), np.stack(lidar_to_cam)
+
+    def camera_views(self, name: str) -> PosedViews:
+        """The sample's cameras as posed views in the LiDAR frame (images and calibration; no depth maps)."""
+        with self._table_lookups():
+            images, intrinsics, lidar_to_cam = self._cameras(self.nusc.get("sample", name))
+        if len({img.shape for img in images}) != 1:
+            raise DataFormatError(self.root / self.version, f"sample {name}: its cameras' images differ in size "
+                                  f"({sorted({img.shape[:2] for img in images})})")
+        image = np.stack(images)
+        return PosedViews(image, np.zeros(image.shape[:3], np.float32), intrinsics, np.linalg.inv(lidar_to_cam),
+                          names=list(CAMERAS))
+
+    def sensors(self, name: str, cameras: bool = True) -> SensorSample:
+        """The sample's LiDAR sweep, 6 camera images with calibration (``cameras``), and boxes with their
+        detection class and velocity (the devkit's, from the neighbouring annotations), all in the LiDAR frame."""
+        from nuscenes.eval.detection.utils import category_to_detection_name
+
+        sample = self.nusc.get("sample", name)
+        lidar_sd = sample["data"]["LIDAR_TOP"]
+        lidar_to_global = self._sensor_to_global(lidar_sd)
+        images, intrinsics, lidar_to_cam = self._cameras(sample) if cameras else ([], np.zeros((0, 3, 3)),
+                                                                                  np.zeros((0, 4, 4)))
         path, boxes, _ = self.nusc.get_sample_data(lidar_sd)
         to_lidar = np.linalg.inv(lidar_to_global)[:3, :3]
         velocity = np.array([self.nusc.box_velocity(b.token) for b in boxes]).reshape(-1, 3) @ to_lidar.T
@@ -182,8 +209,7 @@ class NuScenesLidarSegDataset(SceneDataset):
             raise DataFormatError(points_file, f"file is missing (listed in {self.version}/sample_data.json)")
         return SensorSample(
             token=name, points=read_lidar_points(points_file), cameras=list(CAMERAS) if cameras else [],
-            images=images, intrinsics=np.stack(intrinsics) if cameras else np.zeros((0, 3, 3)),
-            lidar_to_cam=np.stack(lidar_to_cam) if cameras else np.zeros((0, 4, 4)),
+            images=images, intrinsics=intrinsics, lidar_to_cam=lidar_to_cam,
             box_centers=np.array([b.center for b in boxes]).reshape(-1, 3),
             box_sizes=np.array([b.wlh for b in boxes]).reshape(-1, 3),
             box_yaws=np.array([b.orientation.yaw_pitch_roll[0] for b in boxes]),
@@ -207,7 +233,7 @@ def read_lidarseg_frames(folder: str | Path) -> list[Scene]:
     for frame in frames:
         points = read_lidar_points(frame / "points.bin")
         segment = read_lidarseg_labels(frame / "lidarseg.bin", len(points), lut, frame / "points.bin")
-        scenes.append(Scene(name=frame.name, coord=points[:, :3].copy(), strength=points[:, 3:4].copy(),
+        scenes.append(Scene(name=frame.name, coord=points[:, :3].copy(), strength=intensity(points),
                             segment=segment))
     return scenes
 
