@@ -2,8 +2,8 @@
 
 ``version`` is bumped whenever anything that changes the numbers changes (split, classes, metric, protocol,
 evaluation); records carry ``id@version`` and the leaderboard refuses to mix versions. ``reference`` is
-the PonderV2 paper's number for the task (``None`` where the paper gives none), shown in the tables as a
-reference row, never as a result of this suite.
+the paper's number for the task with the setup it comes from (:data:`tasks.references.PAPER`; ``None`` where the
+paper gives none): a target over runs on real data, a footnote over the mini suite, never a result of this suite.
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ from tasks.classes import NUSCENES16, S3DIS13, SCANNET20, SCANNET200, SEMANTIC_K
 from tasks.contract import DOMAINS, Domain
 from tasks.metrics.detection import DETECTION_CLASSES, DETECTION_METRICS
 from tasks.references import Setting
-
-PAPER = "PonderV2 paper (arXiv:2310.08586)"
 
 Sensor = Literal["lidar", "camera"]
 Protocol = Literal["full", "limited-reconstruction", "limited-annotation"]
@@ -41,8 +39,7 @@ class TaskSpec:
     protocol: Protocol
     protocol_value: float | None  # fraction of training scenes, or labelled points per scene
     domain: Domain  # which pre-training applies
-    reference: float | None
-    reference_source: str = PAPER
+    paper: refs.PaperResult | None = None  # the published number and its setup
     runnable: bool = True
     note: str = ""
     # what the task's model reads: LiDAR (a 3D backbone), cameras (a 2D backbone), or both (the run's 3D backbone
@@ -77,6 +74,11 @@ class TaskSpec:
         return dataset_format(self.loader).folder
 
     @property
+    def reference(self) -> float | None:
+        """The paper's number, if any."""
+        return None if self.paper is None else self.paper.value
+
+    @property
     def key(self) -> str:
         return f"{self.id}@{self.version}"
 
@@ -109,67 +111,60 @@ SEG_METRICS = ("mIoU", "mAcc", "allAcc")
 
 
 def _semseg(id: str, title: str, loader: str, classes: tuple[str, ...], domain: Domain,
-            reference: float | None, recipe: tuple[Setting, ...], protocol: Protocol = "full",
+            recipe: tuple[Setting, ...], protocol: Protocol = "full",
             value: float | None = None, version: int = 3, note: str = "") -> TaskSpec:
     return register_task(TaskSpec(
         id=id, version=version, title=title, loader=loader, train_split="train", eval_split="val",
         task_type="semseg", classes=classes, ignore_index=-1, metrics=SEG_METRICS, main_score="mIoU",
-        higher_is_better=True, protocol=protocol, protocol_value=value, domain=domain, reference=reference, note=note,
-        recipe=recipe))
-
-
-def _not_yet(id: str, title: str, loader: str, task_type: str, metric: str,
-             classes: tuple[str, ...], domain: Domain, reference: float, note: str) -> TaskSpec:
-    return register_task(TaskSpec(
-        id=id, version=1, title=title, loader=loader, train_split="train", eval_split="val",
-        task_type=task_type, classes=classes, ignore_index=-1, metrics=(metric,), main_score=metric,
-        higher_is_better=True, protocol="full", protocol_value=None, domain=domain, reference=reference,
-        runnable=False, note=note))
+        higher_is_better=True, protocol=protocol, protocol_value=value, domain=domain, paper=refs.PAPER.get(id),
+        note=note, recipe=recipe))
 
 
 _semseg("scannet-semseg", "ScanNet semantic segmentation (20 classes), val", "scannet", SCANNET20,
-        "indoor", 77.0, refs.SCANNET_SEMSEG)
+        "indoor", refs.SCANNET_SEMSEG)
 _semseg("scannet200-semseg", "ScanNet200 semantic segmentation, val", "scannet200", SCANNET200,
-        "indoor", 32.3, refs.SCANNET200_SEMSEG)
+        "indoor", refs.SCANNET200_SEMSEG)
 _semseg("s3dis-area5-semseg", "S3DIS Area 5 semantic segmentation (13 classes)", "s3dis", S3DIS13,
-        "indoor", 73.2, refs.S3DIS_SEMSEG)
+        "indoor", refs.S3DIS_SEMSEG)
 INSSEG_METRICS = ("mAP", "AP50", "AP25")
-for id, title, loader, classes, ref, recipe in (
-        ("scannet-insseg", "ScanNet instance segmentation (18 classes), val", "scannet", SCANNET20, 62.6,
+for id, title, loader, classes, recipe in (
+        ("scannet-insseg", "ScanNet instance segmentation (18 classes), val", "scannet", SCANNET20,
          refs.SCANNET_INSSEG),
-        ("scannet200-insseg", "ScanNet200 instance segmentation, val", "scannet200", SCANNET200, 30.5,
+        ("scannet200-insseg", "ScanNet200 instance segmentation, val", "scannet200", SCANNET200,
          refs.SCANNET200_INSSEG)):
     register_task(TaskSpec(
         id=id, version=3, title=title, loader=loader, train_split="train", eval_split="val",
         task_type="insseg", classes=classes, ignore_index=-1, metrics=INSSEG_METRICS, main_score="AP50",
-        higher_is_better=True, protocol="full", protocol_value=None, domain="indoor", reference=ref, recipe=recipe,
+        higher_is_better=True, protocol="full", protocol_value=None, domain="indoor", paper=refs.PAPER[id],
+        recipe=recipe,
         note="PointGroup-style head; the ScanNet benchmark's AP over its instance classes (all but wall, floor)"))
-for pct, ref in ((1, 34.6), (5, None), (10, None), (20, 68.2)):
+for pct in (1, 5, 10, 20):
     _semseg(f"scannet-de-lr{pct}", f"ScanNet data-efficient: {pct}% of the training scenes", "scannet",
-            SCANNET20, "indoor", ref, refs.SCANNET_SEMSEG, protocol="limited-reconstruction", value=pct / 100)
-for points, ref in ((20, 67.0), (50, None), (100, None), (200, 74.8)):
+            SCANNET20, "indoor", refs.SCANNET_SEMSEG, protocol="limited-reconstruction", value=pct / 100)
+for points in (20, 50, 100, 200):
     _semseg(f"scannet-de-la{points}", f"ScanNet data-efficient: {points} labelled points per training scene",
-            "scannet", SCANNET20, "indoor", ref, refs.SCANNET_SEMSEG, protocol="limited-annotation",
+            "scannet", SCANNET20, "indoor", refs.SCANNET_SEMSEG, protocol="limited-annotation",
             value=float(points))
 _semseg("semantickitti-semseg", "SemanticKITTI semantic segmentation (19 classes), val", "semantickitti",
-        SEMANTIC_KITTI19, "outdoor", 71.5, refs.SEMANTIC_KITTI_SEMSEG)
+        SEMANTIC_KITTI19, "outdoor", refs.SEMANTIC_KITTI_SEMSEG)
 _semseg("nuscenes-lidarseg", "nuScenes lidar semantic segmentation (16 classes), val", "nuscenes",
-        # 4: the generated drives hold every detection class, some moving
-        NUSCENES16, "outdoor", 79.4, refs.NUSCENES_SEMSEG, version=4)
+        # 4: the generated drives hold every detection class, some moving; 5: intensity / 255
+        NUSCENES16, "outdoor", refs.NUSCENES_SEMSEG, version=5)
 _semseg("nuscenes-lidarseg-samples", "Real nuScenes lidarseg sweeps (../shared/data): every 5th sweep held out",
-        "lidarseg-frames", NUSCENES16, "outdoor", None, refs.NUSCENES_SEMSEG,
+        "lidarseg-frames", NUSCENES16, "outdoor", refs.NUSCENES_SEMSEG, version=4,  # 4: intensity / 255
         note="30 real sweeps (24 train, 6 held out): a check on real data, not a benchmark")
 _semseg("nuscenes-lidarseg-samples-la200", "Real nuScenes lidarseg sweeps, 200 labelled points per training sweep",
-        "lidarseg-frames", NUSCENES16, "outdoor", None, refs.NUSCENES_SEMSEG, protocol="limited-annotation",
-        value=200.0, note="the limited-annotation protocol on real sweeps: does pre-training on them help?")
-for track, title, ref, sensors in (("lidar", "LiDAR", 70.6, ("lidar",)),
-                                   ("camera", "camera (2D backbone)", 47.4, ("camera",)),
-                                   ("fusion", "LiDAR + camera", 73.2, ("lidar", "camera"))):
+        "lidarseg-frames", NUSCENES16, "outdoor", refs.NUSCENES_SEMSEG, protocol="limited-annotation",
+        value=200.0, version=4, note="the limited-annotation protocol on real sweeps: does pre-training on them help?")
+for track, title, sensors in (("lidar", "LiDAR", ("lidar",)), ("camera", "camera (2D backbone)", ("camera",)),
+                              ("fusion", "LiDAR + camera", ("lidar", "camera"))):
     register_task(TaskSpec(
-        id=f"nuscenes-det-{track}", version=2, title=f"nuScenes 3D detection, {title}",
+        # 3: LiDAR intensity / 255 (the camera track reads no LiDAR)
+        id=f"nuscenes-det-{track}", version=2 if track == "camera" else 3, title=f"nuScenes 3D detection, {title}",
         loader="nuscenes", train_split="train", eval_split="val", task_type="detection", classes=DETECTION_CLASSES,
         ignore_index=-1, metrics=DETECTION_METRICS, main_score="NDS", higher_is_better=True, protocol="full",
-        protocol_value=None, domain="outdoor", reference=ref, sensors=sensors, beside=("mAP",),
+        protocol_value=None, domain="outdoor", paper=refs.PAPER[f"nuscenes-det-{track}"],
+        sensors=sensors, beside=("mAP",),
         note="CenterPoint-style BEV head; scored by nuscenes-devkit's DetectionEval (NDS, mAP in %) on the "
              "devkit's val split (mini_val for v1.0-mini)"))
 
@@ -190,5 +185,5 @@ for short, loader, split, where in (
             id=f"{task_type}-{short}", version=version, title=f"{what.split(':')[0]}, {where}",
             loader=loader, train_split=split, eval_split=split, task_type=task_type, classes=(), ignore_index=-1,
             metrics=metrics, main_score=main, higher_is_better=True, protocol="full", protocol_value=None,
-            domain="indoor", reference=None, unit=unit, table="lowlevel",
+            domain="indoor", unit=unit, table="lowlevel",
             note=f"{what}; a Ponder model fitted per scene to its training frames (the held-out rule keeps every 5th)"))

@@ -231,7 +231,7 @@ def test_matrix_records_skips_and_resumes(tiny_root: Path, tmp_path: Path, monke
     assert missing.expected_path == str(tiny_root / "nuscenes-lidarseg-samples")
     ok = next(r for r in records if r.status == "ok")
     assert ok.main_value == ok.metrics["mIoU"] and ok.wall_s > 0 and ok.peak_rss_bytes > 0
-    assert ok.git_sha and ok.packages["torch"] and ok.data_fingerprint
+    assert ok.git_sha and ok.packages["torch"] and ok.data_fingerprint and ok.data_source == "generated"
     from bench.finetune.engine import check_task_settings
 
     assert ok.finetune_recipe == asdict(check_task_settings(get_finetune_recipe("tiny")))  # task settings canonical

@@ -78,16 +78,33 @@ PRETRAIN = {
         "grid": [128, 128, 32], "volume_channels": 96, "sdf_channels": 64, "color_channels": 64, "hidden": 128,
         "semantic_dim": 512, "n_uniform": 96, "n_importance": 36, "losses.rgb": 10.0, "losses.depth": 1.0,
         "losses.sdf": 10.0, "losses.free_space": 1.0, "losses.eikonal": 0.01, "losses.semantic": 0.1,
-        "losses.truncation": 0.05}),
+        "losses.truncation": 0.05, "projection": "unet", "field_layers": 1, "geometry_features": 64}),
     "outdoor": (f"{P} configs/nuscenes/pretrain-ponder-spunet-v1m1-0-base.py", {
         "epochs": 24, "batch_size": 16, "optimizer": "adamw", "lr": 2e-4, "weight_decay": 0.01,
         "schedule.pct_start": 0.4, "schedule.div_factor": 10.0, "schedule.final_div_factor": 100.0,
         "mask_ratio": 0.8, "mask_block": 0.8, "rays_per_view": 512, "grid": [180, 180, 5], "n_uniform": 72,
-        "n_importance": 24, "losses.depth": 10.0, "losses.rgb": 0.0, "losses.sdf": 0.0, "losses.eikonal": 0.0}),
+        "n_importance": 24, "losses.depth": 10.0, "losses.rgb": 0.0, "losses.sdf": 0.0, "losses.eikonal": 0.0,
+        "outdoor_rays": "camera", "close_radius": 3.0, "views": 6, "mask_token": True, "projection": "conv",
+        "sdf_channels": 32, "color_channels": 32, "hidden": 16, "field_layers": 5, "geometry_features": 16}),
     "image": (f"{U} projects/configs/unipad/uvtr_cam_vs0.1_pretrain.py", {
         "backbone": "timm:convnext_small", "mask_ratio": 0.3, "epochs": 12, "lr": 2e-4, "weight_decay": 0.01,
         "backbone_lr_scale": 0.1, "grad_clip": 35.0, "schedule.kind": "cosine", "schedule.warmup_steps": 500,
         "schedule.warmup_ratio": 1 / 3, "schedule.min_lr_ratio": 1e-3}),
+}
+ZOO, RADAR = f"{P} docs/model_zoo.md: ", f"{P} assets/radar.png"
+# task -> (the paper's number, where it is, words its setup must hold)
+PAPER = {
+    "scannet-semseg": (77.0, ZOO + "Indoor Semantic Segmentation, ScanNet, Val", ("SpUNet-v1m3", "PPT", "val")),
+    "scannet200-semseg": (32.3, ZOO + "Indoor Semantic Segmentation, ScanNet200", ("SpUNet-v1m3", "Structured3D")),
+    "s3dis-area5-semseg": (73.2, ZOO + "Indoor Semantic Segmentation, S3DIS", ("SpUNet-v1m3", "Area 5")),
+    "scannet-insseg": (62.6, ZOO + "Indoor Instance Segmentation, ScanNet, mAP@50", ("PointGroup", "SpUNet-v1m3")),
+    "scannet200-insseg": (30.5, ZOO + "Indoor Instance Segmentation, ScanNet200", ("PointGroup",)),
+    "scannet-de-lr1": (34.6, RADAR, ("not stated",)), "scannet-de-lr20": (68.2, RADAR, ("not stated",)),
+    "scannet-de-la20": (67.0, RADAR, ("not stated",)), "scannet-de-la200": (74.8, RADAR, ("not stated",)),
+    "semantickitti-semseg": (71.5, RADAR, ("not stated",)), "nuscenes-lidarseg": (79.4, RADAR, ("not stated",)),
+    "nuscenes-det-lidar": (70.6, f"{U} README.md: Results, Validation, UniPAD_L", ("UVTR", "val")),
+    "nuscenes-det-camera": (47.4, f"{U} README.md: Results, Validation, UniPAD_C", ("ConvNeXt-S",)),
+    "nuscenes-det-fusion": (73.2, f"{U} README.md: Results, Validation, UniPAD_M", ("UVTR",)),
 }
 SOURCE = re.compile(r"^(ponderbench: .+|[\w-]+/[\w-]+@[0-9a-f]{7} \S+\.py:.+|command line)$")
 
@@ -166,3 +183,14 @@ def test_list_recipes_prints_each_value_with_its_source(capsys: pytest.CaptureFi
     assert (indoor["optimizer"]["value"], indoor["lr"]["value"], indoor["batch_size"]["value"]) == ("sgd", 0.002, 32)
     assert main(["list", "recipes"]) == 0
     assert "mini:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("task", list_tasks())
+def test_each_paper_number_carries_its_setup_and_source(task: str) -> None:
+    paper = get_task(task).paper
+    if task not in PAPER:
+        assert paper is None, task
+        return
+    value, source, words = PAPER[task]
+    assert paper.value == value and paper.source.startswith(source), (task, paper.source)
+    assert all(w in paper.setup for w in words), (task, paper.setup)

@@ -143,3 +143,22 @@ def test_lowlevel_tasks_have_a_table_of_their_own(tmp_path: Path) -> None:
     assert low.loc[("recon-scannet", "ponder"), "chamfer_l1 (cm)"] == "6.0 ± 0.0"
     page = (tmp_path / "tables" / "index.html").read_text()
     assert "Low-level tasks" in page
+
+
+@pytest.mark.parametrize("source", ["generated", "real", None])
+def test_a_paper_number_is_a_target_only_over_real_data(tmp_path: Path, source: str | None) -> None:
+    for seed in range(2):
+        write_record(tmp_path / "r", _record("scannet-semseg", "scratch", seed, 0.4 + 0.01 * seed,
+                                             data_source=source))
+    tables = leaderboard(tmp_path / "r", tmp_path / "t")
+    task, paper = tables["task_scannet-semseg"], tables["paper"].set_index("task").loc["scannet-semseg"]
+    assert "SpUNet-v1m3" in paper.setup and "ScanNet + S3DIS + Structured3D" in paper.setup
+    assert paper.source.startswith("OpenGVLab/PonderV2@aad65d6 docs/model_zoo.md")
+    html = (tmp_path / "t" / "index.html").read_text()
+    if source == "real":
+        assert paper["shown as"] == "target" and (task.backbone == "PonderV2 paper (target)").sum() == 1
+        assert "PonderV2 paper (target)" in tables["overall"]["backbone / init"].tolist()
+    else:  # generated, or a record from before data_source: never drawn as a target
+        assert paper["shown as"].startswith("footnote") and (task.backbone == "PonderV2 paper (target)").sum() == 0
+        assert "PonderV2 paper (target)" not in tables["overall"]["backbone / init"].tolist()
+        assert "Not comparable with these runs" in html

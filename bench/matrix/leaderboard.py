@@ -3,7 +3,8 @@
 Tables: one per task (backbone x init: mean +- std over seeds, n), an overall pivot (rows backbone + init,
 columns tasks, main scores), the gain of pre-training (``ponder`` or an export) over ``scratch`` (or, probed,
 over frozen ``random`` weights) per backbone, protocol and task (paired over seeds, marked ``*`` where it exceeds
-the seed noise), and the run status counts. The paper's numbers appear as a marked reference row, never as a result.
+the seed noise), and the run status counts. A paper number is a marked target row only over runs on real data
+(``data_source``); over the generated mini suite it is a footnote. The ``paper`` table gives each its setup.
 Scores are shown in percent. Each table is written as Markdown and CSV, plus a PNG per task, and all of them on
 one self-contained HTML page, ``index.html`` (:mod:`bench.matrix.report`; ``formats`` picks).
 Output is deterministic: fixed column order and dtypes, so that diffs between runs are readable.
@@ -29,7 +30,7 @@ from tasks.io import atomic_write  # noqa: E402
 from tasks.metrics.lowlevel import DISPLAY  # noqa: E402
 from tasks.spec import get_task, list_tasks  # noqa: E402
 
-REFERENCE = "PonderV2 paper (reference)"
+REFERENCE = "PonderV2 paper (target)"
 BASELINES = ("scratch", "random")  # what ponder is compared with: fine-tuned from random init | frozen random init
 FORMATS = ("md", "csv", "html", "png")
 LeaderboardError = ResultsError  # what the leaderboard refuses is what load_results refuses
@@ -69,7 +70,7 @@ def build_tables(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
             table = table.merge(_stats(ok[ok.task == task], metric)[[*key, "cell"]].rename(columns={"cell": metric}),
                                 on=key, how="left")
         table = table[["backbone", "init", "protocol", spec.main_score, *spec.beside, "mean", "std", "n"]]
-        if spec.reference is not None:
+        if spec.paper is not None and on_real_data(ok[ok.task == task]):
             ref = pd.DataFrame([{"backbone": REFERENCE, "init": "", "protocol": spec.protocol,
                                  spec.main_score: f"{spec.reference:.1f}", "mean": spec.reference, "std": np.nan,
                                  "n": pd.NA}]).astype({"n": "Int64"})
@@ -84,18 +85,36 @@ def build_tables(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
         stats["row"] = stats["backbone"] + " / " + stats["init"] + stats["protocol"].map(
             lambda p: f" ({p.split('+', 1)[1]})" if "+" in p else "")
         overall = stats.pivot(index="row", columns="task", values="cell").sort_index().fillna("–")
-        known = set(list_tasks())  # a beside-metric column ("<task> mAP") has no paper reference
-        refs = {t: f"{get_task(t).reference:.1f}" if t in known and get_task(t).reference is not None else "–"
-                for t in overall.columns}
-        overall.loc[REFERENCE] = pd.Series(refs)
+        targets = {t: f"{get_task(t).reference:.1f}" for t in overall.columns  # "<task> mAP" columns have none
+                   if t in set(list_tasks()) and get_task(t).paper is not None and on_real_data(ok[ok.task == t])}
+        if targets:
+            overall.loc[REFERENCE] = pd.Series({t: targets.get(t, "–") for t in overall.columns})
         tables["overall"] = overall.reset_index().rename(columns={"row": "backbone / init"})
         if set(stats["init"]) - set(BASELINES) and set(BASELINES) & set(stats["init"]):
             tables["gain"] = gain_table(frame)
     if low is not None:
         tables["lowlevel"] = low
+    papers = paper_table(frame[frame.status == "ok"])
+    if len(papers):
+        tables["paper"] = papers
     status = frame_all.groupby(["task", "status"]).size().unstack(fill_value=0)
     tables["status"] = status.reindex(columns=list(get_args(Status)), fill_value=0).astype("int64").reset_index()
     return tables
+
+
+def on_real_data(runs: pd.DataFrame) -> bool:
+    """Whether every one of these runs read real data (not the generator's, and not a record that predates the
+    field)."""
+    return len(runs) > 0 and bool(runs["data_source"].eq("real").fillna(False).all())
+
+
+def paper_table(ok: pd.DataFrame) -> pd.DataFrame:
+    """The paper number of each task in ``ok`` that has one: its setup, its source, and how the tables show it (a
+    target over real data, a footnote over generated data)."""
+    rows = [{"task": task, "paper": f"{spec.paper.value:.1f}", "setup": spec.paper.setup, "source": spec.paper.source,
+             "shown as": "target" if on_real_data(runs) else "footnote (generated data)"}
+            for task, runs in ok.groupby("task", sort=True) if (spec := get_task(task)).paper is not None]
+    return pd.DataFrame(rows, columns=["task", "paper", "setup", "source", "shown as"])
 
 
 def lowlevel_table(ok: pd.DataFrame) -> pd.DataFrame:

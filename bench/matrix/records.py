@@ -56,6 +56,7 @@ class RunRecord:
     finetune_recipe: dict = field(default_factory=dict)  # the resolved recipe, overrides applied
     data_root: str = ""
     data_fingerprint: str | None = None
+    data_source: str | None = None  # "generated" (this suite's generator) or "real"; None: not recorded (old)
     expected_path: str | None = None
     error: str | None = None
     wall_s: float | None = None

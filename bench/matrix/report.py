@@ -1,8 +1,9 @@
 """One self-contained HTML page of the leaderboard: the page people open and share.
 
 It holds the overall table, the gain of pre-training (paired over seeds, ``*`` beyond the seed noise), one table
-per task with the paper's row, every picture embedded as a data URI (the per-task plots and the prediction
-pictures), and the provenance of each task's column: the commits, data fingerprints and presets of its runs.
+per task (with the paper's number as a target over real data, as a footnote over generated data), every picture
+embedded as a data URI (the per-task plots and the prediction pictures), the paper numbers with their setups, and
+the provenance of each task's column: the commits, data fingerprints and presets of its runs.
 Nothing outside the file is linked, so it can be mailed or attached as it is.
 """
 
@@ -57,8 +58,9 @@ def render_report(tables: dict[str, pd.DataFrame], frame: pd.DataFrame, pictures
     """The page as a string; ``pictures`` maps a task to the PNGs shown under its table."""
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8"><title>PonderBench leaderboard</title>',
              f"<style>{STYLE}</style></head><body>", "<h1>PonderBench leaderboard</h1>",
-             '<p class="note">Scores in %, mean ± sd over seeds. The paper\'s numbers are a reference row, not a '
-             "result. The probe protocol (<code>+linear-probe</code>) trains a linear head on the frozen backbone; "
+             '<p class="note">Scores in %, mean ± sd over seeds. A paper number is a target only over runs on real '
+             "data, and its setup (below) differs from the suite's; over generated data it is a footnote. The probe "
+             "protocol (<code>+linear-probe</code>) trains a linear head on the frozen backbone; "
              "its baseline is <code>random</code>: the same architecture, randomly initialised, frozen.</p>"]
     if "overall" in tables:
         parts += ["<h2>Overall (main score per task)</h2>", _table(tables["overall"])]
@@ -73,10 +75,17 @@ def render_report(tables: dict[str, pd.DataFrame], frame: pd.DataFrame, pictures
                   '<p class="note">a Ponder model fitted per scene (from scratch or from the pre-trained backbone); '
                   "every metric in its own unit, mean ± sd over seeds.</p>", _table(tables["lowlevel"])]
         parts += [_image(p) for task in sorted(set(tables["lowlevel"]["task"])) for p in pictures.get(task, [])]
+    footnotes = {} if "paper" not in tables else {
+        row.task: f"PonderV2 paper: {row.paper} ({row.setup}; {row.source}). Not comparable with these runs: they "
+                  "are on generated data." for row in tables["paper"].itertuples() if row[5] != "target"}
     for name in sorted(n for n in tables if n.startswith("task_")):
         task = name[5:]
         parts += [f'<h2 id="{html.escape(task)}">{html.escape(task)}</h2>', _table(tables[name])]
+        if task in footnotes:
+            parts.append(f'<p class="note">{html.escape(footnotes[task])}</p>')
         parts += [_image(p) for p in pictures.get(task, [])]
+    if "paper" in tables:
+        parts += ["<h2>Paper numbers and their setups</h2>", _table(tables["paper"])]
     parts += ["<h2>Provenance</h2>", _table(provenance(frame))]
     if "status" in tables:
         parts += ["<h2>Run status</h2>", _table(tables["status"])]

@@ -21,7 +21,8 @@ COLUMNS: dict[str, str] = {
     "task": "string", "version": "int64", "backbone": "string", "init": "string", "protocol": "string",
     "seed": "int64", "status": "string", "preset": "string", "main_score": "string", "main_value": "float64",
     "higher_is_better": "bool", "wall_s": "float64", "peak_rss_bytes": "Int64", "git_sha": "string",
-    "data_fingerprint": "string", "init_sha256": "string", "error": "string", "path": "string",
+    "data_fingerprint": "string", "data_source": "string", "init_sha256": "string", "error": "string",
+    "path": "string",
 }
 
 
@@ -71,9 +72,10 @@ def load_results(*roots: str | Path) -> pd.DataFrame:
 
     Columns, in this order: ``task, version, backbone, init, protocol, seed`` (the run key), ``status``,
     ``preset`` (the fine-tuning preset), ``main_score`` and ``main_value`` (a fraction, e.g. 0.42 mIoU),
-    ``higher_is_better``, ``wall_s``, ``peak_rss_bytes``, ``git_sha``, ``data_fingerprint``, ``init_sha256``,
-    ``error``, ``path`` (the record file); then every metric and run fact of the records as a column of its own,
-    sorted by name (``mIoU``, ``mAcc``, ``allAcc``, ``steps``, ``train_scenes`` ...; empty where a run has none).
+    ``higher_is_better``, ``wall_s``, ``peak_rss_bytes``, ``git_sha``, ``data_fingerprint``, ``data_source``
+    (generated, real, or empty for records that predate it), ``init_sha256``, ``error``, ``path`` (the record
+    file); then every metric and run fact of the records as a column of its own, sorted by name (``mIoU``,
+    ``mAcc``, ``allAcc``, ``steps``, ``train_scenes`` ...; empty where a run has none).
     """
     rows = []
     for path, r in gather(roots):
@@ -81,7 +83,8 @@ def load_results(*roots: str | Path) -> pd.DataFrame:
                "protocol": r.protocol, "seed": r.seed, "status": r.status, "preset": r.finetune_preset,
                "main_score": r.main_score, "main_value": r.main_value, "higher_is_better": r.higher_is_better,
                "wall_s": r.wall_s, "peak_rss_bytes": r.peak_rss_bytes, "git_sha": r.git_sha,
-               "data_fingerprint": r.data_fingerprint, "init_sha256": r.init_sha256, "error": r.error,
+               "data_fingerprint": r.data_fingerprint, "data_source": r.data_source, "init_sha256": r.init_sha256,
+               "error": r.error,
                "path": str(path)}
         clash = sorted((set(r.metrics) | set(r.facts)) & set(COLUMNS) | set(r.metrics) & set(r.facts))
         if clash:

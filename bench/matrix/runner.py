@@ -52,6 +52,7 @@ from bench.recipes import (
 )
 from tasks.datasets import expected_path, pretrain_dataset
 from tasks.spec import TaskSpec, get_task, list_tasks
+from tasks.synth.suite import is_generated
 
 log = logging.getLogger(__name__)
 
@@ -281,6 +282,7 @@ def execute(run: RunSpec) -> RunRecord:
         record.status, record.error = "failed", f"pre-training failed: {run.pretrain_error}"
     else:
         record.data_root, record.data_fingerprint = str(root), data_fingerprint(root / spec.dataset)
+        record.data_source = "generated" if is_generated(root / spec.dataset) else "real"
         start = time.perf_counter()
         try:
             with PeakRSS() as memory:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -68,6 +69,8 @@ def suite_size(name: str, **overrides: object) -> SuiteSize:
     return SuiteSize(**{**base.__dict__, **overrides})
 
 
+# written into each generated dataset folder: records say whether their numbers come from generated or real data
+GENERATED_MARKER = ".ponderbench-generated.json"
 # The dataset folders the generator writes, each with the job kind that writes it.
 DATASETS = {"scannet": "scannet", "s3dis": "s3dis", "semantickitti": "kitti", "nuscenes": "nuscenes"}
 
@@ -124,8 +127,15 @@ def synthesize(root: str | Path, suite: str = "mini", seed: int = 0, progress: b
     bar.close()
     for dataset, folder in partial.items():
         if folder.is_dir():  # a dataset sized to nothing has none
+            (folder / GENERATED_MARKER).write_text(json.dumps({"generator": "ponderbench", "suite": suite,
+                                                               "seed": seed}) + "\n")
             folder.rename(root / dataset)
     return root
+
+
+def is_generated(folder: str | Path) -> bool:
+    """Whether a dataset folder was written by this generator (its marker file), not a real dataset."""
+    return (Path(folder) / GENERATED_MARKER).is_file()
 
 
 def hash_key(kind: str) -> int:
