@@ -329,8 +329,7 @@ class ChromaticTranslation:
     def __call__(self, scene: Scene, rng: np.random.Generator) -> Scene:
         if scene.color is None or not _coin(rng, self.p):
             return scene
-        shift = (rng.random((1, 3)) - 0.5) * 255 * 2 * self.ratio
-        return replace(scene, color=np.clip(scene.color + shift, 0, 255).astype(np.float32))
+        return _offset_colour(scene, (rng.random((1, 3)) - 0.5) * 255 * 2 * self.ratio)
 
 
 @dataclass(frozen=True)
@@ -343,8 +342,7 @@ class ChromaticJitter:
     def __call__(self, scene: Scene, rng: np.random.Generator) -> Scene:
         if scene.color is None or not _coin(rng, self.p):
             return scene
-        noise = rng.standard_normal(scene.color.shape) * self.std * 255
-        return replace(scene, color=np.clip(scene.color + noise, 0, 255).astype(np.float32))
+        return _offset_colour(scene, rng.standard_normal(scene.color.shape) * self.std * 255)
 
 
 Geometric = RandomRotate | RandomScale | RandomFlip | RandomShift
@@ -353,6 +351,10 @@ Transform = Geometric | RandomJitter | RandomDropout | ElasticDistortion | Chrom
 TRANSFORMS: dict[str, type] = {cls.__name__: cls for cls in (
     RandomRotate, RandomScale, RandomFlip, RandomShift, RandomJitter, RandomDropout, ElasticDistortion,
     ChromaticAutoContrast, ChromaticTranslation, ChromaticJitter)}
+
+
+def _offset_colour(scene: Scene, offset: np.ndarray) -> Scene:
+    return replace(scene, color=np.clip(scene.color + offset, 0, 255).astype(np.float32))
 
 
 def _coin(rng: np.random.Generator, p: float) -> bool:
