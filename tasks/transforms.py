@@ -319,30 +319,40 @@ class ChromaticAutoContrast:
         return replace(scene, color=((1 - blend) * scene.color + blend * stretched).astype(np.float32))
 
 
+class _ColourOffset:
+    """With probability ``p``, add :meth:`offset` to the colours (clipped to 0-255)."""
+
+    p: float
+
+    def offset(self, scene: Scene, rng: np.random.Generator) -> np.ndarray:
+        raise NotImplementedError
+
+    def __call__(self, scene: Scene, rng: np.random.Generator) -> Scene:
+        if scene.color is None or not _coin(rng, self.p):
+            return scene
+        return replace(scene, color=np.clip(scene.color + self.offset(scene, rng), 0, 255).astype(np.float32))
+
+
 @dataclass(frozen=True)
-class ChromaticTranslation:
+class ChromaticTranslation(_ColourOffset):
     """With probability ``p``, shift all colours by one offset per channel, uniform in +-``ratio`` x 255."""
 
     p: float = 0.95
     ratio: float = 0.05
 
-    def __call__(self, scene: Scene, rng: np.random.Generator) -> Scene:
-        if scene.color is None or not _coin(rng, self.p):
-            return scene
-        return _offset_colour(scene, (rng.random((1, 3)) - 0.5) * 255 * 2 * self.ratio)
+    def offset(self, scene: Scene, rng: np.random.Generator) -> np.ndarray:
+        return (rng.random((1, 3)) - 0.5) * 255 * 2 * self.ratio
 
 
 @dataclass(frozen=True)
-class ChromaticJitter:
+class ChromaticJitter(_ColourOffset):
     """With probability ``p``, Gaussian noise of ``std`` x 255 on every point's colour."""
 
     p: float = 0.95
     std: float = 0.005
 
-    def __call__(self, scene: Scene, rng: np.random.Generator) -> Scene:
-        if scene.color is None or not _coin(rng, self.p):
-            return scene
-        return _offset_colour(scene, rng.standard_normal(scene.color.shape) * self.std * 255)
+    def offset(self, scene: Scene, rng: np.random.Generator) -> np.ndarray:
+        return rng.standard_normal(scene.color.shape) * self.std * 255
 
 
 Geometric = RandomRotate | RandomScale | RandomFlip | RandomShift
@@ -351,10 +361,6 @@ Transform = Geometric | RandomJitter | RandomDropout | ElasticDistortion | Chrom
 TRANSFORMS: dict[str, type] = {cls.__name__: cls for cls in (
     RandomRotate, RandomScale, RandomFlip, RandomShift, RandomJitter, RandomDropout, ElasticDistortion,
     ChromaticAutoContrast, ChromaticTranslation, ChromaticJitter)}
-
-
-def _offset_colour(scene: Scene, offset: np.ndarray) -> Scene:
-    return replace(scene, color=np.clip(scene.color + offset, 0, 255).astype(np.float32))
 
 
 def _coin(rng: np.random.Generator, p: float) -> bool:
