@@ -132,7 +132,8 @@ def _list_recipes(args: argparse.Namespace) -> int:
         return 0
     print(pd.DataFrame([{"preset": k, "mode": r.mode, "backbone": r.backbone, "epochs": r.epochs,
                          "batch": r.batch_size, "optimizer": r.optimizer, "lr": r.lr, "grid": r.grid,
-                         "rays": f"{r.views}x{r.rays_per_view}"} for k, r in PRESETS.items()]).to_string(index=False))
+                         "rays": f"LiDAR {r.lidar_rays}" if r.mode == "outdoor" and r.outdoor_rays == "lidar" else
+                         f"{r.views}x{r.rays_per_view}"} for k, r in PRESETS.items()]).to_string(index=False))
     print("\nfine-tuning presets (ponderbench run --preset NAME KEY=VALUE ...): each task's reference recipe with "
           "these settings\n(ponderbench list recipes --task TASK --preset NAME shows one task's, with sources)")
     for name, settings in FINETUNE_PRESETS.items():
