@@ -118,3 +118,29 @@ def test_semantickitti_sample(shared_data: Path) -> None:
     expected = {0: -1, 50: 12, 52: -1, 70: 14, 71: 15, 80: 17}  # learning map, shifted to 0..18
     for r, s in zip(raw, scene.segment, strict=True):
         assert expected[int(r)] == s
+
+
+def test_camera_rays_of_the_real_multisensor_sample(shared_data: Path) -> None:
+    """PonderV2's outdoor rays on real calibration: 512 per camera, each from a camera centre (near the LiDAR) to a
+    LiDAR point that camera sees."""
+    from bench.pretrain.data import camera_rays
+    from tasks.structures import PosedViews
+
+    sample = read_mmdet3d_info(next((shared_data / "nuscenes-multisensor-sample").glob("*.pkl")))
+    views = PosedViews(np.stack(sample.images), np.zeros((6, 900, 1600), np.float32), sample.intrinsics,
+                       np.linalg.inv(sample.lidar_to_cam))
+    points = sample.points[:, :3].astype(np.float32)
+    rays = camera_rays(views, points, 512, 3.0, np.random.default_rng(0))
+    assert len(rays) == 6 * 512
+    centres = rays.origins.numpy().reshape(6, 512, 3)
+    assert (np.ptp(centres, axis=1) == 0).all() and (np.linalg.norm(centres[:, 0], axis=1) < 2.0).all()
+    ends = (rays.origins + rays.directions * rays.depth[:, None]).numpy()
+    from scipy.spatial import cKDTree
+
+    assert (cKDTree(points).query(ends)[0] < 1e-3).all(), "every ray ends on a LiDAR point"
+    assert (np.linalg.norm(ends[:, :2], axis=1) > 3.0).all()
+    for v in range(6):  # and that point is in front of the ray's camera, inside its image
+        cam = np.c_[ends[v * 512:(v + 1) * 512], np.ones(512)] @ sample.lidar_to_cam[v].T
+        uv = cam[:, :3] @ sample.intrinsics[v].T
+        assert (cam[:, 2] > 0).all() and ((uv[:, :2] / uv[:, 2:]) >= 0).all()
+        assert ((uv[:, :2] / uv[:, 2:]) < [1600, 900]).all()
