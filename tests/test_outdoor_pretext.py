@@ -96,3 +96,15 @@ def test_nuscenes_intensity_is_scaled_to_the_unit_interval(tiny_root: Path) -> N
     scene = open_dataset("nuscenes", tiny_root / "nuscenes", "train")[0]
     raw = np.fromfile(next((tiny_root / "nuscenes" / "samples" / "LIDAR_TOP").glob("*.bin")), np.float32)
     assert scene.strength.max() <= 1.0 and raw.reshape(-1, 5)[:, 3].max() > 1.0
+
+
+def test_camera_rays_come_from_views_cameras_of_the_sweep(tiny_root: Path) -> None:
+    from bench.pretrain.data import build_sample
+    from tasks.contract import voxel_size
+
+    source = open_source(tiny_root / "nuscenes", "outdoor", cameras=True)
+    for views in (2, 6):
+        recipe = get_recipe("outdoor", ["backbone=spunet-micro", "grid=(30,30,4)", f"views={views}",
+                                        "rays_per_view=16"])
+        sample = build_sample(source.scene(0), recipe, voxel_size("outdoor", None), epoch=0, index=0)
+        assert len(torch.unique(sample.rays.origins, dim=0)) == views and len(sample.rays) <= 16 * views

@@ -279,7 +279,10 @@ def _outdoor_sample(scene: Scene, recipe, voxel_size: float, rng: np.random.Gene
     if rays is None:
         if scene.views is None:
             raise UnusableScene(f"{scene.name}: camera rays need the sweep's cameras")
-        rays = camera_rays(scene.views, coord, recipe.rays_per_view, recipe.close_radius, rng)
+        views = scene.views
+        if len(views) > recipe.views:  # ``views`` of the cameras, at random
+            views = views.select(np.sort(rng.choice(len(views), size=recipe.views, replace=False)))
+        rays = camera_rays(views, coord, recipe.rays_per_view, recipe.close_radius, rng)
         if len(rays) == 0:
             raise UnusableScene(f"{scene.name}: no camera sees a LiDAR point")
     masked = None
