@@ -343,6 +343,7 @@ _MINI_FINETUNE: tuple[Setting, ...] = (
     _cpu("tta_views", ((0.0, 1.0, ""), (0.5, 1.0, ""), (1.0, 1.0, ""), (1.5, 1.0, "")), "four rotations"),
     _cpu("precision", "fp32", "CPU"), _cpu("grad_clip", None, _MINI_WHY), _cpu("num_workers", 0, "2 CPU cores"),
     _cpu("semseg.lovasz_weight", 1.0, "CE + Lovasz learns the mini suite's small classes"),
+    _cpu("semseg.mix_prob", 0.0, "no Mix3D: two scenes a step on a CPU"),
     _cpu("detection.epochs", 20, "mini splits hold few samples"),
     _cpu("detection.image_size", (96, 160), "small images for a CPU step"),
     _cpu("fit.preset", "indoor-mini", _MINI_WHY), _cpu("fit.steps", 150, _MINI_WHY),

@@ -78,7 +78,8 @@ def _semseg_ft(path: str, dataset: str, epochs: int, batch: int, views: tuple, c
                  ("augment", _indoor_augment(0.2, 0.05), f"{dataset}.transform[RandomDropout..ChromaticJitter]"),
                  crop, ("test_fragments", None, "data.test.test_cfg.voxelize (GridSample mode='test': every fragment)"),
                  ("tta_views", views, "data.test.test_cfg.aug_transform"),
-                 ("semseg.lovasz_weight", 1.0, "model.criteria[LovaszLoss].loss_weight"))
+                 ("semseg.lovasz_weight", 1.0, "model.criteria[LovaszLoss].loss_weight"),
+                 ("semseg.mix_prob", 0.8, "mix_prob (Mix3D in the collate)"))
 
 
 # the ScanNet 77.0 row's fine-tuning, as it treats ScanNet (one dataset of its joint training: see the README)

@@ -244,3 +244,24 @@ def test_two_gloo_processes_fine_tune_like_one_with_the_same_global_batch(tiny_r
         if "eval_points" in one.metrics:
             assert two.metrics["eval_points"] == one.metrics["eval_points"]  # every evaluation point counted once
         assert abs(two.main_value - one.main_value) <= DDP_TOLERANCE, (task, two.main_value, one.main_value)
+
+
+def test_mix3d_overlays_pairs_of_clouds_one_point_per_voxel() -> None:
+    from bench.finetune.engine import mix3d
+
+    def cloud(grid: list[list[int]], tag: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        g = np.array(grid)
+        return g.astype(np.float32) * 0.1, g, np.full((len(g), 1), tag, np.float32)
+
+    clouds = [cloud([[0, 0, 0], [1, 0, 0]], 1), cloud([[1, 0, 0], [2, 0, 0]], 2), cloud([[5, 5, 5]], 3)]
+    targets = [np.array([10, 11]), np.array([20, 21]), np.array([30])]
+    mixed, labels = mix3d(clouds, targets)
+    assert len(mixed) == 2 and mixed[1][1].tolist() == [[5, 5, 5]] and labels[1].tolist() == [30]
+    assert mixed[0][1].tolist() == [[0, 0, 0], [1, 0, 0], [2, 0, 0]]  # the shared voxel keeps the first cloud's
+    assert mixed[0][2].ravel().tolist() == [1, 1, 2] and labels[0].tolist() == [10, 11, 21]
+
+
+def test_mix3d_changes_the_run_only_when_asked(tiny_root: Path) -> None:
+    mixed = _scores(_fit(tiny_root, task=("semseg.mix_prob=1.0",)))
+    assert mixed != _scores(_fit(tiny_root))
+    assert mixed == _scores(_fit(tiny_root, task=("semseg.mix_prob=1.0",), num_workers=2))  # still (seed, draw) only

@@ -39,10 +39,10 @@ FINETUNE = {
         "epochs": 100, "batch_size": 24, "optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-4,
         "schedule.kind": "onecycle", "schedule.pct_start": 0.05, "schedule.div_factor": 10.0,
         "schedule.final_div_factor": 1e4, "precision": "fp16", "grid_size": 0.02, "max_points": 100_000,
-        "test_fragments": None, "tta_views": THIRTEEN, "semseg.lovasz_weight": 1.0}),
+        "test_fragments": None, "tta_views": THIRTEEN, "semseg.lovasz_weight": 1.0, "semseg.mix_prob": 0.8}),
     "scannet200-semseg": (f"{P} configs/scannet200/semseg-ppt-v1m1-0-spunet-lovasz-ft.py", {
         "epochs": 600, "batch_size": 12, "lr": 0.05, "schedule.div_factor": 10.0, "max_points": 100_000,
-        "tta_views": FOUR, "semseg.lovasz_weight": 1.0}),
+        "tta_views": FOUR, "semseg.lovasz_weight": 1.0, "semseg.mix_prob": 0.8}),
     "s3dis-area5-semseg": (f"{P} configs/s3dis/semseg-ppt-v1m1-0-s3-sc-st-spunet-lovasz-ft.py", {
         "epochs": 100, "batch_size": 24, "lr": 0.05, "grid_size": 0.02, "crop_fraction": 0.6, "tta_views": THIRTEEN}),
     "scannet-insseg": (f"{P} configs/scannet/insseg-ppt-v1m1-0-pointgroup-spunet-ft.py", {

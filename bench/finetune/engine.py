@@ -310,7 +310,11 @@ class SceneTaskType(TrainedTaskType):
         """Training targets of the points ``index`` of the (augmented) scene."""
 
     def collate(self, data: Sequence[Scene], ctx: FinetuneContext) -> SceneBatch:
-        return SceneBatch(data, self, ctx.domain, ctx.voxel, ctx.crop, ctx.transforms)
+        return SceneBatch(data, self, ctx.domain, ctx.voxel, ctx.crop, ctx.transforms, self.mix_prob(ctx.recipe))
+
+    def mix_prob(self, recipe: FinetuneRecipe) -> float:
+        """Mix3D's chance of overlaying a batch's scenes in pairs (per-point targets only: none by default)."""
+        return 0.0
 
     def batchnorm_inputs(self, data: Sequence[Scene], ctx: FinetuneContext) -> list[PointBatch]:
         return [PointBatch.collate([cloud])
@@ -335,6 +339,7 @@ class SceneBatch:
     voxel: float
     crop: CropSize
     transforms: tuple[Transform, ...]
+    mix_prob: float = 0.0
 
     def __call__(self, draws: list[Draw]) -> tuple[PointBatch, np.ndarray]:
         clouds, targets = [], []
@@ -342,7 +347,27 @@ class SceneBatch:
             cloud, scene, index = train_cloud(self.scenes[i], self.domain, self.voxel, self.crop, self.transforms, rng)
             clouds.append(cloud)
             targets.append(self.task.targets(scene, index))
+        # the coin comes from the first draw's generator, after its cloud: a draw still depends on (seed, pass,
+        # position) alone, and a recipe without Mix3D draws exactly what it drew before
+        if self.mix_prob > 0 and len(draws) > 1 and draws[0][1].random() < self.mix_prob:
+            clouds, targets = mix3d(clouds, targets)
         return PointBatch.collate(clouds), np.concatenate(targets)
+
+
+def mix3d(clouds: list[Cloud], targets: list[np.ndarray]) -> tuple[list[Cloud], list[np.ndarray]]:
+    """Mix3D (Nekrasov et al. 2021, as Pointcept's collate): consecutive pairs of clouds overlaid into one scene on
+    their own voxel grids (a last odd cloud stays alone). Where both have a point in one voxel, the first cloud's is
+    kept, so that every voxel of the sparse input still holds one point."""
+    mixed_clouds, mixed_targets = [], []
+    for k in range(0, len(clouds), 2):
+        pair = clouds[k:k + 2]
+        coord, grid, feat = (np.concatenate([c[j] for c in pair]) for j in range(3))
+        target = np.concatenate(targets[k:k + 2])
+        _, first = np.unique(grid, axis=0, return_index=True)
+        keep = np.sort(first)
+        mixed_clouds.append((coord[keep], grid[keep], feat[keep]))
+        mixed_targets.append(target[keep])
+    return mixed_clouds, mixed_targets
 
 
 def cloud_inputs(clouds: Sequence[Cloud], device: torch.device) -> Iterator[PointBatch]:

@@ -29,6 +29,7 @@ from tasks.transforms import IDENTITY_VIEW, TestView, view_transform, voting_fra
 @dataclass(frozen=True)
 class SemanticSettings:
     lovasz_weight: float = 1.0  # the Lovasz-softmax term's weight beside cross-entropy
+    mix_prob: float = 0.0  # Mix3D: the chance that a training batch's scenes are overlaid in pairs
 
 
 @register_task_type("semseg")
@@ -37,6 +38,9 @@ class SemanticSegmentation(SceneTaskType):
 
     def head(self, backbone: torch.nn.Module, ctx: FinetuneContext) -> torch.nn.Module:
         return SegmentationModel(backbone, backbone.config.out_channels, len(ctx.spec.classes), ctx.linear_probe)
+
+    def mix_prob(self, recipe: FinetuneRecipe) -> float:
+        return self.settings(recipe).mix_prob
 
     def targets(self, scene: Scene, index: np.ndarray) -> np.ndarray:
         return scene.segment[index]
