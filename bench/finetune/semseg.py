@@ -40,7 +40,9 @@ class SemanticSegmentation(SceneTaskType):
         return SegmentationModel(backbone, backbone.config.out_channels, len(ctx.spec.classes), ctx.linear_probe)
 
     def mix_prob(self, recipe: FinetuneRecipe) -> float:
-        return self.settings(recipe).mix_prob
+        """Mix3D's chance: a subclass whose own Settings do not extend SemanticSettings trains without it."""
+        settings = self.settings(recipe)
+        return settings.mix_prob if isinstance(settings, SemanticSettings) else 0.0
 
     def targets(self, scene: Scene, index: np.ndarray) -> np.ndarray:
         return scene.segment[index]
