@@ -101,6 +101,10 @@ def is_plugin_file(spec: str) -> bool:
     return spec.endswith(".py") or "/" in spec
 
 
+class PluginError(ImportError):
+    """A plugin that cannot be imported (missing, or raising on import): the command stops before any work."""
+
+
 def load_plugin(spec: str) -> Plugin:
     """Import a plugin once: a ``.py`` file by path, or a module by its dotted name (importable from sys.path)."""
     if spec in _plugins:
@@ -116,11 +120,14 @@ def load_plugin(spec: str) -> Plugin:
         sys.modules[name] = module  # so that classes it defines can be pickled to worker processes
         try:
             module_spec.loader.exec_module(module)
-        except BaseException:
+        except Exception as exc:
             del sys.modules[name]
-            raise
+            raise PluginError(f"{path}: the plugin failed on import: {type(exc).__name__}: {exc}") from exc
     else:
-        module = importlib.import_module(spec)
+        try:
+            module = importlib.import_module(spec)
+        except Exception as exc:
+            raise PluginError(f"plugin module {spec!r} failed on import: {type(exc).__name__}: {exc}") from exc
         path = Path(module.__file__ or spec)
     _plugins[spec] = Plugin(spec, str(path), hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "")
     get_backbone_config.cache_clear()

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.console import configure
+from bench.matrix.claims import STALE_AFTER_S
 
 
 def _data_synth(args: argparse.Namespace) -> int:
@@ -162,7 +163,8 @@ def _default_workers() -> int:
 def _pretrain(args: argparse.Namespace) -> int:
     from bench.pretrain.engine import Pretrainer
     from bench.recipes import MODES, PRESETS, get_recipe
-    from bench.trainer import NonFiniteLoss
+    from bench.trainer import Diverged
+    from tasks.errors import DataFormatError
 
     if not (args.preset or args.mode):
         raise SystemExit(f"ponderbench pretrain: give --mode ({', '.join(MODES)}) for a reference recipe, or --preset "
@@ -178,7 +180,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     try:
         result = Pretrainer(recipe, args.data, run_dir, args.device, resume=args.resume,
                             progress=not args.no_progress).run()
-    except NonFiniteLoss as exc:
+    except (Diverged, DataFormatError) as exc:  # a diverged run; a data or checkpoint file refused, named
         raise SystemExit(f"ponderbench pretrain: {exc}") from exc
     if result.export is None:  # not rank 0
         return 0
@@ -204,17 +206,21 @@ def _usage_error(command: str, exc: Exception) -> int:
 def _expand(args: argparse.Namespace, backbones: list[str]) -> list:
     """The runs the arguments describe; every name resolved (raises KeyError/ValueError/FileNotFoundError)."""
     from bench.matrix.runner import expand
+    from tasks.io import check_writable
 
-    return expand(backbones=backbones, inits=_csv(args.inits), tasks=args.tasks,
+    runs = expand(backbones=backbones, inits=_csv(args.inits), tasks=args.tasks,
                   seeds=[int(s) for s in _csv(args.seeds)], data_roots=tuple(_csv(args.data)), results=args.results,
                   preset=args.preset, overrides=args.overrides, protocols=_csv(args.protocols), device=args.device,
-                  tta=args.tta, plugins=_plugin_paths(args.plugin))
+                  tta=args.tta, plugins=_plugin_paths(args.plugin), claim_timeout_s=args.claim_timeout)
+    check_writable(Path(args.results), "results folder")  # after the names: a typo leaves no folder behind
+    return runs
 
 
 def _execute(args: argparse.Namespace, runs: list) -> list:
     """Run the matrix (first generating what the runs read of the mini suite, when it is the default data root and
     lacks it); print the counts."""
     from bench import distributed
+    from bench.matrix.records import RUNNING_ELSEWHERE
     from bench.matrix.runner import datasets_read, run_matrix
 
     ranks, _ = distributed.setup(args.device)  # under torchrun: join the others (the main rank writes)
@@ -234,10 +240,20 @@ def _execute(args: argparse.Namespace, runs: list) -> list:
                                "cpus_per_task": args.cpus_per_task}.items() if v}
     records = run_matrix(runs, args.executor, args.workers, args.overwrite, slurm,
                          progress=not args.no_progress and ranks.main)
+    while args.wait and (away := [run for run, r in zip(runs, records, strict=True) if r.status == RUNNING_ELSEWHERE]):
+        if ranks.main:
+            print(f"waiting for {len(away)} runs running elsewhere (claims beside their records)")
+        time.sleep(min(30.0, args.claim_timeout / 2))
+        again = dict(zip(away, run_matrix(away, args.executor, args.workers, False, slurm, progress=False),
+                         strict=True))
+        records = [again.get(run, r) for run, r in zip(runs, records, strict=True)]
     if not ranks.main:
         return records
     counts = pd.Series([r.status for r in records]).value_counts().to_dict()
     print(f"{len(records)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    if RUNNING_ELSEWHERE in counts:
+        print(f"  {counts[RUNNING_ELSEWHERE]} runs are claimed by other processes sharing {args.results}: not done "
+              "here; --wait waits for them")
     for r in records:
         if r.status == "failed":
             print(f"  FAILED {r.task} {r.backbone} {r.init} seed {r.seed}: "
@@ -413,6 +429,12 @@ def _matrix_parser(seeds: str, inits: str, protocols: str) -> argparse.ArgumentP
                         help="local: parallel processes (default: one per CPU core, at most 4, each on one thread; "
                              "1 with a GPU). Small sparse nets use one core far better than two")
     matrix.add_argument("--overwrite", action="store_true", help="redo runs that already have an ok record")
+    matrix.add_argument("--wait", action="store_true",
+                        help="when another process sharing RESULTS is running some of the runs, wait for them (and "
+                             "take over those whose owner died) before writing the tables")
+    matrix.add_argument("--claim-timeout", type=float, default=STALE_AFTER_S, metavar="SECONDS",
+                        help="a run or pre-training claimed by a process that has not shown a heartbeat for this "
+                             f"long is taken over (default {STALE_AFTER_S:.0f})")
     matrix.add_argument("--slurm-partition")
     matrix.add_argument("--gpus-per-node", type=int)
     matrix.add_argument("--cpus-per-task", type=int)

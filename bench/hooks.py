@@ -5,16 +5,17 @@ and the log (and pictures of its own)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from bench import distributed
 from bench.runlog import RunLog
-from bench.trainer import Hook, Terms, Trainer
-from tasks.io import atomic_write
+from bench.trainer import DIVERGED_ADVICE, Diverged, Hook, Terms, Trainer
+from tasks.io import atomic_write, load_torch
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class Checkpoint(Hook):
             trainer.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"])
         trainer.step, trainer.last_terms = state["step"], state["last_terms"]
+        trainer.first_terms, trainer.skipped = state.get("first_terms", {}), state.get("skipped", 0)
         trainer.resumed_from = trainer.step
         for hook in trainer.hooks:  # by class: a hook without state (pictures) may come or go between runs
             if type(hook).__name__ in state["hooks"]:
@@ -60,6 +62,7 @@ class Checkpoint(Hook):
                  "scaler": trainer.scaler.state_dict() if trainer.scaler is not None else None,
                  "torch_rng": torch.get_rng_state(), "step": trainer.step, "epoch": trainer.epoch,
                  "last_terms": trainer.last_terms,
+                 "first_terms": trainer.first_terms, "skipped": trainer.skipped,
                  "hooks": {type(h).__name__: kept for h in trainer.hooks if (kept := h.state_dict())},
                  "fingerprint": self.fingerprint}
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -68,7 +71,7 @@ class Checkpoint(Hook):
     def _load(self) -> dict | None:
         if not self.path.is_file():
             return None
-        state = torch.load(self.path, map_location="cpu", weights_only=False)
+        state = load_torch(self.path, "a training checkpoint")
         if state.get("fingerprint") == self.fingerprint:
             return state
         if "fingerprint" not in state:
@@ -173,17 +176,46 @@ class Evaluate(Hook):
     def after_epoch(self, trainer: Trainer) -> None:
         if not trainer.evaluating:
             return
-        self.last = self.evaluate(trainer.model)
+        finite = True  # whether every forward of this evaluation gave finite outputs
+
+        def watch(_module: torch.nn.Module, _inputs: object, out: object) -> None:
+            nonlocal finite
+            finite = finite and _all_finite(out)
+
+        handle = trainer.model.register_forward_hook(watch)
+        try:
+            self.last = self.evaluate(trainer.model)
+        finally:
+            handle.remove()
+        if not distributed.all_true(finite, trainer.ranks.world, trainer.device):
+            # weights can grow huge yet finite in training (lr=1e6) and overflow only in a whole-scene forward
+            raise Diverged(f"non-finite model outputs in the evaluation after step {trainer.step} (last training "
+                           f"loss terms: {trainer.last_terms}). The run diverged: {DIVERGED_ADVICE}.")
         self.runlog.evaluation(trainer.step, self.last.scores)
         value = self.last.scores[self.main]
         if self.best is None or (value > self.best[1] if self.higher else value < self.best[1]):
             self.best = (trainer.step, value)
 
     def state_dict(self) -> dict[str, object]:
-        return {"last": self.last, "best": self.best}
+        return {"last": asdict(self.last) if self.last else None, "best": self.best}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
-        self.last, self.best = state["last"], state["best"]
+        self.last = Evaluation(**state["last"]) if state["last"] else None
+        self.best = tuple(state["best"]) if state["best"] else None
+
+
+def _all_finite(out: object) -> bool:
+    """Whether every tensor in a model's output (a tensor, or tuples, lists, dicts and dataclasses of them) is
+    finite."""
+    if isinstance(out, torch.Tensor):
+        return bool(torch.isfinite(out).all()) if out.is_floating_point() else True
+    if isinstance(out, Mapping):
+        return all(_all_finite(v) for v in out.values())
+    if isinstance(out, list | tuple):
+        return all(_all_finite(v) for v in out)
+    if is_dataclass(out):
+        return all(_all_finite(getattr(out, f.name)) for f in fields(out))
+    return True
 
 
 class Pictures(Hook):

@@ -129,6 +129,9 @@ class FinetuneRecipe:
     tta_views: tuple[TestView, ...] = ((0.0, 1.0, ""), (0.5, 1.0, ""), (1.0, 1.0, ""), (1.5, 1.0, ""))
     grad_clip: float | None = None  # max global gradient norm (None: no clipping)
     precision: Precision = "fp32"  # bf16 / fp16 autocast: CUDA only
+    # steps with a non-finite loss or gradient that are skipped (no optimiser step) before the run fails as
+    # diverged; 0: the first one fails it. The record's facts count the skipped steps.
+    skip_diverged_steps: int = 0
     num_workers: int = 0  # DataLoader processes preparing the training clouds (0: the training process)
     log_every: int = 10  # optimiser steps per row of the run's metrics.jsonl
     eval_every: int = 0  # epochs between evaluations (0: only after the last step); the record keeps the last
@@ -146,10 +149,11 @@ class FinetuneRecipe:
             raise ValueError(f"optimizer must be one of {get_args(Optimizer)}, got {self.optimizer!r}")
         if self.precision not in get_args(Precision):
             raise ValueError(f"precision must be one of {get_args(Precision)}, got {self.precision!r}")
-        if self.num_workers < 0 or self.log_every < 1 or self.eval_every < 0 or (self.grad_clip is not None
-                                                                                 and self.grad_clip <= 0):
-            raise ValueError(f"num_workers and eval_every must be >= 0, log_every >= 1 and grad_clip > 0 or None, "
-                             f"got {self.num_workers}, {self.eval_every}, {self.log_every} and {self.grad_clip}")
+        if min(self.num_workers, self.eval_every, self.skip_diverged_steps) < 0 or self.log_every < 1 or (
+                self.grad_clip is not None and self.grad_clip <= 0):
+            raise ValueError(f"num_workers, eval_every and skip_diverged_steps must be >= 0, log_every >= 1 and "
+                             f"grad_clip > 0 or None, got {self.num_workers}, {self.eval_every}, "
+                             f"{self.skip_diverged_steps}, {self.log_every} and {self.grad_clip}")
         if self.test_fragments is not None and self.test_fragments < 1 or not self.tta_views:
             raise ValueError(f"test_fragments must be >= 1 or None and tta_views not empty, got "
                              f"{self.test_fragments} and {self.tta_views}")
@@ -184,6 +188,12 @@ EXECUTION_FIELDS = ("num_workers", "log_every", "eval_every")
 def result_fields(recipe: FinetuneRecipe) -> dict[str, Any]:
     """The recipe's fields that decide a fine-tune's result (all but :data:`EXECUTION_FIELDS`), as JSON holds them."""
     return {k: v for k, v in json.loads(json.dumps(dataclasses.asdict(recipe))).items() if k not in EXECUTION_FIELDS}
+
+
+def held_result_fields(held: dict[str, Any]) -> dict[str, Any]:
+    """The result fields of a recipe as a record holds it; a field the record predates had its default (a new
+    field's default is what the code did before it existed)."""
+    return {**result_fields(FinetuneRecipe()), **{k: v for k, v in held.items() if k not in EXECUTION_FIELDS}}
 
 
 def task_settings(*items: str, base: tuple[str, ...] = ()) -> tuple[str, ...]:

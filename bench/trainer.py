@@ -6,13 +6,15 @@ split.
 A step: this rank's share of the global batch comes from a DataLoader over a dataset indexed by step (so a resumed
 run draws what the uninterrupted one would have, whatever the worker count), its loss is computed under the
 recipe's autocast, gradients are averaged over the ranks in one all-reduce, clipped, and applied. A non-finite loss
-on any rank stops every rank before the optimiser sees its gradients; a share with nothing to learn from (no
-labelled point) on every rank only advances the schedule.
+on any rank, or a non-finite gradient, stops every rank before the optimiser sees it (:class:`Diverged`), unless
+the recipe allows skipping a few such steps (``skip_diverged_steps``); a share with nothing to learn from (no labelled
+point) on every rank only advances the schedule.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -31,8 +33,15 @@ Terms = dict[str, float]
 StepLoss = torch.Tensor | Mapping[str, float] | None
 
 
-class NonFiniteLoss(FloatingPointError):
-    """A loss term became NaN or infinite: the run stops instead of training on garbage."""
+log = logging.getLogger(__name__)
+
+DIVERGED_ADVICE = "lower lr or enable gradient clipping (grad_clip=1.0)"
+BLOW_UP = 1e4  # a loss term this many times its first value (or 1) means the run diverged
+
+
+class Diverged(FloatingPointError):
+    """A loss term, the gradient or the model's output became NaN or infinite: the run stops instead of training on
+    (or scoring) garbage."""
 
 
 class Hook:
@@ -87,12 +96,15 @@ class Trainer:
                  optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler, *,
                  steps_per_epoch: int, hooks: Sequence[Hook] = (), device: torch.device = torch.device("cpu"),  # noqa: B008
                  ranks: Ranks = Ranks(0, 1), num_workers: int = 0, grad_clip: float | None = None,  # noqa: B008
-                 precision: Precision = "fp32", eval_every: int = 0, desc: str = "train",
-                 progress: bool = False) -> None:
+                 precision: Precision = "fp32", eval_every: int = 0, skip_diverged_steps: int = 0,
+                 desc: str = "train", progress: bool = False) -> None:
         self.model, self.batches, self.loss = model, batches, loss
         self.optimizer, self.scheduler = optimizer, scheduler
         self.steps_per_epoch, self.hooks, self.device, self.ranks = steps_per_epoch, list(hooks), device, ranks
         self.num_workers, self.grad_clip, self.eval_every = num_workers, grad_clip, eval_every
+        self.skip_diverged_steps = skip_diverged_steps  # diverged steps that may be skipped before the run fails
+        self.skipped = 0  # steps skipped so far (kept in the checkpoint)
+        self.first_terms: Terms = {}  # the first step's loss terms: what a blow-up is measured against
         self.desc, self.progress = desc, progress
         self.autocast, self.scaler = autocast(precision, device)
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -153,13 +165,12 @@ class Trainer:
             out = self.loss(batch)
         loss = out if isinstance(out, torch.Tensor) else None
         terms = None if out is None else {"loss": float(loss.detach())} if loss is not None else dict(out)
-        finite = terms is None or all(math.isfinite(v) for v in terms.values())
-        if not distributed.all_true(finite, self.ranks.world, self.device):
-            values = ", ".join(f"{n}={v:.4g}" for n, v in (terms or {}).items())
-            where = values if not finite else f"on another process (this one's: {values or 'none'})"
-            epoch = self.step // self.steps_per_epoch + 1
-            raise NonFiniteLoss(f"non-finite loss at step {self.step + 1} (epoch {epoch}): {where}. Checkpoints "
-                                "written so far are intact; lower lr or check the data.")
+        problem = self._loss_problem(terms)
+        values = ", ".join(f"{n}={v:.4g}" for n, v in (terms or {}).items())
+        if not distributed.all_true(problem is None, self.ranks.world, self.device):
+            self._diverged_step(problem or "a diverged loss on another process",
+                                values if problem else f"this one's: {values or 'none'}")
+            return None
         if distributed.all_true(terms is None, self.ranks.world, self.device):
             self.scheduler.step()
             return None
@@ -168,12 +179,49 @@ class Trainer:
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         distributed.average_gradients(self.params, self.ranks.world)
+        grads = [p.grad for p in self.params if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+        # after the all-reduce every rank holds the same gradient, so each decides alike; fp16's scaler skips a
+        # non-finite step itself (and lowers its scale)
+        if self.scaler is None and not torch.isfinite(norm):
+            self._diverged_step("non-finite gradient", f"norm {float(norm):.4g}, loss {values}")
+            return None
         if self.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+            torch.nn.utils.clip_grads_with_norm_(self.params, self.grad_clip, norm)
         if self.scaler is None:
             self.optimizer.step()
         else:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         self.scheduler.step()
-        return distributed.mean_terms(terms, self.ranks)
+        terms = distributed.mean_terms(terms, self.ranks)
+        self.first_terms = self.first_terms or terms
+        return terms
+
+    def _loss_problem(self, terms: Terms | None) -> str | None:
+        """Why this rank's loss terms show a diverged run, or None: a term is not finite, or has grown more than
+        :data:`BLOW_UP` times its first value (or 1, if larger). An exploding run can stay finite: SGD at lr=1e6
+        takes a cross-entropy of 4 to 1e12 in one step, and BatchNorm keeps the next ones finite."""
+        if terms is None:
+            return None
+        if not all(math.isfinite(v) for v in terms.values()):
+            return "non-finite loss"
+        first = self.first_terms
+        if first and any(v > BLOW_UP * max(1.0, abs(first.get(n, 1.0))) for n, v in terms.items()):
+            return f"loss over {BLOW_UP:g} x its first value ({', '.join(f'{n}={v:.4g}' for n, v in first.items())})"
+        return None
+
+    def _diverged_step(self, problem: str, detail: str) -> None:
+        """A diverged step: skipped (no optimiser step; the schedule advances) while the recipe's
+        ``skip_diverged_steps`` allows, else the run stops with :class:`Diverged`."""
+        where = f"{problem} at step {self.step + 1} (epoch {self.step // self.steps_per_epoch + 1}): {detail}"
+        if self.skipped >= self.skip_diverged_steps:
+            if self.skipped:
+                where += f", after {self.skipped} skipped steps (skip_diverged_steps={self.skip_diverged_steps})"
+            raise Diverged(f"{where}. The run diverged: {DIVERGED_ADVICE}. Checkpoints written so far are "
+                           "intact.")
+        self.skipped += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        log.warning("%s: %s; step skipped (%d of skip_diverged_steps=%d)", self.desc, where, self.skipped,
+                    self.skip_diverged_steps)

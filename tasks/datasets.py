@@ -20,6 +20,7 @@ import numpy as np
 from tasks.contract import split_heldout
 from tasks.errors import DataFormatError
 from tasks.formats.base import SceneDataset
+from tasks.io import load_torch
 from tasks.spec import TaskSpec
 from tasks.structures import PosedViews, Scene
 
@@ -202,9 +203,7 @@ def _pointcept_points(path: Path, points: int) -> dict | None:
     listed = path / "tasks" / "points" / f"points{points}"
     if not listed.is_file():
         return None
-    import torch
-
-    return torch.load(listed, weights_only=False)
+    return load_torch(listed, "a Pointcept data-efficient point list")
 
 
 def limit_annotations(scene: Scene, points: int, table: dict | None = None) -> Scene:

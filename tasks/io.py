@@ -7,10 +7,12 @@ Every reader validates what it reads (existence, dtype, shape, finiteness, label
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -141,6 +143,84 @@ def check_range(path: Path, values: np.ndarray, what: str, low: float, high: flo
     return values
 
 
+# ------------------------------------------------------------------- files from strangers: data, never code
+# A pickle names the functions it calls while loading (``os.system`` as readily as ``numpy.ndarray``). Checkpoints,
+# point lists and info files are downloaded from strangers, so they load through allowlists: tensors (torch's
+# weights-only unpickler), numpy arrays, dtypes and scalars, and builtin containers; anything else is refused,
+# naming the file and the global, before it is imported.
+_NUMPY_GLOBALS = {(core, name) for core in ("numpy.core.multiarray", "numpy._core.multiarray")
+                  for name in ("_reconstruct", "scalar")} | {("numpy", "ndarray"), ("numpy", "dtype")}
+_PICKLE_GLOBALS = _NUMPY_GLOBALS | {("_codecs", "encode")} | {  # _codecs.encode: bytes in protocol-2 pickles
+    ("builtins", name) for name in ("dict", "list", "tuple", "set", "frozenset", "int", "float", "complex", "str",
+                                    "bytes", "bytearray", "bool", "slice", "range")}
+
+
+def _numpy_safe_globals() -> list[object]:
+    """What torch's weights-only unpickler must admit for numpy arrays, dtypes and scalars of this numpy."""
+    if np.lib.NumpyVersion(np.__version__) >= "2.0.0":  # numpy 2 moved ``numpy.core`` to ``numpy._core``
+        from numpy._core import multiarray
+    else:
+        from numpy.core import multiarray
+    return [multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype,
+            *{type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDUS"}]
+
+
+def load_torch(path: str | Path, what: str) -> Any:
+    """``torch.load`` of a file the suite did not write itself (``what`` names it in errors): tensors, numpy arrays
+    and builtin containers only; a file that would import anything else is refused before it runs."""
+    import torch
+
+    path = require_file(Path(path))
+    try:
+        with torch.serialization.safe_globals(_numpy_safe_globals()), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)  # refused below if unsafe
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise DataFormatError(path, f"refused as {what}: {_refusal(path, exc)}; the suite loads tensors, numpy arrays "
+                              "and builtin containers only, never code") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise DataFormatError(path, f"cannot be read as {what} ({str(exc).splitlines()[0]})") from exc
+
+
+def _refusal(path: Path, exc: pickle.UnpicklingError) -> str:
+    """Why torch's weights-only loader stopped: the globals a zip checkpoint would import, else its own words."""
+    import torch
+
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # noqa: BLE001 - only zip checkpoints can be listed
+        names = []
+    if names:
+        return "loading it would import " + ", ".join(names)
+    detail = str(exc).split("WeightsUnpickler error:", 1)[-1].split("Check the documentation", 1)[0]
+    return f"not a weights-only file ({' '.join(detail.split())})"
+
+
+class _DataUnpickler(pickle.Unpickler):
+    def __init__(self, file: Any, path: Path) -> None:
+        super().__init__(file)
+        self.path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _PICKLE_GLOBALS or module == "numpy.dtypes" and name.endswith("DType"):
+            return super().find_class(module, name)
+        raise DataFormatError(self.path, f"refused: the pickle would import {module}.{name}; the suite loads numpy "
+                              "arrays, dtypes and builtin containers only")
+
+
+def load_pickle(path: str | Path, what: str) -> Any:
+    """A pickled data file (mmdetection3d's info ``.pkl``) through an unpickler that admits numpy arrays, dtypes and
+    builtin containers only; ``what`` names the expected content in errors."""
+    path = require_file(Path(path))
+    try:
+        with path.open("rb") as f:
+            return _DataUnpickler(f, path).load()
+    except DataFormatError:
+        raise
+    except (pickle.UnpicklingError, EOFError, OSError, ValueError, TypeError, AttributeError, IndexError) as exc:
+        raise DataFormatError(path, f"cannot be read as {what} ({exc})") from exc
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Write through a temporary file in the same folder and rename, so a crash never leaves half a file.
 
@@ -157,6 +237,19 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """Refuse, before any work, a folder this process cannot write to (read-only, not ours, a full disk), naming
+    it: a block is written and synced in it, then removed."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder) as f:
+            f.write(b"\0" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        raise ValueError(f"{folder}: the {what} cannot be written to ({exc.strerror or exc})") from exc
 
 
 def _umask() -> int:

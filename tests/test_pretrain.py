@@ -17,7 +17,7 @@ import torch
 
 from bench.pretrain.engine import Pretrainer
 from bench.recipes import get_recipe
-from bench.trainer import NonFiniteLoss
+from bench.trainer import Diverged
 
 REPO = Path(__file__).resolve().parents[1]
 MICRO = ["grid=(16,16,8)", "volume_channels=8", "unet_base=4", "unet_levels=2", "sdf_channels=8",
@@ -40,7 +40,7 @@ def micro_recipe(case: str, *extra: str):  # noqa: ANN201
 
 
 def state_of(run_dir: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / "checkpoint.pt", weights_only=False)["model"]
+    return torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
 
 
 @pytest.mark.parametrize("case", list(PRESETS))
@@ -118,7 +118,7 @@ def test_kill_9_loses_at_most_the_current_epoch(tiny_root: Path, tmp_path: Path)
     assert proc.poll() is None, "the run ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert state["epoch"] >= 1 and state["step"] == 3 * state["epoch"]
     recipe = get_recipe("indoor-mini", args)
     result = Pretrainer(recipe, tiny_root / "scannet", tmp_path / "run", progress=False, resume=True).run()
@@ -133,7 +133,7 @@ def test_non_finite_loss_stops_with_the_step_and_terms(tiny_root: Path, tmp_path
 
     monkeypatch.setattr(NeuSVariance, "forward", lambda self: self.variance * float("nan"))
     trainer = Pretrainer(micro_recipe("indoor"), tiny_root / "scannet", tmp_path, progress=False)
-    with pytest.raises(NonFiniteLoss, match=r"non-finite loss at step 1 \(epoch 1\): rgb=nan.*total=nan"):
+    with pytest.raises(Diverged, match=r"non-finite loss at step 1 \(epoch 1\): rgb=nan.*total=nan"):
         trainer.run()
     assert not (tmp_path / "checkpoint.pt").exists()
 

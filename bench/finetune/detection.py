@@ -10,6 +10,7 @@ split, writes the official submission file and scores it with the devkit (:mod:`
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ from bench.hooks import Evaluation
 from bench.recipes import FinetuneRecipe, Mode
 from tasks.contract import OUTDOOR_VOXEL, in_channels, point_features
 from tasks.datasets import nuscenes_version
+from tasks.errors import DataFormatError
 from tasks.formats.nuscenes import SPLITS, NuScenesLidarSegDataset, SensorSample, intensity
 from tasks.heads.detection import (
     BEVGrid,
@@ -40,6 +42,7 @@ from tasks.heads.detection import (
     detection_loss,
     head_targets,
 )
+from tasks.io import atomic_write, load_torch, require_file, save_text
 from tasks.metrics.detection import LidarBoxes, evaluate_submission, submission_entries, write_submission
 from tasks.spec import TaskSpec
 from tasks.structures import Scene
@@ -176,19 +179,26 @@ def detect(model: Detector, config: DetectorConfig, sample: SensorSample, device
 
 
 def save_detector(path: Path, model: Detector, config: DetectorConfig) -> None:
-    from tasks.io import atomic_write
-
-    atomic_write(path, lambda tmp: torch.save({"config": asdict(config), "state": model.state_dict()}, tmp))
+    """The weights as a plain state dict (``model.pt``) and, beside them, the description that rebuilds the model
+    (``model.json``): loading a detector reads data, never code."""
+    save_text(path.with_suffix(".json"), json.dumps(asdict(config), indent=1))
+    atomic_write(path, lambda tmp: torch.save(model.state_dict(), tmp))
 
 
 def load_detector(path: str | Path) -> tuple[Detector, DetectorConfig]:
-    """A detector saved by a detection run (``model.pt`` in its artifacts folder)."""
-    saved = torch.load(path, map_location="cpu", weights_only=False)
-    raw = dict(saved["config"])
-    raw["grid"] = BEVGrid(**{**raw["grid"], "z_range": tuple(raw["grid"]["z_range"])})
-    config = DetectorConfig(**{**raw, "sensors": tuple(raw["sensors"]), "image_size": tuple(raw["image_size"])})
+    """A detector saved by a detection run (``model.pt`` and ``model.json`` in its artifacts folder)."""
+    path = Path(path)
+    state = load_torch(path, "a detector's weights")
+    described = require_file(path.with_suffix(".json"))
+    try:
+        raw = json.loads(described.read_text())
+        grid = BEVGrid(**{**raw["grid"], "z_range": tuple(raw["grid"]["z_range"])})
+        config = DetectorConfig(**{**raw, "grid": grid, "sensors": tuple(raw["sensors"]),
+                                   "image_size": tuple(raw["image_size"])})
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DataFormatError(described, f"not a detector description ({exc!r})") from exc
     model = config.build()
-    model.load_state_dict(saved["state"])
+    model.load_state_dict(state)
     return model.eval(), config
 
 

@@ -106,6 +106,7 @@ class RunFacts:
     ranks_in_sync: bool | None = None  # with several processes: whether they ended with the same weights
     best_step: int | None = None  # with periodic evaluation: the step of the best main score, and that score
     best_score: float | None = None
+    skipped_steps: int = 0  # steps skipped for a non-finite loss or gradient (the recipe's skip_diverged_steps)
     backbones: dict[str, str | None] | None = None  # a multi-sensor task's backbone per sensor
 
 
@@ -472,7 +473,8 @@ def train_and_evaluate(task: TrainedTaskType, ctx: FinetuneContext, train: Seque
     trainer = Trainer(model, batches, step_loss, optimizer, scheduler, steps_per_epoch=steps_per_epoch, hooks=hooks,
                       device=ctx.device, ranks=ctx.ranks, num_workers=recipe.num_workers, grad_clip=recipe.grad_clip,
                       precision=recipe.precision, eval_every=recipe.eval_every,
-                      desc=f"{spec.id} {ctx.backbone}", progress=progress).run()
+                      skip_diverged_steps=recipe.skip_diverged_steps, desc=f"{spec.id} {ctx.backbone}",
+                      progress=progress).run()
     if ctx.artifacts is not None and ctx.ranks.main:
         task.save(model, ctx)
     facts = distributed.run_facts(model.parameters(), ctx.ranks, ctx.device)
@@ -481,4 +483,5 @@ def train_and_evaluate(task: TrainedTaskType, ctx: FinetuneContext, train: Seque
         final_train_loss=trainer.last_terms.get("loss", float("nan")), init_sha256=inits.backbone,
         image_init_sha256=inits.image, resumed_from_step=trainer.resumed_from, world_size=facts["world_size"],
         ranks_in_sync=facts["ranks_in_sync"], best_step=evaluate.best[0] if recipe.eval_every else None,
-        best_score=evaluate.best[1] if recipe.eval_every else None, backbones=task.sensor_backbones(ctx)))
+        best_score=evaluate.best[1] if recipe.eval_every else None, backbones=task.sensor_backbones(ctx),
+        skipped_steps=trainer.skipped))

@@ -29,6 +29,8 @@ PACKAGES = ("ponderbench", "torch", "spconv-cu120", "timm", "numpy", "nuscenes-d
 
 Status = Literal["ok", "failed", "skipped", "not-applicable", "not-runnable"]
 FINISHED: tuple[Status, ...] = ("ok", "not-runnable", "not-applicable")  # a re-run would give the same record
+# what the runner reports for a run another process has claimed: a status of the command's summary, never written
+RUNNING_ELSEWHERE = "running-elsewhere"
 
 
 class RecordError(ValueError):

@@ -6,6 +6,10 @@ record is redone. Missing data gives a ``skipped`` record naming the expected pa
 pipeline a ``not-runnable`` one, a combination that cannot run a ``not-applicable`` one, an exception a
 ``failed`` one with the error, and the matrix goes on.
 
+Several processes may share one results folder: each run is claimed before it starts (:mod:`bench.matrix.claims`),
+a run claimed by another process is reported as ``running-elsewhere`` (not written), and a pre-training claimed
+by another process is waited for.
+
 The ``ponder`` initialisation needs a pre-trained export per (backbone, domain, preset). Those pre-trainings
 run as jobs of the same executor as the fine-tunes (on Slurm: as jobs, never on the submitting node, before
 the runs; locally: in the same pool, beside the runs that need no export); a pre-training that fails makes
@@ -14,6 +18,7 @@ the runs that needed it ``failed`` records with its error.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
 import os
@@ -31,8 +36,10 @@ from typing import Literal, get_args
 from tqdm import tqdm
 
 from bench import distributed
+from bench.matrix.claims import STALE_AFTER_S, claim, owner, wait_for_claim
 from bench.matrix.records import (
     FINISHED,
+    RUNNING_ELSEWHERE,
     RecordError,
     RunRecord,
     data_fingerprint,
@@ -43,11 +50,11 @@ from bench.matrix.records import (
     write_record,
 )
 from bench.recipes import (
-    EXECUTION_FIELDS,
     FINETUNE_PRESETS,
     FinetuneRecipe,
     Mode,
     get_finetune_recipe,
+    held_result_fields,
     result_fields,
 )
 from tasks.datasets import expected_path, pretrain_dataset
@@ -79,6 +86,7 @@ class RunSpec:
     device: str = "cpu"
     tta: bool = False
     plugins: tuple[str, ...] = ()  # plugins (backbones, task types, tasks), imported in whatever process runs it
+    claim_timeout_s: float = STALE_AFTER_S  # a claim on this run without a heartbeat for this long is taken over
 
     @property
     def protocol(self) -> str:
@@ -121,6 +129,7 @@ class PretrainJob:
     preset: str
     device: str = "cpu"
     plugins: tuple[str, ...] = ()
+    claim_timeout_s: float = STALE_AFTER_S
 
     @property
     def run_dir(self) -> Path:
@@ -164,10 +173,14 @@ def resolve(*, backbones: Sequence[str], inits: Sequence[str], tasks: str,
         task_ids += [t for t in found if t not in task_ids]
     if not task_ids:
         raise ValueError(f"no task matches {tasks!r}")
+    from bench.finetune.exports import read_export
+
     for init in inits:
         if init not in INITS and not Path(init).exists():
             raise ValueError(f"init {init!r} is neither {', '.join(INITS)} nor an existing export path"
                              f"{_close(init, list(INITS))}")
+        if init not in INITS:
+            read_export(init)  # an unreadable export fails the command now, not every run that would load it
     for protocol in protocols:
         if protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}"
@@ -180,7 +193,7 @@ def resolve(*, backbones: Sequence[str], inits: Sequence[str], tasks: str,
 def expand(*, backbones: list[str], inits: list[str], tasks: str, seeds: list[int], data_roots: tuple[str, ...],
            results: str, preset: str = "mini", overrides: Sequence[str] = (),
            protocols: Sequence[str] = ("finetune",), device: str = "cpu", tta: bool = False,
-           plugins: Sequence[str] = ()) -> list[RunSpec]:
+           plugins: Sequence[str] = (), claim_timeout_s: float = STALE_AFTER_S) -> list[RunSpec]:
     """Every combination, in a stable order; ``tasks`` is a comma-separated list of wildcard patterns.
 
     Under the ``probe`` protocol the randomly initialised backbone is frozen, so its runs are named ``random``
@@ -212,7 +225,8 @@ def expand(*, backbones: list[str], inits: list[str], tasks: str, seeds: list[in
                         runs.append(RunSpec(task=task, backbone=backbone, init=label, seed=seed,
                                             data_roots=tuple(data_roots), results=results, preset=preset,
                                             overrides=tuple(overrides), init_path=path, linear_probe=probe,
-                                            device=device, tta=tta, plugins=tuple(plugins)))
+                                            device=device, tta=tta, plugins=tuple(plugins),
+                                            claim_timeout_s=claim_timeout_s))
     return runs
 
 
@@ -253,10 +267,48 @@ class PeakRSS:
         self._thread.join()
 
 
-def execute(run: RunSpec) -> RunRecord:
-    """Run one cell of the matrix and write its record; returns the record. Never raises."""
+def execute(run: RunSpec, overwrite: bool = False) -> RunRecord:
+    """Run one cell of the matrix and write its record, under a claim; returns the record. Never raises.
+
+    A run another process has claimed comes back as a ``running-elsewhere`` record, written nowhere; one that
+    another process finished while this one waited is not done again (unless ``overwrite``)."""
+    ranks = distributed.current()
+    held = claim(claim_path(run.record_path()), run.claim_timeout_s) if ranks.main else None
+    if not distributed.broadcast(held is not None, ranks):
+        return elsewhere(run)
+    try:
+        if not overwrite and (record := finished(run)) is not None:
+            return record
+        log.info("%s: running (claimed by this process)", run.name)
+        return _execute_claimed(run)
+    finally:
+        if held is not None:
+            held.release()
+
+
+def execute_overwriting(run: RunSpec) -> RunRecord:
+    """:func:`execute` for ``--overwrite``: the run is done again even when another process has just finished it."""
+    return execute(run, overwrite=True)
+
+
+def claim_path(record: Path) -> Path:
+    """The claim file of a run: beside its record."""
+    return record.with_name(record.name + ".claim")
+
+
+def elsewhere(run: RunSpec) -> RunRecord:
+    """What ``execute`` reports for a run another process holds (never written as a record)."""
+    spec = get_task(run.task)
+    return RunRecord(task=spec.id, task_version=spec.version, backbone=run.backbone, init=run.init,
+                     protocol=run.protocol, seed=run.seed, status=RUNNING_ELSEWHERE, main_score=spec.main_score,
+                     higher_is_better=spec.higher_is_better,
+                     error=f"claimed by {owner(claim_path(run.record_path()))}")
+
+
+def _execute_claimed(run: RunSpec) -> RunRecord:
     from bench.finetune import NotApplicable, finetune
     from bench.hooks import discard_checkpoint
+    from bench.trainer import Diverged
 
     spec = get_task(run.task)
     recipe = run.recipe()
@@ -299,16 +351,34 @@ def execute(run: RunSpec) -> RunRecord:
             record.peak_rss_bytes = memory.peak
         except NotApplicable as exc:
             record.status, record.error = "not-applicable", str(exc)
+        except Diverged as exc:  # the message says where and what to change; a traceback would bury it
+            record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
         except Exception:  # noqa: BLE001  (a failing run is recorded; the matrix goes on)
             record.status, record.error = "failed", traceback.format_exc()[-4000:]
         record.wall_s = time.perf_counter() - start
     ranks = distributed.current()
     if ranks.main:  # under torchrun every process ran the fine-tune; one record
-        write_record(Path(run.results), record)
+        record = _write(run, record)
         if record.status == "ok":
             discard_checkpoint(run.artifacts_dir())  # the record holds the result; only now may the checkpoint go
     distributed.barrier(ranks)
     return record
+
+
+def _write(run: RunSpec, record: RunRecord) -> RunRecord:
+    """Write the record (atomically: a failed write leaves none). When that fails (a full disk), a small ``failed``
+    record saying so is tried instead, and the returned record is failed either way: the run is redone next time,
+    and its checkpoint is kept for that."""
+    try:
+        write_record(Path(run.results), record)
+        return record
+    except OSError as exc:
+        failed = replace(record, status="failed", error=f"the record could not be written: {exc}", metrics={},
+                         per_class={}, main_value=None)
+        log.error("%s: %s", record.path(Path(run.results)), failed.error)
+        with contextlib.suppress(OSError):  # else no record at all: the run counts as not done
+            write_record(Path(run.results), failed)
+        return failed
 
 
 def finished(run: RunSpec) -> RunRecord | None:
@@ -325,7 +395,7 @@ def finished(run: RunSpec) -> RunRecord | None:
         return None
     # the preset also names the ponder init's pre-training (mini and small fine-tune alike)
     wanted = result_fields(run.recipe())  # as the record holds it (tuples become lists)
-    held = {k: v for k, v in record.finetune_recipe.items() if k not in EXECUTION_FIELDS}
+    held = held_result_fields(record.finetune_recipe)
     differs = sorted(k for k in {*wanted, *held} if wanted.get(k) != held.get(k))
     if run.init == "ponder" and record.finetune_preset != run.preset:
         differs.append("the ponder init's pre-training (preset)")
@@ -338,13 +408,28 @@ def finished(run: RunSpec) -> RunRecord | None:
 
 def pretrain(job: PretrainJob) -> str:
     """The export of ``job`` (pre-trained now, or resumed, unless it exists). Returns its path; raises on failure."""
-    from bench.pretrain.engine import Pretrainer
-    from bench.recipes import pretrain_recipe_for
 
     load_plugins(job.plugins)
     export = job.run_dir / "backbone.pt"
     if export.is_file() and (job.run_dir / "backbone.json").is_file():
         return str(export)
+    ranks = distributed.current()  # another process pre-training this export: wait for it, then use its export
+    held = wait_for_claim(job.run_dir / "pretrain.claim", job.claim_timeout_s) if ranks.main else None
+    try:
+        distributed.barrier(ranks)
+        if export.is_file() and (job.run_dir / "backbone.json").is_file():
+            return str(export)
+        return _pretrain_claimed(job)
+    finally:
+        if held is not None:
+            held.release()
+
+
+def _pretrain_claimed(job: PretrainJob) -> str:
+    from bench.pretrain.engine import Pretrainer
+    from bench.recipes import pretrain_recipe_for
+
+    export = job.run_dir / "backbone.pt"
     data = pretrain_dataset(job.mode)
     root = data_root_for(data, job.data_roots)
     if root is None:
@@ -421,23 +506,23 @@ def _with_export(run: RunSpec, slot: str, path: str | None, error: str | None) -
 
 
 def _run_local(todo: list[RunSpec], needed: dict[PretrainJob, list[tuple[RunSpec, str]]], workers: int,
-               progress: bool) -> dict[RunSpec, RunRecord]:
+               progress: bool, run: Callable[[RunSpec], RunRecord]) -> dict[RunSpec, RunRecord]:
     """Pre-trainings and runs in one pool of local processes. The runs that need no pre-training start at once,
     beside the pre-trainings; a ``ponder`` run starts as soon as its exports exist. Fine-tunes are queued before
     probes (longest first), so no worker idles while another finishes a long run."""
     if not todo:
         return {}
-    blocked = {run: {job for job, waiting in needed.items() if any(r == run for r, _ in waiting)} for run in todo}
-    resolved = {run: run for run in todo}
+    blocked = {r: {job for job, waiting in needed.items() if any(w == r for w, _ in waiting)} for r in todo}
+    resolved = {r: r for r in todo}
     records: dict[RunSpec, RunRecord] = {}
 
     def longest_first(runs: list[RunSpec]) -> list[RunSpec]:
-        return sorted(runs, key=lambda run: run.linear_probe)
+        return sorted(runs, key=lambda r: r.linear_probe)
 
     with _local_pool(workers, len(todo) + len(needed)) as pool, \
             tqdm(total=len(todo) + len(needed), desc="pre-training and runs", disable=not progress) as bar:
         futures: dict[Future, PretrainJob | RunSpec] = {pool.submit(pretrain_job, job): job for job in needed}
-        futures |= {pool.submit(execute, run): run for run in longest_first([r for r in todo if not blocked[r]])}
+        futures |= {pool.submit(run, item): item for item in longest_first([r for r in todo if not blocked[r]])}
         while futures:
             done, _ = wait(futures, return_when=FIRST_COMPLETED)
             for future in done:
@@ -448,12 +533,12 @@ def _run_local(todo: list[RunSpec], needed: dict[PretrainJob, list[tuple[RunSpec
                     continue
                 path, error = future.result()
                 ready = []
-                for run, slot in needed[item]:
-                    resolved[run] = _with_export(resolved[run], slot, path, error)
-                    blocked[run].discard(item)
-                    if not blocked[run]:
-                        ready.append(run)
-                futures |= {pool.submit(execute, resolved[run]): run for run in longest_first(ready)}
+                for waiting, slot in needed[item]:
+                    resolved[waiting] = _with_export(resolved[waiting], slot, path, error)
+                    blocked[waiting].discard(item)
+                    if not blocked[waiting]:
+                        ready.append(waiting)
+                futures |= {pool.submit(run, resolved[r]): r for r in longest_first(ready)}
     return records
 
 
@@ -467,7 +552,8 @@ def pretrain_jobs(runs: list[RunSpec]) -> dict[PretrainJob, list[tuple[RunSpec, 
             continue
         for backbone, mode, slot in _pretrainings(spec, run):
             job = PretrainJob(backbone=backbone, mode=mode, data_roots=run.data_roots, results=run.results,
-                              preset=run.preset, device=run.device, plugins=run.plugins)
+                              preset=run.preset, device=run.device, plugins=run.plugins,
+                              claim_timeout_s=run.claim_timeout_s)
             needed.setdefault(job, []).append((run, slot))
     return needed
 
@@ -495,8 +581,9 @@ def run_matrix(runs: list[RunSpec], executor: Executor = "local", workers: int =
         if executor != "local":
             raise ValueError("under torchrun the matrix runs in its processes; --executor slurm submits its own")
         workers = 1
+    execute_run = execute_overwriting if overwrite else execute
     if executor == "local":
-        by_run = {**done, **_run_local(todo, needed, workers, progress)}
+        by_run = {**done, **_run_local(todo, needed, workers, progress, execute_run)}
         return [by_run[run] for run in runs]
     folder = Path(runs[0].results) / "slurm" if runs else Path("slurm")
     exports = dict(zip(needed, _map(pretrain_job, list(needed), executor, slurm, folder, "pre-training", progress),
@@ -506,7 +593,7 @@ def run_matrix(runs: list[RunSpec], executor: Executor = "local", workers: int =
         path, error = exports[job]
         for run, slot in waiting:
             resolved[run] = _with_export(resolved.get(run, run), slot, path, error)
-    fresh = _map(execute, [resolved.get(run, run) for run in todo], executor, slurm, folder, "runs", progress)
+    fresh = _map(execute_run, [resolved.get(r, r) for r in todo], executor, slurm, folder, "runs", progress)
     by_run = {**done, **dict(zip(todo, fresh, strict=True))}
     return [by_run[run] for run in runs]
 

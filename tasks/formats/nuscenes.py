@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -21,7 +20,7 @@ import numpy as np
 from tasks.classes import NUSCENES_GENERAL32
 from tasks.errors import DataFormatError
 from tasks.formats.base import SceneDataset
-from tasks.io import check_length, load_binary, load_image
+from tasks.io import check_length, load_binary, load_image, load_pickle
 from tasks.structures import PosedViews, Scene
 
 CAMERAS = ("CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_FRONT_LEFT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_BACK_RIGHT")
@@ -252,11 +251,10 @@ def read_mmdet3d_info(pkl: str | Path, index: int = 0) -> SensorSample:
     """One sample of an mmdetection3d v2 nuScenes info file (``data_list`` of plain dicts), images beside it."""
     pkl = Path(pkl)
     try:
-        with pkl.open("rb") as f:
-            table = pickle.load(f)
+        table = load_pickle(pkl, "an mmdet3d info file")
         info = table["data_list"][index]
         label_names = {v: k for k, v in table["metainfo"]["categories"].items()}
-    except (OSError, pickle.UnpicklingError, KeyError, IndexError, EOFError) as exc:
+    except (KeyError, IndexError, TypeError) as exc:
         raise DataFormatError(pkl, f"not an mmdet3d info file with data_list[{index}] ({exc})") from exc
     folder = pkl.parent
     cams = [c for c in CAMERAS if c in info["images"]]

@@ -114,16 +114,13 @@ def read_mmdet3d_posed_images(pkl: str | Path, index: int = 0) -> tuple[list[np.
 
     Image paths in the file are relative to a data root; images are looked up beside the file by name.
     """
-    import pickle
-
-    from tasks.io import load_image
+    from tasks.io import load_image, load_pickle
 
     pkl = Path(pkl)
     try:
-        with pkl.open("rb") as f:
-            info = pickle.load(f)[index]
+        info = load_pickle(pkl, "an mmdet3d ScanNet info file")[index]
         paths, intrinsics, extrinsics = info["img_paths"], info["intrinsics"], info["extrinsics"]
-    except (OSError, pickle.UnpicklingError, KeyError, IndexError, EOFError) as exc:
+    except (KeyError, IndexError, TypeError) as exc:
         raise DataFormatError(pkl, f"not an mmdet3d ScanNet info file with posed images ({exc})") from exc
     images = [load_image(pkl.parent / Path(p).name) for p in paths]
     return images, np.asarray(intrinsics, dtype=np.float64)[:3, :3], np.asarray(extrinsics, dtype=np.float64)
