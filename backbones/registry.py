@@ -120,8 +120,10 @@ def load_plugin(spec: str) -> Plugin:
         sys.modules[name] = module  # so that classes it defines can be pickled to worker processes
         try:
             module_spec.loader.exec_module(module)
-        except Exception as exc:
+        except BaseException as exc:  # Ctrl-C included: no half-imported plugin stays behind
             del sys.modules[name]
+            if not isinstance(exc, Exception):
+                raise
             raise PluginError(f"{path}: the plugin failed on import: {type(exc).__name__}: {exc}") from exc
     else:
         try:

@@ -7,12 +7,13 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 
 from bench.console import configure
-from bench.matrix.claims import STALE_AFTER_S
+from bench.matrix.claims import MIN_STALE_AFTER_S, STALE_AFTER_S
 
 
 def _data_synth(args: argparse.Namespace) -> int:
@@ -221,7 +222,7 @@ def _execute(args: argparse.Namespace, runs: list) -> list:
     lacks it); print the counts."""
     from bench import distributed
     from bench.matrix.records import RUNNING_ELSEWHERE
-    from bench.matrix.runner import datasets_read, run_matrix
+    from bench.matrix.runner import datasets_read, run_matrix, wait_for_elsewhere
 
     ranks, _ = distributed.setup(args.device)  # under torchrun: join the others (the main rank writes)
     if args.data == DEFAULT_DATA and ranks.main:
@@ -238,15 +239,15 @@ def _execute(args: argparse.Namespace, runs: list) -> list:
     slurm = {k: v for k, v in {"slurm_partition": args.slurm_partition, "gpus_per_node": args.gpus_per_node,
                                "tasks_per_node": args.gpus_per_node, "timeout_min": args.timeout_min,
                                "cpus_per_task": args.cpus_per_task}.items() if v}
+    started = time.time()  # a record another process writes from now on is this command's result too (--wait)
+    runs = [replace(run, started=started) for run in runs]
     records = run_matrix(runs, args.executor, args.workers, args.overwrite, slurm,
                          progress=not args.no_progress and ranks.main)
-    while args.wait and (away := [run for run, r in zip(runs, records, strict=True) if r.status == RUNNING_ELSEWHERE]):
+    away = sum(r.status == RUNNING_ELSEWHERE for r in records)
+    if args.wait and away:
         if ranks.main:
-            print(f"waiting for {len(away)} runs running elsewhere (claims beside their records)")
-        time.sleep(min(30.0, args.claim_timeout / 2))
-        again = dict(zip(away, run_matrix(away, args.executor, args.workers, False, slurm, progress=False),
-                         strict=True))
-        records = [again.get(run, r) for run, r in zip(runs, records, strict=True)]
+            print(f"waiting for {away} runs running elsewhere (claims beside their records)")
+        records = wait_for_elsewhere(runs, records, args.executor, args.workers, args.overwrite, slurm)
     if not ranks.main:
         return records
     counts = pd.Series([r.status for r in records]).value_counts().to_dict()
@@ -286,6 +287,7 @@ def _run(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from bench.matrix.compare import paired
     from bench.matrix.leaderboard import write_tables
+    from bench.matrix.records import RUNNING_ELSEWHERE
     from bench.matrix.results import ResultsError, load_results
     from bench.perf.cost import measure_in_fresh_process
 
@@ -295,7 +297,10 @@ def _compare(args: argparse.Namespace) -> int:
         runs = _expand(args, [args.new, args.against])
     except (KeyError, ValueError, FileNotFoundError) as exc:
         return _usage_error("compare", exc)
-    _execute(args, runs)
+    records = _execute(args, runs)
+    if any(r.status == RUNNING_ELSEWHERE for r in records):
+        raise SystemExit("ponderbench compare: some runs are running in another process; the paired table needs "
+                         "them all: re-run with --wait")
     try:
         frame = load_results(args.results)
     except ResultsError as exc:
@@ -401,6 +406,13 @@ def _runs_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _claim_timeout(text: str) -> float:
+    seconds = float(text)
+    if not seconds >= MIN_STALE_AFTER_S:
+        raise argparse.ArgumentTypeError(f"must be at least {MIN_STALE_AFTER_S:g} s, got {text}")
+    return seconds
+
+
 def _matrix_parser(seeds: str, inits: str, protocols: str) -> argparse.ArgumentParser:
     """The options run and compare share (a parser of its own for each: parents share their actions)."""
     from bench.recipes import FINETUNE_PRESETS
@@ -432,7 +444,7 @@ def _matrix_parser(seeds: str, inits: str, protocols: str) -> argparse.ArgumentP
     matrix.add_argument("--wait", action="store_true",
                         help="when another process sharing RESULTS is running some of the runs, wait for them (and "
                              "take over those whose owner died) before writing the tables")
-    matrix.add_argument("--claim-timeout", type=float, default=STALE_AFTER_S, metavar="SECONDS",
+    matrix.add_argument("--claim-timeout", type=_claim_timeout, default=STALE_AFTER_S, metavar="SECONDS",
                         help="a run or pre-training claimed by a process that has not shown a heartbeat for this "
                              f"long is taken over (default {STALE_AFTER_S:.0f})")
     matrix.add_argument("--slurm-partition")

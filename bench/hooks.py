@@ -15,6 +15,7 @@ import torch
 from bench import distributed
 from bench.runlog import RunLog
 from bench.trainer import DIVERGED_ADVICE, Diverged, Hook, Terms, Trainer
+from tasks.errors import DataFormatError
 from tasks.io import atomic_write, load_torch
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,13 @@ class Checkpoint(Hook):
     def _load(self) -> dict | None:
         if not self.path.is_file():
             return None
-        state = load_torch(self.path, "a training checkpoint")
+        try:
+            state = load_torch(self.path, "a training checkpoint")
+        except DataFormatError as exc:  # e.g. an older version's pickled objects in a run's own folder
+            if self.refuse_other:  # resuming was asked for (pre-training's --resume): say so, do not start over
+                raise
+            log.warning("%s; starting afresh", exc)
+            return None
         if state.get("fingerprint") == self.fingerprint:
             return state
         if "fingerprint" not in state:

@@ -155,13 +155,23 @@ _PICKLE_GLOBALS = _NUMPY_GLOBALS | {("_codecs", "encode")} | {  # _codecs.encode
                                     "bytes", "bytearray", "bool", "slice", "range")}
 
 
-def _numpy_safe_globals() -> list[object]:
-    """What torch's weights-only unpickler must admit for numpy arrays, dtypes and scalars of this numpy."""
-    if np.lib.NumpyVersion(np.__version__) >= "2.0.0":  # numpy 2 moved ``numpy.core`` to ``numpy._core``
+_NUMPY_DTYPES = {type(np.dtype(code)).__name__ for code in "?bBhHiIlLqQefdgFDUSVOMm"}  # numpy.dtypes' classes
+
+
+def _numpy_multiarray() -> Any:
+    """numpy's ``multiarray`` module: ``numpy._core.multiarray`` in numpy 2, ``numpy.core.multiarray`` before."""
+    if np.lib.NumpyVersion(np.__version__) >= "2.0.0":
         from numpy._core import multiarray
     else:
         from numpy.core import multiarray
-    return [multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype,
+    return multiarray
+
+
+def _numpy_safe_globals() -> list[object]:
+    """What torch's weights-only unpickler must admit for numpy arrays, dtypes and scalars, under the names numpy 1
+    and numpy 2 pickle them by (``numpy.core`` became ``numpy._core``), whichever numpy wrote the file."""
+    return [*[(getattr(_numpy_multiarray(), name), f"{core}.{name}") for core, name in _NUMPY_GLOBALS
+              if core.endswith(".multiarray")], np.ndarray, np.dtype,
             *{type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDUS"}]
 
 
@@ -178,8 +188,8 @@ def load_torch(path: str | Path, what: str) -> Any:
     except pickle.UnpicklingError as exc:
         raise DataFormatError(path, f"refused as {what}: {_refusal(path, exc)}; the suite loads tensors, numpy arrays "
                               "and builtin containers only, never code") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise DataFormatError(path, f"cannot be read as {what} ({str(exc).splitlines()[0]})") from exc
+    except (RuntimeError, EOFError, OSError, ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
+        raise DataFormatError(path, f"cannot be read as {what} ({(str(exc) or repr(exc)).splitlines()[0]})") from exc
 
 
 def _refusal(path: Path, exc: pickle.UnpicklingError) -> str:
@@ -202,7 +212,9 @@ class _DataUnpickler(pickle.Unpickler):
         self.path = path
 
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _PICKLE_GLOBALS or module == "numpy.dtypes" and name.endswith("DType"):
+        if (module, name) in _PICKLE_GLOBALS or module == "numpy.dtypes" and name in _NUMPY_DTYPES:
+            if module.endswith(".multiarray"):  # numpy 1 and 2 spell its module apart; either wrote the file
+                return getattr(_numpy_multiarray(), name)
             return super().find_class(module, name)
         raise DataFormatError(self.path, f"refused: the pickle would import {module}.{name}; the suite loads numpy "
                               "arrays, dtypes and builtin containers only")
@@ -217,7 +229,8 @@ def load_pickle(path: str | Path, what: str) -> Any:
             return _DataUnpickler(f, path).load()
     except DataFormatError:
         raise
-    except (pickle.UnpicklingError, EOFError, OSError, ValueError, TypeError, AttributeError, IndexError) as exc:
+    except (pickle.UnpicklingError, EOFError, OSError, ValueError, TypeError, AttributeError, IndexError,
+            ImportError) as exc:
         raise DataFormatError(path, f"cannot be read as {what} ({exc})") from exc
 
 

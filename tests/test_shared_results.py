@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,49 @@ def test_a_killed_owners_claim_is_taken_over_after_the_timeout(tmp_path: Path) -
     assert taken is not None, "the dead owner's claim was never taken over"
     assert json.loads(path.read_text())["pid"] == os.getpid()
     taken.release()
+
+
+def test_a_claim_of_another_host_is_taken_over_only_after_the_timeout(tmp_path: Path) -> None:
+    path = tmp_path / "run.json.claim"
+    path.write_text(json.dumps({"host": "another-node", "pid": 1, "token": "theirs", "since": "then",
+                                "heartbeat_s": 0.25}))
+    assert claim(path, stale_after=2.0) is None  # fresh: its owner may be alive on its own node
+    os.utime(path, (time.time() - 3, time.time() - 3))  # no heartbeat for 3 s
+    taken = claim(path, stale_after=2.0)
+    assert taken is not None and json.loads(path.read_text())["token"] == taken.token
+    taken.release()
+
+
+def test_a_claim_taken_over_from_a_stalled_owner_is_known_as_lost(tmp_path: Path) -> None:
+    path = tmp_path / "run.json.claim"
+    held = claim(path, stale_after=1.0)
+    path.write_text(json.dumps({"host": "another-node", "pid": 1, "token": "theirs"}))  # taken over meanwhile
+    deadline = time.monotonic() + 5
+    while not held.lost and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert held.lost
+    held.release()
+    assert json.loads(path.read_text())["token"] == "theirs"  # the new owner's claim is left alone
+
+
+def test_a_run_another_command_recorded_meanwhile_is_not_done_again(tiny_root: Path, tmp_path: Path) -> None:
+    (run,) = runner.expand(backbones=["spunet-micro"], inits=["scratch"], tasks="semantickitti-semseg", seeds=[0],
+                           data_roots=(str(tiny_root),), results=str(tmp_path), preset="tiny")
+    run = replace(run, started=time.time())  # the command's start; the other command records the run after it
+    theirs = runner.elsewhere(run)
+    theirs.status, theirs.error = "failed", "out of memory in the other process"
+    runner.write_record(tmp_path, theirs)
+    record = runner.execute(run)  # recorded after this command started: its result, whatever its status
+    assert record.status == "failed" and record.error == theirs.error
+
+
+def test_a_pretraining_that_failed_in_another_process_is_not_run_again(tmp_path: Path) -> None:
+    job = runner.PretrainJob(backbone="spunet-micro", mode="indoor", data_roots=(str(tmp_path),),
+                             results=str(tmp_path), preset="tiny", started=time.time() - 1)
+    job.run_dir.mkdir(parents=True)
+    (job.run_dir / runner.PRETRAIN_FAILED).write_text(json.dumps({"error": "RuntimeError: CUDA out of memory"}))
+    with pytest.raises(RuntimeError, match="failed in another process: RuntimeError: CUDA out of memory"):
+        runner.pretrain(job)
 
 
 @pytest.mark.slow

@@ -189,9 +189,15 @@ def load_detector(path: str | Path) -> tuple[Detector, DetectorConfig]:
     """A detector saved by a detection run (``model.pt`` and ``model.json`` in its artifacts folder)."""
     path = Path(path)
     state = load_torch(path, "a detector's weights")
-    described = require_file(path.with_suffix(".json"))
+    if isinstance(state, dict) and {"config", "state"} <= state.keys():  # a model.pt from before model.json
+        described, raw, state = path, state["config"], state["state"]
+    else:
+        described = require_file(path.with_suffix(".json"))
+        try:
+            raw = json.loads(described.read_text())
+        except ValueError as exc:
+            raise DataFormatError(described, f"not JSON ({exc})") from exc
     try:
-        raw = json.loads(described.read_text())
         grid = BEVGrid(**{**raw["grid"], "z_range": tuple(raw["grid"]["z_range"])})
         config = DetectorConfig(**{**raw, "grid": grid, "sensors": tuple(raw["sensors"]),
                                    "image_size": tuple(raw["image_size"])})

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import json
 import logging
 import os
 import threading
@@ -28,7 +29,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures import Executor as FuturesExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Literal, get_args
@@ -36,7 +37,7 @@ from typing import Literal, get_args
 from tqdm import tqdm
 
 from bench import distributed
-from bench.matrix.claims import STALE_AFTER_S, claim, owner, wait_for_claim
+from bench.matrix.claims import STALE_AFTER_S, Claim, claim, is_free, owner
 from bench.matrix.records import (
     FINISHED,
     RUNNING_ELSEWHERE,
@@ -58,6 +59,7 @@ from bench.recipes import (
     result_fields,
 )
 from tasks.datasets import expected_path, pretrain_dataset
+from tasks.io import save_text
 from tasks.spec import TaskSpec, get_task, list_tasks
 from tasks.synth.suite import is_generated
 
@@ -87,6 +89,10 @@ class RunSpec:
     tta: bool = False
     plugins: tuple[str, ...] = ()  # plugins (backbones, task types, tasks), imported in whatever process runs it
     claim_timeout_s: float = STALE_AFTER_S  # a claim on this run without a heartbeat for this long is taken over
+    # when the command started (time.time(); 0: when run_matrix is called): a record written since then, whatever
+    # its status, is this command's result too (another process sharing the folder made it), so no run is done
+    # twice by two commands
+    started: float = field(default=0.0, compare=False)
 
     @property
     def protocol(self) -> str:
@@ -130,6 +136,7 @@ class PretrainJob:
     device: str = "cpu"
     plugins: tuple[str, ...] = ()
     claim_timeout_s: float = STALE_AFTER_S
+    started: float = field(default=0.0, compare=False)  # as RunSpec.started
 
     @property
     def run_dir(self) -> Path:
@@ -270,25 +277,46 @@ class PeakRSS:
 def execute(run: RunSpec, overwrite: bool = False) -> RunRecord:
     """Run one cell of the matrix and write its record, under a claim; returns the record. Never raises.
 
-    A run another process has claimed comes back as a ``running-elsewhere`` record, written nowhere; one that
-    another process finished while this one waited is not done again (unless ``overwrite``)."""
-    ranks = distributed.current()
-    held = claim(claim_path(run.record_path()), run.claim_timeout_s) if ranks.main else None
-    if not distributed.broadcast(held is not None, ranks):
-        return elsewhere(run)
+    A run another process has claimed comes back as a ``running-elsewhere`` record, written nowhere. One that
+    another process sharing the folder has recorded since this command started is not done again, whatever its
+    status (nor, unless ``overwrite``, one finished before). Under several processes (torchrun, a multi-task Slurm
+    job) the main one decides and tells the others, so all of them run the same runs."""
+    ranks, _ = distributed.setup(run.device)  # a multi-task Slurm job joins its group here, before claiming
+    held: Claim | None = None
+    outcome: RunRecord | None = None
+    if ranks.main:
+        try:
+            held = claim(claim_path(run.record_path()), run.claim_timeout_s)
+        except OSError as exc:  # a full or unwritable folder: reported like any failing run
+            outcome = _bare_record(run, "failed", f"the run could not be claimed: {exc}")
+        else:
+            outcome = elsewhere(run) if held is None else recorded(run, overwrite)
+    outcome = distributed.broadcast(outcome, ranks)
     try:
-        if not overwrite and (record := finished(run)) is not None:
-            return record
+        if outcome is not None:
+            return outcome
         log.info("%s: running (claimed by this process)", run.name)
-        return _execute_claimed(run)
+        return _execute_claimed(run, held)
     finally:
         if held is not None:
             held.release()
 
 
 def execute_overwriting(run: RunSpec) -> RunRecord:
-    """:func:`execute` for ``--overwrite``: the run is done again even when another process has just finished it."""
+    """:func:`execute` for ``--overwrite``: finished runs are done again (not those recorded since it started)."""
     return execute(run, overwrite=True)
+
+
+def recorded(run: RunSpec, overwrite: bool) -> RunRecord | None:
+    """The run's record if another process wrote it since this command started (any status), or, unless
+    ``overwrite``, if it is finished."""
+    path = run.record_path()
+    try:
+        if path.is_file() and path.stat().st_mtime >= run.started:
+            return RunRecord.from_json(path)
+    except (OSError, RecordError):
+        pass
+    return None if overwrite else finished(run)
 
 
 def claim_path(record: Path) -> Path:
@@ -296,16 +324,41 @@ def claim_path(record: Path) -> Path:
     return record.with_name(record.name + ".claim")
 
 
-def elsewhere(run: RunSpec) -> RunRecord:
-    """What ``execute`` reports for a run another process holds (never written as a record)."""
+def _bare_record(run: RunSpec, status: str, error: str) -> RunRecord:
     spec = get_task(run.task)
     return RunRecord(task=spec.id, task_version=spec.version, backbone=run.backbone, init=run.init,
-                     protocol=run.protocol, seed=run.seed, status=RUNNING_ELSEWHERE, main_score=spec.main_score,
-                     higher_is_better=spec.higher_is_better,
-                     error=f"claimed by {owner(claim_path(run.record_path()))}")
+                     protocol=run.protocol, seed=run.seed, status=status, main_score=spec.main_score,  # type: ignore[arg-type]
+                     higher_is_better=spec.higher_is_better, error=error)
 
 
-def _execute_claimed(run: RunSpec) -> RunRecord:
+def elsewhere(run: RunSpec) -> RunRecord:
+    """What ``execute`` reports for a run another process holds (never written as a record)."""
+    return _bare_record(run, RUNNING_ELSEWHERE, f"claimed by {owner(claim_path(run.record_path()))}")
+
+
+def wait_for_elsewhere(runs: list[RunSpec], records: list[RunRecord], executor: Executor, workers: int,
+                       overwrite: bool, slurm: dict | None, poll_s: float = 30.0) -> list[RunRecord]:
+    """``--wait``: until no run is running elsewhere. A waiting run takes the record its owner writes; one whose
+    claim is gone without a record, or stale (its owner died), is run here. Polls the files, so nothing is
+    submitted or started while the owners work."""
+    ranks = distributed.current()
+    records = list(records)
+    while away := [i for i, r in enumerate(records) if r.status == RUNNING_ELSEWHERE]:
+        time.sleep(min(poll_s, min(runs[i].claim_timeout_s for i in away) / 2))
+        news: tuple[dict[int, RunRecord], list[int]] | None = None
+        if ranks.main:
+            found = {i: rec for i in away if (rec := recorded(runs[i], overwrite=True)) is not None}
+            news = found, [i for i in away if i not in found
+                           and is_free(claim_path(runs[i].record_path()), runs[i].claim_timeout_s)]
+        found, free = distributed.broadcast(news, ranks)
+        records = [found.get(i, r) for i, r in enumerate(records)]
+        for i, record in zip(free, run_matrix([runs[i] for i in free], executor, workers, overwrite, slurm,
+                                               progress=False), strict=True):
+            records[i] = record
+    return records
+
+
+def _execute_claimed(run: RunSpec, held: Claim | None) -> RunRecord:
     from bench.finetune import NotApplicable, finetune
     from bench.hooks import discard_checkpoint
     from bench.trainer import Diverged
@@ -357,7 +410,10 @@ def _execute_claimed(run: RunSpec) -> RunRecord:
             record.status, record.error = "failed", traceback.format_exc()[-4000:]
         record.wall_s = time.perf_counter() - start
     ranks = distributed.current()
-    if ranks.main:  # under torchrun every process ran the fine-tune; one record
+    if ranks.main and held is not None and held.lost:  # this process stalled and another took the run over
+        log.error("%s: the claim was taken over by another process; this result is not written", run.name)
+        record = elsewhere(run)
+    elif ranks.main:  # under torchrun every process ran the fine-tune; one record
         record = _write(run, record)
         if record.status == "ok":
             discard_checkpoint(run.artifacts_dir())  # the record holds the result; only now may the checkpoint go
@@ -406,23 +462,60 @@ def finished(run: RunSpec) -> RunRecord | None:
     return record
 
 
-def pretrain(job: PretrainJob) -> str:
-    """The export of ``job`` (pre-trained now, or resumed, unless it exists). Returns its path; raises on failure."""
+def pretrain(job: PretrainJob, poll_s: float = 10.0) -> str:
+    """The export of ``job`` (pre-trained now, or resumed, unless it exists). Returns its path; raises on failure.
 
+    Another process pre-training the same export (it holds the claim in the run folder) is waited for, and its
+    export used; if it failed since this command started, its error is raised here rather than the pre-training
+    run again. Under several processes the main one decides, in short steps, so no collective waits for long."""
     load_plugins(job.plugins)
-    export = job.run_dir / "backbone.pt"
-    if export.is_file() and (job.run_dir / "backbone.json").is_file():
-        return str(export)
-    ranks = distributed.current()  # another process pre-training this export: wait for it, then use its export
-    held = wait_for_claim(job.run_dir / "pretrain.claim", job.claim_timeout_s) if ranks.main else None
+    ranks, _ = distributed.setup(job.device)
+    told = False
+    while True:
+        held: Claim | None = None
+        state: str | None = None
+        if ranks.main:
+            state = _export_state(job)
+            if state is None and (held := claim(job.run_dir / PRETRAIN_CLAIM, job.claim_timeout_s)) is not None:
+                state = _export_state(job)  # finished by its owner between the two looks
+        state, go = distributed.broadcast((state, held is not None), ranks)
+        if state is not None or go:
+            break
+        if ranks.main and not told:
+            log.warning("%s is claimed by %s; waiting for its export", job.run_dir / PRETRAIN_CLAIM,
+                        owner(job.run_dir / PRETRAIN_CLAIM))
+            told = True
+        time.sleep(min(poll_s, job.claim_timeout_s / 2))
     try:
-        distributed.barrier(ranks)
-        if export.is_file() and (job.run_dir / "backbone.json").is_file():
-            return str(export)
-        return _pretrain_claimed(job)
+        if state == "ready":
+            return str(job.run_dir / "backbone.pt")
+        if state is not None:
+            raise RuntimeError(f"pre-training failed in another process: {state}")
+        try:
+            return _pretrain_claimed(job)
+        except Exception as exc:
+            if ranks.main:  # the processes waiting for this export take the error instead of pre-training again
+                save_text(job.run_dir / PRETRAIN_FAILED, json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
+            raise
     finally:
         if held is not None:
             held.release()
+
+
+PRETRAIN_CLAIM, PRETRAIN_FAILED = "pretrain.claim", "failed.json"
+
+
+def _export_state(job: PretrainJob) -> str | None:
+    """"ready" (the export exists), the error of a pre-training that failed since this command started, or None."""
+    if (job.run_dir / "backbone.pt").is_file() and (job.run_dir / "backbone.json").is_file():
+        return "ready"
+    failed = job.run_dir / PRETRAIN_FAILED
+    try:
+        if failed.stat().st_mtime >= job.started:
+            return str(json.loads(failed.read_text()).get("error", "unknown error"))
+    except (OSError, ValueError, AttributeError):
+        pass
+    return None
 
 
 def _pretrain_claimed(job: PretrainJob) -> str:
@@ -430,6 +523,7 @@ def _pretrain_claimed(job: PretrainJob) -> str:
     from bench.recipes import pretrain_recipe_for
 
     export = job.run_dir / "backbone.pt"
+    (job.run_dir / PRETRAIN_FAILED).unlink(missing_ok=True)
     data = pretrain_dataset(job.mode)
     root = data_root_for(data, job.data_roots)
     if root is None:
@@ -553,7 +647,7 @@ def pretrain_jobs(runs: list[RunSpec]) -> dict[PretrainJob, list[tuple[RunSpec, 
         for backbone, mode, slot in _pretrainings(spec, run):
             job = PretrainJob(backbone=backbone, mode=mode, data_roots=run.data_roots, results=run.results,
                               preset=run.preset, device=run.device, plugins=run.plugins,
-                              claim_timeout_s=run.claim_timeout_s)
+                              claim_timeout_s=run.claim_timeout_s, started=run.started)
             needed.setdefault(job, []).append((run, slot))
     return needed
 
@@ -574,7 +668,11 @@ def _pretrainings(spec: TaskSpec, run: RunSpec) -> list[tuple[str, Mode, str]]:
 def run_matrix(runs: list[RunSpec], executor: Executor = "local", workers: int = 1, overwrite: bool = False,
                slurm: dict | None = None, progress: bool = True) -> list[RunRecord]:
     """Execute the runs that are not finished yet; returns every run's record (finished ones included)."""
-    done = {} if overwrite else {run: rec for run in runs if (rec := finished(run)) is not None}
+    now = time.time()
+    runs = [replace(run, started=run.started or now) for run in runs]  # equal to the runs given (compare=False)
+    ranks = distributed.current()  # under torchrun the main process reads the folder and tells the others
+    held = [None] * len(runs) if overwrite or not ranks.main else [finished(run) for run in runs]
+    done = {run: rec for run, rec in zip(runs, distributed.broadcast(held, ranks), strict=True) if rec is not None}
     todo = [run for run in runs if run not in done]
     needed = pretrain_jobs(todo)
     if distributed.launched():  # torchrun: every process runs every job, together, one after another
