@@ -165,14 +165,21 @@ def get_backbone_config(name: str) -> BackboneConfig:
     return replace(entry.config, params=params)
 
 
-def create_backbone(name: str, **overrides: object) -> nn.Module:
-    """Build a backbone; ``overrides`` go to its factory (e.g. ``in_channels=4``)."""
+def create_backbone(name: str, checkpoint: str | Path | None = None, strict: bool = True,
+                    **overrides: object) -> nn.Module:
+    """Build a backbone; ``overrides`` go to its factory (e.g. ``in_channels=4``). ``checkpoint``: weights to load
+    (an export, a Pointcept / PonderV2 trainer checkpoint or a state dict; :mod:`backbones.checkpoint`); what
+    loading did (file hash, prefix, missing and unexpected keys) is kept as ``model.checkpoint``."""
     entry = _entry(name)
     model = entry.factory(**overrides)
     known = {k: v for k, v in overrides.items() if k in ("in_channels", "out_channels", "voxel_size")}
     # what the built model reports wins: an override such as ``channels=`` changes its output width too
     built = {k: v for k in ("in_channels", "out_channels") if isinstance(v := getattr(model, k, None), int)}
     model.config = replace(entry.config, params=count_parameters(model), **{**known, **built})  # type: ignore[assignment]
+    if checkpoint is not None:
+        from backbones.checkpoint import load_checkpoint
+
+        model.checkpoint = load_checkpoint(model, checkpoint, name, strict=strict)  # type: ignore[assignment]
     return model
 
 

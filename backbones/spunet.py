@@ -7,6 +7,8 @@ concatenation, residual blocks), returning per-point features.
 
 from __future__ import annotations
 
+import re
+from collections import OrderedDict
 from collections.abc import Sequence
 from functools import partial
 
@@ -65,15 +67,21 @@ class BasicBlock(spconv.SparseModule):
 
 
 def _stage(in_channels: int, channels: int, blocks: int, key: str, algo) -> spconv.SparseSequential:  # noqa: ANN001
-    return spconv.SparseSequential(*[BasicBlock(in_channels if i == 0 else channels, channels, key, algo)
-                                     for i in range(blocks)])
+    return spconv.SparseSequential(OrderedDict(
+        (f"block{i}", BasicBlock(in_channels if i == 0 else channels, channels, key, algo)) for i in range(blocks)))
+
+
+# the suite's module names before they followed the original's (exports and checkpoints written then still load)
+_LEGACY_KEYS = ((re.compile(r"^stem\."), "conv_input."), (re.compile(r"^(enc|dec)\.(\d+)\.(\d+)\."), r"\1.\2.block\3."))
 
 
 class SpUNet(nn.Module):
     """Sparse U-Net over a :class:`PointBatch`; returns (N, channels[-1]) features, one row per input point.
 
     Points sharing a voxel are averaged into it and each receives its voxel's output, so the output does
-    not depend on the order (or duplication) of the input points.
+    not depend on the order (or duplication) of the input points. Module names are the original's
+    (``conv_input``, ``down``, ``enc.<s>.block<i>``, ``up``, ``dec``), so Pointcept and PonderV2 state dicts load
+    as they are (:func:`backbones.checkpoint.load_checkpoint` strips their ``module.backbone.`` prefix).
     """
 
     def __init__(self, in_channels: int = 6, base_channels: int = 32,
@@ -85,7 +93,7 @@ class SpUNet(nn.Module):
         self.in_channels, self.out_channels = in_channels, channels[-1]
         a = conv_algo(algo)
         n = len(layers) // 2
-        self.stem = spconv.SparseSequential(
+        self.conv_input = spconv.SparseSequential(
             spconv.SubMConv3d(in_channels, base_channels, 5, padding=1, bias=False, indice_key="stem", algo=a),
             BatchNorm(base_channels), nn.ReLU())
         self.down, self.enc, self.up, self.dec = nn.ModuleList(), nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
@@ -115,7 +123,7 @@ class SpUNet(nn.Module):
         feat = feat / counts[:, None]
         shape = (voxels[:, 1:].max(0).values + 96).tolist()
         x = spconv.SparseConvTensor(feat, voxels.contiguous(), shape, batch.batch_size)
-        x = self.stem(x)
+        x = self.conv_input(x)
         skips = [x]
         for down, enc in zip(self.down, self.enc, strict=True):
             x = enc(down(x))
@@ -126,6 +134,25 @@ class SpUNet(nn.Module):
             x = x.replace_feature(torch.cat([x.features, skips.pop().features], dim=1))
             x = self.dec[s](x)
         return x.features[inverse]
+
+    @staticmethod
+    def legacy_names(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+        """``state`` with the suite's former names of this net's modules (under ``prefix``) renamed."""
+        renamed = {}
+        for key, value in state.items():
+            if key.startswith(prefix):
+                name = key[len(prefix):]
+                for old, new in _LEGACY_KEYS:
+                    name = old.sub(new, name)
+                key = prefix + name
+            renamed[key] = value
+        return renamed
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object) -> None:
+        renamed = self.legacy_names(state_dict, prefix)  # load_state_dict's own copy, shared by every module
+        state_dict.clear()
+        state_dict.update(renamed)
+        super()._load_from_state_dict(state_dict, prefix, *args)  # type: ignore[arg-type]
 
 
 @register_backbone("spunet-v1m1", modality="3d", in_channels=6, out_channels=96, voxel_size=0.02,

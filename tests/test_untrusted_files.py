@@ -122,11 +122,11 @@ def test_inits_that_are_not_readable_exports_stop_the_command(tiny_root: Path, t
     for folder in ("lone", "broken"):
         (tmp_path / folder).mkdir()
         torch.save({}, tmp_path / folder / "backbone.pt")
-    lone, broken = tmp_path / "lone" / "backbone.pt", tmp_path / "broken" / "backbone.pt"  # lone: no backbone.json
+    lone, broken = tmp_path / "lone" / "backbone.pt", tmp_path / "broken" / "backbone.pt"  # lone: a bare {}
     (broken.parent / "backbone.json").write_text("{not json")
     evil = _evil_torch(tmp_path / "evil" / "backbone.pt", marker)
     (evil.parent / "backbone.json").write_text(json.dumps({"backbone": "spunet-mini"}))
-    for init, named, problem in ((lone, lone.parent / "backbone.json", "missing"),
+    for init, named, problem in ((lone, lone, "holds no weights"),
                                  (evil.parent, evil, "refused as a pre-trained export"),
                                  (broken, broken.parent / "backbone.json", "cannot be read")):
         assert main([*args, str(init)]) == 2

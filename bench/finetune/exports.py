@@ -1,4 +1,6 @@
-"""Loading a pre-training export (``backbone.pt`` + ``backbone.json``) into a fine-tuning backbone, checked."""
+"""Loading an init into a fine-tuning backbone, checked: a pre-training export (``backbone.pt`` + ``backbone.json``),
+or any checkpoint :func:`backbones.checkpoint.load_checkpoint` reads (Pointcept / PonderV2 trainer checkpoints,
+plain state dicts)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from backbones.checkpoint import backbone_state, load_checkpoint
 from tasks.errors import DataFormatError
 from tasks.io import load_torch
 
@@ -25,6 +28,21 @@ def export_weights(path: str | Path) -> Path:
 def export_sha256(path: str | Path) -> str:
     """The sha256 of an export's weights (what a record names the init by)."""
     return hashlib.sha256(export_weights(path).read_bytes()).hexdigest()
+
+
+def is_export(path: str | Path) -> bool:
+    """Whether ``path`` is an export (a folder, or a ``backbone.pt`` with its ``backbone.json``)."""
+    path = Path(path)
+    return path.is_dir() or (path.name == "backbone.pt" and path.with_name("backbone.json").is_file())
+
+
+def check_init(path: str | Path) -> None:
+    """Read an init whole before any work: an export as :func:`read_export` does, any other checkpoint as data
+    holding weights. Raises :class:`DataFormatError` naming the file."""
+    if is_export(path):
+        read_export(path)
+    else:
+        backbone_state(load_torch(path, "a checkpoint"), Path(path))
 
 
 def read_export(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -51,8 +69,12 @@ def load_export(backbone: torch.nn.Module, path: str | Path, name: str, in_chann
     """Load a pre-training export into ``backbone``; returns its sha256.
 
     Refuses a file whose hash does not match its ``backbone.json``, another backbone's weights, and weights
-    pre-trained on another number of input channels (see :mod:`tasks.contract`).
+    pre-trained on another number of input channels (see :mod:`tasks.contract`). A checkpoint that is not an
+    export (a Pointcept or PonderV2 trainer checkpoint, a state dict) loads through
+    :func:`backbones.checkpoint.load_checkpoint`, strictly; its file's sha256 is returned.
     """
+    if not is_export(path):
+        return load_checkpoint(backbone, path, name).sha256
     meta, state = read_export(path)
     weights = export_weights(path)
     digest = export_sha256(weights)

@@ -180,14 +180,14 @@ def resolve(*, backbones: Sequence[str], inits: Sequence[str], tasks: str,
         task_ids += [t for t in found if t not in task_ids]
     if not task_ids:
         raise ValueError(f"no task matches {tasks!r}")
-    from bench.finetune.exports import read_export
+    from bench.finetune.exports import check_init
 
     for init in inits:
         if init not in INITS and not Path(init).exists():
             raise ValueError(f"init {init!r} is neither {', '.join(INITS)} nor an existing export path"
                              f"{_close(init, list(INITS))}")
         if init not in INITS:
-            read_export(init)  # an unreadable export fails the command now, not every run that would load it
+            check_init(init)  # an unreadable init fails the command now, not every run that would load it
     for protocol in protocols:
         if protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}"

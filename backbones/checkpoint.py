@@ -1,0 +1,109 @@
+"""Weights for a registered backbone from the files people have, as timm's ``create_model(checkpoint_path=...)``.
+
+Three layouts are read (never as code: :func:`tasks.io.load_torch`):
+- the suite's exports: a folder (or its ``backbone.pt``) with ``backbone.json`` beside it;
+- trainer checkpoints of Pointcept and PonderV2 (``{"state_dict": {"module.backbone.conv_input.0.weight": ...}}``)
+  and the suite's own (``{"model": ...}``); the backbone is found under whichever prefix (``module.backbone.``,
+  ``backbone.``, ``module.``, none) names most of its parameters, so the backbone inside a Ponder pre-training or
+  a segmentor checkpoint loads, and the rest (renderer, heads) is counted as outside it;
+- plain state dicts.
+
+Module names follow the original code's, so no mapping table is needed where the architecture is the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tasks.errors import DataFormatError
+from tasks.io import load_torch
+
+log = logging.getLogger(__name__)
+
+PREFIXES = ("module.backbone.", "backbone.", "module.", "")
+
+
+@dataclass(frozen=True)
+class LoadedCheckpoint:
+    """What loading a checkpoint into a backbone did (kept as ``model.checkpoint``)."""
+
+    path: str
+    sha256: str
+    layout: str  # "export", "trainer" (a ``state_dict`` or ``model`` entry) or "state dict"
+    prefix: str  # stripped from the file's keys
+    missing: tuple[str, ...]  # the backbone's keys the file lacks (left as initialised)
+    unexpected: tuple[str, ...]  # keys under the prefix the backbone does not have
+    outside: int  # keys of other parts of the model in the file (heads, renderer), not loaded
+
+
+def _weights_file(path: Path) -> tuple[Path, str]:
+    if path.is_dir():
+        return path / "backbone.pt", "export"
+    return path, "export" if path.with_name("backbone.json").is_file() and path.name == "backbone.pt" else ""
+
+
+def backbone_state(raw: object, path: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """The state dict in what a checkpoint file held, and its layout ("trainer" or "state dict")."""
+    if not isinstance(raw, dict):
+        raise DataFormatError(path, f"holds a {type(raw).__name__}, not a state dict or a trainer checkpoint")
+    state, layout = raw, "state dict"
+    for entry in ("state_dict", "model"):
+        if isinstance(raw.get(entry), dict):
+            state, layout = raw[entry], "trainer"
+            break
+    if not any(isinstance(v, torch.Tensor) for v in state.values()):
+        raise DataFormatError(path, "holds no weights (no tensor in its state dict)")
+    return state, layout
+
+
+def _under(model: nn.Module, state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries of ``state`` under ``prefix``, without it, named as ``model`` names them now (a module with
+    ``legacy_names`` renames its older spellings, as it does when loading)."""
+    inside = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    for path, module in model.named_modules():
+        rename = getattr(type(module), "legacy_names", None)
+        if rename is not None:
+            inside = rename(inside, f"{path}." if path else "")
+    return inside
+
+
+def load_checkpoint(model: nn.Module, path: str | Path, name: str, strict: bool = True) -> LoadedCheckpoint:
+    """Load the backbone weights of ``path`` into ``model`` (the registered backbone ``name``).
+
+    Refuses a tensor whose shape differs from the backbone's, naming the key; with ``strict``, also missing or
+    unexpected keys, naming them (else it logs them and loads the rest)."""
+    weights, layout = _weights_file(Path(path))
+    raw = load_torch(weights, f"a checkpoint for {name}")
+    state, found = backbone_state(raw, weights)
+    layout = layout or found
+    own = model.state_dict()
+    # the prefix under which the file names most of the backbone's keys
+    prefix = max(PREFIXES, key=lambda p: (sum(k in own for k in _under(model, state, p)), len(p)))
+    renamed = _under(model, state, prefix)
+    for key, tensor in renamed.items():
+        if key in own and tuple(own[key].shape) != tuple(tensor.shape):
+            raise DataFormatError(weights, f"{prefix}{key}: shape {tuple(tensor.shape)} in the file, "
+                                  f"{tuple(own[key].shape)} in {name}")
+    missing = tuple(k for k in own if k not in renamed)
+    unexpected = tuple(prefix + k for k in renamed if k not in own)
+    if strict and (missing or unexpected):
+        raise DataFormatError(weights, f"does not match {name}: missing {_names(missing)}; unexpected "
+                              f"{_names(unexpected)} (create_backbone(..., strict=False) loads what matches)")
+    if missing or unexpected:
+        log.warning("%s into %s: missing %s; unexpected %s", weights, name, _names(missing), _names(unexpected))
+    model.load_state_dict({k: v for k, v in renamed.items() if k in own}, strict=False)
+    return LoadedCheckpoint(str(weights), hashlib.sha256(weights.read_bytes()).hexdigest(), layout, prefix,
+                            missing, unexpected, outside=len(state) - len(renamed))
+
+
+def _names(keys: tuple[str, ...], shown: int = 8) -> str:
+    if not keys:
+        return "none"
+    more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+    return ", ".join(keys[:shown]) + more

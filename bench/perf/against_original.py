@@ -1,0 +1,160 @@
+"""The suite's backbones against the original code, built from a checkout of PonderV2 or Pointcept.
+
+For each backbone the original class is imported from the checkout's own file, given random weights and random
+BatchNorm statistics (so that no layer is close to an identity), saved as a trainer checkpoint
+(``{"epoch", "state_dict": {"module.backbone.<name>": ...}}``, as the original trainer writes it), loaded through
+``create_backbone(name, checkpoint=...)``, and both are run in eval mode on one cloud (the surfaces of a 4 x 3 x 2 m
+room at 2 cm, one point per voxel, 6 feature channels). The per-point features are compared.
+
+    python -m bench.perf.against_original --checkout /path/to/PonderV2 --out results/perf/against_original.json
+
+The original's imports that are not needed to build and run these classes are stubbed: the model registry
+(``MODELS.register_module``) and ``torch_geometric``'s ``scatter`` (used only in its classification mode). On the
+CPU the original's sparse convolutions are switched to spconv's Native algorithm, as the suite's are (the default,
+implicit GEMM, runs on CUDA only); weights and indices are untouched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import subprocess
+import sys
+import tempfile
+import types
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from backbones.registry import create_backbone
+from backbones.sparse import conv_algo, spconv
+from backbones.structures import PointBatch
+from tasks.io import save_text
+
+# backbone -> (file under <package>/models/, class, constructor arguments of the original)
+ORIGINALS = {"spunet-v1m1": ("sparse_unet/spconv_unet_v1m1_base.py", "SpUNetBase",
+                             {"in_channels": 6, "num_classes": 0})}
+
+
+class _Registry:
+    """Stands in for the original's ``MODELS`` registry: registering returns the class unchanged."""
+
+    def register_module(self, name: object = None, module: object = None, force: bool = False) -> object:
+        return module if module is not None else (name if isinstance(name, type) else (lambda cls: cls))
+
+
+def _import_original(checkout: Path, relative: str) -> tuple[types.ModuleType, str]:
+    package = "ponder" if (checkout / "ponder" / "models").is_dir() else "pointcept"
+    models = checkout / package / "models"
+    if not (models / relative).is_file():
+        raise FileNotFoundError(f"{models / relative}: not a PonderV2 or Pointcept checkout")
+    builder = types.ModuleType(f"{package}.models.builder")
+    builder.MODELS = builder.MODULES = _Registry()
+    utils_spec = importlib.util.spec_from_file_location(f"{package}.models.utils", models / "utils.py")
+    utils = importlib.util.module_from_spec(utils_spec)
+    utils_spec.loader.exec_module(utils)  # offset2batch and friends: torch only
+    geometric = types.ModuleType("torch_geometric.utils")
+    geometric.scatter = None
+    for name, module in {package: types.ModuleType(package), f"{package}.models": types.ModuleType("models"),
+                         f"{package}.models.builder": builder, f"{package}.models.utils": utils,
+                         "torch_geometric": types.ModuleType("torch_geometric"),
+                         "torch_geometric.utils": geometric}.items():
+        sys.modules.setdefault(name, module)
+    spec = importlib.util.spec_from_file_location(f"original_{Path(relative).stem}", models / relative)
+    original = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(original)
+    return original, f"{package}/models/{relative}"
+
+
+def _randomise(model: torch.nn.Module, seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if not tensor.is_floating_point():
+                continue
+            noise = torch.randn(tensor.shape, generator=generator)
+            if name.endswith("running_var"):
+                tensor.copy_(0.5 + noise.abs())
+            elif name.endswith(("running_mean", "bias")):
+                tensor.copy_(0.1 * noise)
+            elif tensor.dim() == 1:  # BatchNorm weights
+                tensor.copy_(1.0 + 0.1 * noise)
+            else:  # convolutions: a variance that keeps activations of order one through the net
+                fan_in = tensor[0].numel() if tensor.dim() > 1 else 1
+                tensor.copy_(noise / np.sqrt(fan_in))
+
+
+def _room(voxel: float = 0.02) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The floor, ceiling and walls of a 4 x 3 x 2 m room, one point per voxel; features: colour and normal."""
+    size = np.round(np.array([4.0, 3.0, 2.0]) / voxel).astype(int)
+    cells = []
+    for axis in range(3):
+        others = [a for a in range(3) if a != axis]
+        u, v = np.meshgrid(np.arange(size[others[0]]), np.arange(size[others[1]]), indexing="ij")
+        for side in (0, size[axis] - 1):
+            cell = np.zeros((u.size, 3), dtype=np.int64)
+            cell[:, axis], cell[:, others[0]], cell[:, others[1]] = side, u.ravel(), v.ravel()
+            cells.append(cell)
+    grid = np.unique(np.concatenate(cells), axis=0)
+    coord = (grid + 0.5) * voxel
+    rng = np.random.default_rng(0)
+    feat = np.concatenate([rng.uniform(-1, 1, (len(grid), 3)), rng.normal(size=(len(grid), 3))], axis=1)
+    return coord.astype(np.float32), grid.astype(np.int32), feat.astype(np.float32)
+
+
+def compare(name: str, checkout: Path, seed: int = 0) -> dict[str, object]:
+    relative, cls, kwargs = ORIGINALS[name]
+    module, source = _import_original(checkout, relative)
+    torch.manual_seed(seed)
+    original = getattr(module, cls)(**kwargs)
+    _randomise(original, seed)
+    original.eval()
+    if conv_algo() is not None:  # the CPU: spconv's default algorithm (implicit GEMM) runs on CUDA only
+        for layer in original.modules():
+            if isinstance(layer, spconv.conv.SparseConvolution):
+                layer.algo = conv_algo()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model_last.pth"
+        torch.save({"epoch": 1, "state_dict": {f"module.backbone.{k}": v for k, v in original.state_dict().items()}},
+                   path)
+        ours = create_backbone(name, checkpoint=path).eval()
+    coord, grid, feat = _room()
+    with torch.no_grad():
+        theirs = original({"grid_coord": torch.from_numpy(grid), "feat": torch.from_numpy(feat),
+                           "offset": torch.tensor([len(grid)])})
+        mine = ours(PointBatch.collate([(coord, grid, feat)]))
+    report = ours.checkpoint
+    return {"backbone": name, "original": f"{source}:{cls}({', '.join(f'{k}={v}' for k, v in kwargs.items())})",
+            "checkout_commit": _commit(checkout), "points": len(grid), "params": sum(p.numel() for p in
+                                                                                     ours.parameters()),
+            "layout": report.layout, "prefix": report.prefix, "missing": list(report.missing),
+            "unexpected": list(report.unexpected), "feature_scale": float(theirs.abs().max()),
+            "max_abs_difference": float((theirs - mine).abs().max())}
+
+
+def _commit(checkout: Path) -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True, text=True,
+                              check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkout", required=True, type=Path, help="a PonderV2 or Pointcept checkout")
+    parser.add_argument("--backbones", default=",".join(ORIGINALS), help="comma-separated")
+    parser.add_argument("--out", type=Path, help="write the rows as JSON here")
+    args = parser.parse_args(argv)
+    rows = [compare(name.strip(), args.checkout) for name in args.backbones.split(",") if name.strip()]
+    for row in rows:
+        print(json.dumps(row))
+    if args.out:
+        save_text(args.out, json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
