@@ -4,8 +4,9 @@ Three layouts are read (never as code: :func:`tasks.io.load_torch`):
 - the suite's exports: a folder (or its ``backbone.pt``) with ``backbone.json`` beside it;
 - trainer checkpoints of Pointcept and PonderV2 (``{"state_dict": {"module.backbone.conv_input.0.weight": ...}}``)
   and the suite's own (``{"model": ...}``); the backbone is found under whichever prefix (``module.backbone.``,
-  ``backbone.``, ``module.``, none) names most of its parameters, so the backbone inside a Ponder pre-training or
-  a segmentor checkpoint loads, and the rest (renderer, heads) is counted as outside it;
+  ``backbone.``, ``module.``, none) names most of its parameters, so the backbone inside a segmentor or a Ponder
+  pre-training checkpoint of the same architecture loads, and the rest (renderer, heads, the original
+  SpUNet's ``final`` classifier) is counted as outside it;
 - plain state dicts.
 
 Module names follow the original code's, so no mapping table is needed where the architecture is the same.
@@ -62,10 +63,17 @@ def backbone_state(raw: object, path: Path) -> tuple[dict[str, torch.Tensor], st
     return state, layout
 
 
+class CheckpointMismatch(DataFormatError):
+    """The checkpoint holds another architecture or input width than the backbone asked for."""
+
+
 def _under(model: nn.Module, state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """The entries of ``state`` under ``prefix``, without it, named as ``model`` names them now (a module with
-    ``legacy_names`` renames its older spellings, as it does when loading)."""
-    inside = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    ``legacy_names`` renames its older spellings, as it does when loading), less the original's head inside the
+    backbone (``head_keys``: SpUNet's ``final`` classifier in a Pointcept segmentor)."""
+    heads = getattr(type(model), "head_keys", ())
+    inside = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)
+              and not k[len(prefix):].startswith(heads)}
     for path, module in model.named_modules():
         rename = getattr(type(module), "legacy_names", None)
         if rename is not None:
@@ -79,27 +87,43 @@ def load_checkpoint(model: nn.Module, path: str | Path, name: str, strict: bool 
     Refuses a tensor whose shape differs from the backbone's, naming the key; with ``strict``, also missing or
     unexpected keys, naming them (else it logs them and loads the rest)."""
     weights, layout = _weights_file(Path(path))
-    raw = load_torch(weights, f"a checkpoint for {name}")
+    try:
+        raw = load_torch(weights, f"a checkpoint for {name}")
+    except DataFormatError as exc:
+        if "lr_scheduler" not in exc.problem:
+            raise
+        raise DataFormatError(weights, f"{exc.problem}. A trainer checkpoint written with torch < 2.4 pickles its "
+                              "learning-rate scheduler; if you trust the file, keep only its weights: torch.save("
+                              "{'state_dict': torch.load(IN, weights_only=False)['state_dict']}, OUT)") from None
     state, found = backbone_state(raw, weights)
     layout = layout or found
     own = model.state_dict()
-    # the prefix under which the file names most of the backbone's keys
-    prefix = max(PREFIXES, key=lambda p: (sum(k in own for k in _under(model, state, p)), len(p)))
+    # the prefix under which the file names most of the backbone's keys (none when nothing matches: then every
+    # key of the file is reported as unexpected)
+    prefix = max(PREFIXES, key=lambda p: (sum(k in own for k in _under(model, state, p)), -len(p)))
     renamed = _under(model, state, prefix)
     for key, tensor in renamed.items():
         if key in own and tuple(own[key].shape) != tuple(tensor.shape):
-            raise DataFormatError(weights, f"{prefix}{key}: shape {tuple(tensor.shape)} in the file, "
-                                  f"{tuple(own[key].shape)} in {name}")
+            raise CheckpointMismatch(weights, f"{prefix}{key}: shape {tuple(tensor.shape)} in the file, "
+                                     f"{tuple(own[key].shape)} in {name}")
     missing = tuple(k for k in own if k not in renamed)
     unexpected = tuple(prefix + k for k in renamed if k not in own)
+    hint = (" (its keys are PDNorm's: a SpUNet-v1m3 / PPT model, which the suite does not have yet)"
+            if any(".bns." in k or ".modulation." in k for k in state) else "")
+    if len(missing) > len(own) / 2:  # not this architecture: even strict=False would leave most of it random
+        raise CheckpointMismatch(weights, f"is not a {name}: {len(own) - len(missing)} of its {len(own)} "
+                                 f"tensors are in the file{hint}; missing {_names(missing)}; unexpected "
+                                 f"{_names(unexpected)}")
     if strict and (missing or unexpected):
-        raise DataFormatError(weights, f"does not match {name}: missing {_names(missing)}; unexpected "
-                              f"{_names(unexpected)} (create_backbone(..., strict=False) loads what matches)")
+        raise CheckpointMismatch(weights, f"does not match {name}{hint}: missing {_names(missing)}; unexpected "
+                                 f"{_names(unexpected)} (create_backbone(..., strict=False) loads what matches)")
     if missing or unexpected:
         log.warning("%s into %s: missing %s; unexpected %s", weights, name, _names(missing), _names(unexpected))
     model.load_state_dict({k: v for k, v in renamed.items() if k in own}, strict=False)
-    return LoadedCheckpoint(str(weights), hashlib.sha256(weights.read_bytes()).hexdigest(), layout, prefix,
-                            missing, unexpected, outside=len(state) - len(renamed))
+    with weights.open("rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return LoadedCheckpoint(str(weights), digest, layout, prefix, missing, unexpected,
+                            outside=len(state) - len(renamed))
 
 
 def _names(keys: tuple[str, ...], shown: int = 8) -> str:

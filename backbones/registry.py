@@ -165,7 +165,7 @@ def get_backbone_config(name: str) -> BackboneConfig:
     return replace(entry.config, params=params)
 
 
-def create_backbone(name: str, checkpoint: str | Path | None = None, strict: bool = True,
+def create_backbone(name: str, *, checkpoint: str | Path | None = None, strict: bool = True,
                     **overrides: object) -> nn.Module:
     """Build a backbone; ``overrides`` go to its factory (e.g. ``in_channels=4``). ``checkpoint``: weights to load
     (an export, a Pointcept / PonderV2 trainer checkpoint or a state dict; :mod:`backbones.checkpoint`); what

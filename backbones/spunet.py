@@ -114,6 +114,8 @@ class SpUNet(nn.Module):
                 BatchNorm(width), nn.ReLU()))
             self.dec.append(_stage(width + skip_channels[s], width, layers[len(channels) - s - 1], f"subm{s}", a))
 
+    head_keys = ("final.",)  # the original's classifier, inside its backbone in a segmentor: the suite's is apart
+
     def forward(self, batch: PointBatch) -> torch.Tensor:
         keys = torch.cat([batch.batch_index[:, None], batch.grid_coord], dim=1).long()
         voxels, inverse = unique_rows(keys)
@@ -149,7 +151,7 @@ class SpUNet(nn.Module):
         return renamed
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object) -> None:
-        renamed = self.legacy_names(state_dict, prefix)  # load_state_dict's own copy, shared by every module
+        renamed = self.legacy_names(state_dict, prefix)  # load_state_dict's own copy for this module
         state_dict.clear()
         state_dict.update(renamed)
         super()._load_from_state_dict(state_dict, prefix, *args)  # type: ignore[arg-type]

@@ -97,3 +97,32 @@ def test_inits_take_a_trainer_checkpoint(tiny_root: Path, tmp_path: Path) -> Non
     (record,) = [RunRecord.from_json(f) for f in record_files(results)]
     assert record.status == "ok", record.error
     assert record.init_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_segmentors_classifier_inside_the_backbone_is_outside_it(tmp_path: Path) -> None:
+    source = create_backbone("spunet-micro")
+    state = {f"module.backbone.{k}": v for k, v in source.state_dict().items()}
+    state |= {"module.backbone.final.weight": torch.zeros(20, 1, 1, 1, 16),
+              "module.backbone.final.bias": torch.zeros(20)}
+    torch.save({"state_dict": state}, tmp_path / "segmentor.pth")
+    loaded = create_backbone("spunet-micro", checkpoint=tmp_path / "segmentor.pth")  # strict: final is not unexpected
+    assert _same(source, loaded) and loaded.checkpoint.outside == 2
+
+
+def test_another_architecture_is_refused_even_when_not_strict(tmp_path: Path) -> None:
+    torch.save(torch.nn.Linear(3, 2).state_dict(), tmp_path / "linear.pt")
+    with pytest.raises(DataFormatError, match=r"is not a spunet-micro: 0 of its \d+ tensors.*unexpected weight, bias"):
+        create_backbone("spunet-micro", checkpoint=tmp_path / "linear.pt", strict=False)
+    pdnorm = {f"module.backbone.conv_input.0.bn.bns.{i}.weight": torch.ones(8) for i in range(3)}
+    torch.save({"state_dict": pdnorm}, tmp_path / "ppt.pth")
+    with pytest.raises(DataFormatError, match="PDNorm's: a SpUNet-v1m3 / PPT model"):
+        create_backbone("spunet-micro", checkpoint=tmp_path / "ppt.pth")
+
+
+def test_a_pickled_scheduler_of_an_old_trainer_checkpoint_is_refused_with_a_way_out(tmp_path: Path) -> None:
+    source = create_backbone("spunet-micro")
+    optimizer = torch.optim.SGD(source.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=10)
+    torch.save({"state_dict": source.state_dict(), "scheduler": scheduler}, tmp_path / "old.pth")
+    with pytest.raises(DataFormatError, match=r"would import .*OneCycleLR.*torch < 2.4 pickles its learning-rate"):
+        create_backbone("spunet-micro", checkpoint=tmp_path / "old.pth")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from backbones.checkpoint import backbone_state, load_checkpoint
+from backbones.checkpoint import CheckpointMismatch, backbone_state, load_checkpoint
 from tasks.errors import DataFormatError
 from tasks.io import load_torch
 
@@ -74,7 +74,10 @@ def load_export(backbone: torch.nn.Module, path: str | Path, name: str, in_chann
     :func:`backbones.checkpoint.load_checkpoint`, strictly; its file's sha256 is returned.
     """
     if not is_export(path):
-        return load_checkpoint(backbone, path, name).sha256
+        try:
+            return load_checkpoint(backbone, path, name).sha256
+        except CheckpointMismatch as exc:  # another architecture or input width: as an export of another backbone
+            raise NotApplicable(str(exc)) from exc
     meta, state = read_export(path)
     weights = export_weights(path)
     digest = export_sha256(weights)

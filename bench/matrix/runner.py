@@ -184,7 +184,7 @@ def resolve(*, backbones: Sequence[str], inits: Sequence[str], tasks: str,
 
     for init in inits:
         if init not in INITS and not Path(init).exists():
-            raise ValueError(f"init {init!r} is neither {', '.join(INITS)} nor an existing export path"
+            raise ValueError(f"init {init!r} is neither {', '.join(INITS)} nor an existing export or checkpoint"
                              f"{_close(init, list(INITS))}")
         if init not in INITS:
             check_init(init)  # an unreadable init fails the command now, not every run that would load it

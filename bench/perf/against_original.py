@@ -4,7 +4,8 @@ For each backbone the original class is imported from the checkout's own file, g
 BatchNorm statistics (so that no layer is close to an identity), saved as a trainer checkpoint
 (``{"epoch", "state_dict": {"module.backbone.<name>": ...}}``, as the original trainer writes it), loaded through
 ``create_backbone(name, checkpoint=...)``, and both are run in eval mode on one cloud (the surfaces of a 4 x 3 x 2 m
-room at 2 cm, one point per voxel, 6 feature channels). The per-point features are compared.
+room at 2 cm, one point per voxel, 6 feature channels; then two clouds in one batch, the suite's shuffled and with
+repeated points). The per-point features are compared.
 
     python -m bench.perf.against_original --checkout /path/to/PonderV2 --out results/perf/against_original.json
 
@@ -17,6 +18,7 @@ implicit GEMM, runs on CUDA only); weights and indices are untouched.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import json
 import subprocess
@@ -52,7 +54,10 @@ def _import_original(checkout: Path, relative: str) -> tuple[types.ModuleType, s
         raise FileNotFoundError(f"{models / relative}: not a PonderV2 or Pointcept checkout")
     builder = types.ModuleType(f"{package}.models.builder")
     builder.MODELS = builder.MODULES = _Registry()
-    utils_spec = importlib.util.spec_from_file_location(f"{package}.models.utils", models / "utils.py")
+    helpers = next((f for f in (models / "utils.py", models / "utils" / "misc.py") if f.is_file()), None)
+    if helpers is None:  # PonderV2 keeps offset2batch in models/utils.py, Pointcept in models/utils/misc.py
+        raise FileNotFoundError(f"{models}: neither utils.py nor utils/misc.py (offset2batch)")
+    utils_spec = importlib.util.spec_from_file_location(f"{package}.models.utils", helpers)
     utils = importlib.util.module_from_spec(utils_spec)
     utils_spec.loader.exec_module(utils)  # offset2batch and friends: torch only
     geometric = types.ModuleType("torch_geometric.utils")
@@ -125,13 +130,40 @@ def compare(name: str, checkout: Path, seed: int = 0) -> dict[str, object]:
         theirs = original({"grid_coord": torch.from_numpy(grid), "feat": torch.from_numpy(feat),
                            "offset": torch.tensor([len(grid)])})
         mine = ours(PointBatch.collate([(coord, grid, feat)]))
+        batch_theirs, batch_mine = _batched(original, ours, coord, grid, feat)
     report = ours.checkpoint
     return {"backbone": name, "original": f"{source}:{cls}({', '.join(f'{k}={v}' for k, v in kwargs.items())})",
+            "original_sha256": hashlib.sha256((checkout / source).read_bytes()).hexdigest(),
             "checkout_commit": _commit(checkout), "points": len(grid), "params": sum(p.numel() for p in
                                                                                      ours.parameters()),
             "layout": report.layout, "prefix": report.prefix, "missing": list(report.missing),
             "unexpected": list(report.unexpected), "feature_scale": float(theirs.abs().max()),
-            "max_abs_difference": float((theirs - mine).abs().max())}
+            "max_abs_difference": float((theirs - mine).abs().max()),
+            "batched_points": len(batch_mine),
+            "batched_max_abs_difference": float((batch_theirs - batch_mine).abs().max())}
+
+
+def _batched(original: torch.nn.Module, ours: torch.nn.Module, coord: np.ndarray, grid: np.ndarray,
+             feat: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two clouds in one batch (the room, and half of it with other features). The original reads one point per
+    voxel in order, as Pointcept's GridSample leaves them; the suite's backbone gets each cloud shuffled with 2 %
+    of its points repeated. Returns, for every point the suite read, the original's feature of its voxel and the
+    suite's."""
+    half = len(grid) // 2
+    clouds = [(coord, grid, feat), (coord[:half], grid[:half], -feat[:half])]
+    theirs = original({"grid_coord": torch.from_numpy(np.concatenate([c[1] for c in clouds])),
+                       "feat": torch.from_numpy(np.concatenate([c[2] for c in clouds])),
+                       "offset": torch.tensor([len(grid), len(grid) + half])})
+    rng = np.random.default_rng(1)
+    pieces, rows, start = [], [], 0
+    for cloud in clouds:
+        n = len(cloud[1])
+        pick = np.concatenate([np.arange(n), rng.choice(n, n // 50)])
+        rng.shuffle(pick)
+        pieces.append(tuple(part[pick] for part in cloud))
+        rows.append(start + pick)
+        start += n
+    return theirs[torch.from_numpy(np.concatenate(rows))], ours(PointBatch.collate(pieces))
 
 
 def _commit(checkout: Path) -> str | None:
