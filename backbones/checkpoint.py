@@ -100,8 +100,9 @@ def load_checkpoint(model: nn.Module, path: str | Path, name: str, strict: bool 
     own = model.state_dict()
     # the prefix under which the file names most of the backbone's keys (none when nothing matches: then every
     # key of the file is reported as unexpected)
-    prefix = max(PREFIXES, key=lambda p: (sum(k in own for k in _under(model, state, p)), -len(p)))
-    renamed = _under(model, state, prefix)
+    under = {p: _under(model, state, p) for p in PREFIXES}
+    prefix = max(PREFIXES, key=lambda p: (sum(k in own for k in under[p]), -len(p)))
+    renamed = under[prefix]
     for key, tensor in renamed.items():
         if key in own and tuple(own[key].shape) != tuple(tensor.shape):
             raise CheckpointMismatch(weights, f"{prefix}{key}: shape {tuple(tensor.shape)} in the file, "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import json
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, Literal, get_args, get_type_hints
@@ -193,7 +194,12 @@ def result_fields(recipe: FinetuneRecipe) -> dict[str, Any]:
 def held_result_fields(held: dict[str, Any]) -> dict[str, Any]:
     """The result fields of a recipe as a record holds it; a field the record predates had its default (a new
     field's default is what the code did before it existed)."""
-    return {**result_fields(FinetuneRecipe()), **{k: v for k, v in held.items() if k not in EXECUTION_FIELDS}}
+    return {**_default_result_fields(), **{k: v for k, v in held.items() if k not in EXECUTION_FIELDS}}
+
+
+@functools.cache
+def _default_result_fields() -> dict[str, Any]:
+    return result_fields(FinetuneRecipe())
 
 
 def task_settings(*items: str, base: tuple[str, ...] = ()) -> tuple[str, ...]:

@@ -69,6 +69,10 @@ class Hook:
         """Restore what ``state_dict`` returned."""
 
 
+def _format(terms: Terms | None) -> str:
+    return ", ".join(f"{n}={v:.4g}" for n, v in (terms or {}).items())
+
+
 def _as_is(item: object) -> object:
     return item
 
@@ -166,8 +170,8 @@ class Trainer:
         loss = out if isinstance(out, torch.Tensor) else None
         terms = None if out is None else {"loss": float(loss.detach())} if loss is not None else dict(out)
         problem = self._loss_problem(terms)
-        values = ", ".join(f"{n}={v:.4g}" for n, v in (terms or {}).items())
         if not distributed.all_true(problem is None, self.ranks.world, self.device):
+            values = _format(terms)
             self._diverged_step(problem or "a diverged loss on another process",
                                 values if problem else f"this one's: {values or 'none'}")
             return None
@@ -184,7 +188,7 @@ class Trainer:
         # after the all-reduce every rank holds the same gradient, so each decides alike; fp16's scaler skips a
         # non-finite step itself (and lowers its scale)
         if self.scaler is None and not torch.isfinite(norm):
-            self._diverged_step("non-finite gradient", f"norm {float(norm):.4g}, loss {values}")
+            self._diverged_step("non-finite gradient", f"norm {float(norm):.4g}, loss {_format(terms)}")
             return None
         if self.grad_clip is not None:
             torch.nn.utils.clip_grads_with_norm_(self.params, self.grad_clip, norm)
@@ -208,7 +212,7 @@ class Trainer:
             return "non-finite loss"
         first = self.first_terms
         if first and any(v > BLOW_UP * max(1.0, abs(first.get(n, 1.0))) for n, v in terms.items()):
-            return f"loss over {BLOW_UP:g} x its first value ({', '.join(f'{n}={v:.4g}' for n, v in first.items())})"
+            return f"loss over {BLOW_UP:g} x its first value ({_format(first)})"
         return None
 
     def _diverged_step(self, problem: str, detail: str) -> None:

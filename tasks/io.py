@@ -6,6 +6,7 @@ Every reader validates what it reads (existence, dtype, shape, finiteness, label
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import tempfile
@@ -153,9 +154,10 @@ _NUMPY_GLOBALS = {(core, name) for core in ("numpy.core.multiarray", "numpy._cor
 _PICKLE_GLOBALS = _NUMPY_GLOBALS | {("_codecs", "encode")} | {  # _codecs.encode: bytes in protocol-2 pickles
     ("builtins", name) for name in ("dict", "list", "tuple", "set", "frozenset", "int", "float", "complex", "str",
                                     "bytes", "bytearray", "bool", "slice", "range")}
-
-
-_NUMPY_DTYPES = {type(np.dtype(code)).__name__ for code in "?bBhHiIlLqQefdgFDUSVOMm"}  # numpy.dtypes' classes
+_DATA_DTYPES = "?bBhHiIlLqQefdgFDUS"  # numpy's numeric, string and bytes dtypes
+# numpy.dtypes' classes a pickle may name (void, object and datetime ones too: their contents go through the same
+# unpickler)
+_NUMPY_DTYPES = {type(np.dtype(code)).__name__ for code in _DATA_DTYPES + "VOMm"}
 
 
 def _numpy_multiarray() -> Any:
@@ -167,12 +169,13 @@ def _numpy_multiarray() -> Any:
     return multiarray
 
 
+@functools.cache
 def _numpy_safe_globals() -> list[object]:
     """What torch's weights-only unpickler must admit for numpy arrays, dtypes and scalars, under the names numpy 1
     and numpy 2 pickle them by (``numpy.core`` became ``numpy._core``), whichever numpy wrote the file."""
     return [*[(getattr(_numpy_multiarray(), name), f"{core}.{name}") for core, name in _NUMPY_GLOBALS
               if core.endswith(".multiarray")], np.ndarray, np.dtype,
-            *{type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDUS"}]
+            *{type(np.dtype(code)) for code in _DATA_DTYPES}]
 
 
 def load_torch(path: str | Path, what: str) -> Any:

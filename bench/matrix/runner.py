@@ -324,7 +324,8 @@ def claim_path(record: Path) -> Path:
     return record.with_name(record.name + ".claim")
 
 
-def _bare_record(run: RunSpec, status: str, error: str) -> RunRecord:
+def _bare_record(run: RunSpec, status: str, error: str | None) -> RunRecord:
+    """A record of the run's key and status alone (what a run that never started reports)."""
     spec = get_task(run.task)
     return RunRecord(task=spec.id, task_version=spec.version, backbone=run.backbone, init=run.init,
                      protocol=run.protocol, seed=run.seed, status=status, main_score=spec.main_score,  # type: ignore[arg-type]
@@ -365,10 +366,8 @@ def _execute_claimed(run: RunSpec, held: Claim | None) -> RunRecord:
 
     spec = get_task(run.task)
     recipe = run.recipe()
-    record = RunRecord(task=spec.id, task_version=spec.version, backbone=run.backbone, init=run.init,
-                       protocol=run.protocol, seed=run.seed, status="failed", main_score=spec.main_score,
-                       higher_is_better=spec.higher_is_better, init_path=run.init_path, finetune_preset=run.preset,
-                       finetune_recipe=asdict(recipe), git_sha=git_sha(), packages=package_versions())
+    record = replace(_bare_record(run, "failed", None), init_path=run.init_path, finetune_preset=run.preset,
+                     finetune_recipe=asdict(recipe), git_sha=git_sha(), packages=package_versions())
     root = data_root_for(spec.dataset, run.data_roots)
     plugin_error = None
     try:  # on a worker or a Slurm node the plugins are imported here, and may fail there
