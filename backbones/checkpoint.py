@@ -27,7 +27,8 @@ from tasks.io import load_torch
 
 log = logging.getLogger(__name__)
 
-PREFIXES = ("module.backbone.", "backbone.", "module.", "")
+# a PPT model inside a PointGroup segmentor nests its SpUNet one level deeper (``backbone.backbone.``)
+PREFIXES = ("module.backbone.backbone.", "backbone.backbone.", "module.backbone.", "backbone.", "module.", "")
 
 
 @dataclass(frozen=True)
@@ -70,10 +71,14 @@ class CheckpointMismatch(DataFormatError):
 def _under(model: nn.Module, state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """The entries of ``state`` under ``prefix``, without it, named as ``model`` names them now (a module with
     ``legacy_names`` renames its older spellings, as it does when loading), less the original's head inside the
-    backbone (``head_keys``: SpUNet's ``final`` classifier in a Pointcept segmentor)."""
+    backbone (``head_keys``: SpUNet's ``final`` classifier in a Pointcept segmentor), plus what the original keeps
+    in the model around its backbone (``context_keys``: SpUNet-v1m3's condition table, PPT's ``embedding_table``)."""
     heads = getattr(type(model), "head_keys", ())
     inside = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)
               and not k[len(prefix):].startswith(heads)}
+    around = prefix.removesuffix("backbone.") if prefix.endswith("backbone.") else None
+    for context in getattr(type(model), "context_keys", ()) if around is not None else ():
+        inside.update({k[len(around):]: v for k, v in state.items() if k.startswith(around + context)})
     for path, module in model.named_modules():
         rename = getattr(type(module), "legacy_names", None)
         if rename is not None:
@@ -109,8 +114,9 @@ def load_checkpoint(model: nn.Module, path: str | Path, name: str, strict: bool 
                                      f"{tuple(own[key].shape)} in {name}")
     missing = tuple(k for k in own if k not in renamed)
     unexpected = tuple(prefix + k for k in renamed if k not in own)
-    hint = (" (its keys are PDNorm's: a SpUNet-v1m3 / PPT model, which the suite does not have yet)"
-            if any(".bns." in k or ".modulation." in k for k in state) else "")
+    pdnorm = any(".bns." in k or ".modulation." in k for k in state)
+    hint = (" (its keys are PDNorm's: a SpUNet-v1m3 / PPT model, load it as spunet-v1m3)"
+            if pdnorm and not any(".bns." in k for k in own) else "")
     if len(missing) > len(own) / 2:  # not this architecture: even strict=False would leave most of it random
         raise CheckpointMismatch(weights, f"is not a {name}: {len(own) - len(missing)} of its {len(own)} "
                                  f"tensors are in the file{hint}; missing {_names(missing)}; unexpected "

@@ -75,6 +75,7 @@ def _load_plugins() -> None:
         return
     _plugins_loaded = True
     import backbones.spunet  # noqa: F401  (built-in registrations)
+    import backbones.spunet_pdnorm  # noqa: F401
     import backbones.timm2d  # noqa: F401
 
     for ep in entry_points(group=ENTRY_POINT_GROUP):

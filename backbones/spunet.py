@@ -44,6 +44,19 @@ def unique_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack(columns[::-1], dim=1) + low, inverse
 
 
+def sparse_input(batch: PointBatch) -> tuple[spconv.SparseConvTensor, torch.Tensor]:
+    """The batch as one sparse tensor of voxels (points sharing a voxel averaged), and each point's voxel row.
+
+    The spatial shape leaves the original's margin of 96 voxels past the largest coordinate."""
+    keys = torch.cat([batch.batch_index[:, None], batch.grid_coord], dim=1).long()
+    voxels, inverse = unique_rows(keys)
+    voxels = voxels.to(torch.int32)
+    counts = torch.bincount(inverse, minlength=len(voxels)).to(batch.feat.dtype)
+    feat = batch.feat.new_zeros(len(voxels), batch.feat.shape[1]).index_add(0, inverse, batch.feat)
+    shape = (voxels[:, 1:].max(0).values + 96).tolist()
+    return spconv.SparseConvTensor(feat / counts[:, None], voxels.contiguous(), shape, batch.batch_size), inverse
+
+
 class BasicBlock(spconv.SparseModule):
     """Two submanifold 3^3 convs with BN, and a 1^3 projection on the residual when widths differ."""
 
@@ -117,14 +130,7 @@ class SpUNet(nn.Module):
     head_keys = ("final.",)  # the original's classifier, inside its backbone in a segmentor: the suite's is apart
 
     def forward(self, batch: PointBatch) -> torch.Tensor:
-        keys = torch.cat([batch.batch_index[:, None], batch.grid_coord], dim=1).long()
-        voxels, inverse = unique_rows(keys)
-        voxels = voxels.to(torch.int32)
-        counts = torch.bincount(inverse, minlength=len(voxels)).to(batch.feat.dtype)
-        feat = batch.feat.new_zeros(len(voxels), batch.feat.shape[1]).index_add(0, inverse, batch.feat)
-        feat = feat / counts[:, None]
-        shape = (voxels[:, 1:].max(0).values + 96).tolist()
-        x = spconv.SparseConvTensor(feat, voxels.contiguous(), shape, batch.batch_size)
+        x, inverse = sparse_input(batch)
         x = self.conv_input(x)
         skips = [x]
         for down, enc in zip(self.down, self.enc, strict=True):

@@ -4,7 +4,7 @@ dense grid (box + cell centres) that lifting and the renderer both use."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -15,13 +15,16 @@ class PointBatch:
     """Points of B clouds stacked along dim 0 (Pointcept's layout).
 
     ``offset[i]`` is the end index of cloud i, so cloud i spans ``offset[i-1]:offset[i]``.
-    ``grid_coord`` are non-negative integer voxel coordinates per cloud.
+    ``grid_coord`` are non-negative integer voxel coordinates per cloud. ``condition`` names the dataset the
+    clouds come from (``"ScanNet"``, ``"S3DIS"``, ``"Structured3D"``; Pointcept's ``condition``), for backbones
+    whose normalisation depends on it (PDNorm in ``spunet-v1m3``); the others ignore it.
     """
 
     coord: torch.Tensor  # (N, 3) float32
     grid_coord: torch.Tensor  # (N, 3) int32
     feat: torch.Tensor  # (N, C) float32
     offset: torch.Tensor  # (B,) int64
+    condition: str | None = None
 
     def __post_init__(self) -> None:
         n = self.coord.shape[0]
@@ -44,24 +47,33 @@ class PointBatch:
         return torch.repeat_interleave(torch.arange(len(counts), device=self.offset.device), counts)
 
     def to(self, device: torch.device | str) -> PointBatch:
-        return PointBatch(self.coord.to(device), self.grid_coord.to(device), self.feat.to(device),
-                          self.offset.to(device))
+        return replace(self, coord=self.coord.to(device), grid_coord=self.grid_coord.to(device),
+                       feat=self.feat.to(device), offset=self.offset.to(device))
 
     def pin_memory(self) -> PointBatch:
         """A copy in page-locked memory (what a DataLoader with ``pin_memory`` calls), for faster copies to CUDA."""
-        return PointBatch(self.coord.pin_memory(), self.grid_coord.pin_memory(), self.feat.pin_memory(),
-                          self.offset.pin_memory())
+        return replace(self, coord=self.coord.pin_memory(), grid_coord=self.grid_coord.pin_memory(),
+                       feat=self.feat.pin_memory(), offset=self.offset.pin_memory())
 
     @classmethod
-    def collate(cls, clouds: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> PointBatch:
-        """Stack (coord, grid_coord, feat) arrays of several clouds into one batch."""
+    def collate(cls, clouds: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                condition: str | None = None) -> PointBatch:
+        """Stack (coord, grid_coord, feat) arrays of several clouds (of one dataset) into one batch."""
         if not clouds:
             raise ValueError("PointBatch.collate needs at least one cloud")
         coord = torch.from_numpy(np.concatenate([c[0] for c in clouds]).astype(np.float32))
         grid = torch.from_numpy(np.concatenate([c[1] for c in clouds]).astype(np.int32))
         feat = torch.from_numpy(np.concatenate([c[2] for c in clouds]).astype(np.float32))
         offset = torch.from_numpy(np.cumsum([len(c[0]) for c in clouds]).astype(np.int64))
-        return cls(coord, grid, feat, offset)
+        return cls(coord, grid, feat, offset, condition)
+
+
+def use_condition(model: torch.nn.Module, condition: str | None) -> None:
+    """Give every part of ``model`` that reads a dataset condition (a ``default_condition`` attribute: PDNorm) the
+    condition of the dataset it runs on, for batches that name none; a run over one dataset sets it once."""
+    for module in model.modules():
+        if hasattr(module, "default_condition"):
+            module.default_condition = condition
 
 
 @dataclass(frozen=True)

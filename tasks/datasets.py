@@ -124,25 +124,27 @@ def _scannet_frames(path: Path, split: str) -> SceneList:
 @dataclass(frozen=True)
 class DatasetFormat:
     """One on-disk dataset format: its folder under a data root, how a split of it becomes scenes, which
-    pre-training modes read it (and how a folder given to ``pretrain --data`` is recognised as it), and whether
-    ``ponderbench data check`` checks it."""
+    pre-training modes read it (and how a folder given to ``pretrain --data`` is recognised as it), whether
+    ``ponderbench data check`` checks it, and its dataset condition: Pointcept's name for it, by which PDNorm
+    backbones (``spunet-v1m3``) and Point Prompt Training pick their norms and class sets."""
 
     folder: str
     open: Callable[..., SceneDataset | SceneList]  # (path, split, **options)
     pretrain: tuple[str, ...] = ()  # modes; the first format of a mode here is what the matrix pre-trains on
     found: Callable[[Path], bool] | None = None  # whether a folder holds this format (pre-training's --data)
     checked: bool = False
+    condition: str | None = None
 
 
 # the one table from dataset folders to loaders, for fine-tuning (TaskSpec.loader), pre-training and data check
 DATASETS: dict[str, DatasetFormat] = {
     "scannet": DatasetFormat("scannet", _scannet("segment20"), pretrain=("indoor", "image"),
-                             found=lambda p: (p / "train").is_dir(), checked=True),
-    "scannet200": DatasetFormat("scannet", _scannet("segment200"), checked=True),
-    "scannet-rgbd": DatasetFormat("scannet", _scannet_frames),
+                             found=lambda p: (p / "train").is_dir(), checked=True, condition="ScanNet"),
+    "scannet200": DatasetFormat("scannet", _scannet("segment200"), checked=True, condition="ScanNet"),
+    "scannet-rgbd": DatasetFormat("scannet", _scannet_frames, condition="ScanNet"),
     "rgbd-folder": DatasetFormat("7scenes-rgbd", _rgbd_capture, pretrain=("indoor", "image"),
                                  found=lambda p: (p / "camera-intrinsics.txt").is_file()),
-    "s3dis": DatasetFormat("s3dis", _s3dis, checked=True),
+    "s3dis": DatasetFormat("s3dis", _s3dis, checked=True, condition="S3DIS"),
     "semantickitti": DatasetFormat("semantickitti", _semantickitti, pretrain=("outdoor",),
                                    found=lambda p: (p / "sequences").is_dir(), checked=True),
     "nuscenes": DatasetFormat("nuscenes", _nuscenes, pretrain=("outdoor",), found=lambda p: any(p.glob("v1.0-*")),

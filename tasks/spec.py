@@ -74,6 +74,13 @@ class TaskSpec:
         return dataset_format(self.loader).folder
 
     @property
+    def condition(self) -> str | None:
+        """Its dataset's condition for PDNorm backbones (``ScanNet``, ``S3DIS`` ...; None for the others)."""
+        from tasks.datasets import dataset_format
+
+        return dataset_format(self.loader).condition
+
+    @property
     def reference(self) -> float | None:
         """The paper's number, if any."""
         return None if self.paper is None else self.paper.value

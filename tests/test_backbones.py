@@ -40,13 +40,14 @@ def _forward(model: torch.nn.Module, name: str, seed: int = 0) -> torch.Tensor:
 
 def test_registry_lists_the_reference_backbones() -> None:
     assert {"spunet-v1m1", "spunet-mini", "timm:resnet18"} <= set(BACKBONES)
-    assert list_backbones("spunet*") == ["spunet-micro", "spunet-mini", "spunet-v1m1"]
+    assert list_backbones("spunet*") == ["spunet-micro", "spunet-mini", "spunet-v1m1", "spunet-v1m3",
+                                         "spunet-v1m3-mini"]
     assert all(n.startswith("timm:") for n in list_backbones(modality="2d"))
     assert list_backbones("nothing-*") == []
 
 
 def test_unknown_name_suggests_close_matches() -> None:
-    with pytest.raises(KeyError, match="did you mean spunet-v1m1"):
+    with pytest.raises(KeyError, match="did you mean .*spunet-v1m1"):
         create_backbone("spunet-v1m")
 
 
@@ -72,9 +73,12 @@ def test_forward_backward_shapes_no_nan(name: str) -> None:
         assert out.shape[-1] == 64 // model.strides[-1]
     assert torch.isfinite(out).all()
     out.square().mean().backward()
-    grads = [p.grad for p in model.parameters() if p.requires_grad]
-    assert all(g is not None and torch.isfinite(g).all() for g in grads)
-    assert any(g.abs().sum() > 0 for g in grads)
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    # PDNorm keeps a norm per dataset condition: a batch of one condition (here the first) leaves the others unused
+    unused = {n for n, g in grads.items() if g is None}
+    assert all(".bns." in n and ".bns.0." not in n for n in unused), sorted(unused)[:5]
+    assert all(torch.isfinite(g).all() for g in grads.values() if g is not None)
+    assert any(g.abs().sum() > 0 for g in grads.values() if g is not None)
 
 
 @pytest.mark.parametrize("name", BACKBONES)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from backbones.registry import create_backbone, get_backbone_config
-from backbones.structures import PointBatch
+from backbones.structures import PointBatch, use_condition
 from bench import distributed
 from bench.distributed import Ranks
 from bench.finetune.draws import Draw, StepBatches
@@ -299,6 +299,7 @@ class SceneTaskType(TrainedTaskType):
               ) -> tuple[torch.nn.Module, Inits]:
         channels = in_channels(ctx.domain)
         backbone = create_backbone(ctx.backbone, in_channels=channels)
+        use_condition(backbone, ctx.spec.condition)
         sha = load_export(backbone, init, ctx.backbone, channels) if init else None
         return self.head(backbone, ctx), Inits(sha)
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from backbones.registry import create_backbone, get_backbone_config
+from backbones.structures import use_condition
 from bench.finetune.engine import batchnorm_clouds, cloud_inputs
 from bench.finetune.exports import load_export
 from bench.finetune.semseg import point_outputs
@@ -83,6 +84,7 @@ def feature_probe(spec: TaskSpec, backbone_name: str, data_root: str | Path, *, 
     torch.manual_seed(seed)
     channels = in_channels(spec.domain)
     backbone = create_backbone(backbone_name, in_channels=channels)
+    use_condition(backbone, spec.condition)
     if init:
         load_export(backbone, init, backbone_name, channels)
     voxel = voxel_size(spec.domain, get_backbone_config(backbone_name).voxel_size)

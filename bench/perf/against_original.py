@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import types
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +33,26 @@ import torch
 
 from backbones.registry import create_backbone
 from backbones.sparse import conv_algo, spconv
+from backbones.spunet_pdnorm import CONDITIONS, CONTEXT_CONDITIONS
 from backbones.structures import PointBatch
 from tasks.io import save_text
 
-# backbone -> (file under <package>/models/, class, constructor arguments of the original)
-ORIGINALS = {"spunet-v1m1": ("sparse_unet/spconv_unet_v1m1_base.py", "SpUNetBase",
-                             {"in_channels": 6, "num_classes": 0})}
+
+@dataclass(frozen=True)
+class Original:
+    """Where the original class of a backbone is and how PonderV2's configs build it."""
+
+    file: str  # under <package>/models/
+    cls: str
+    kwargs: dict[str, object]
+    condition: str | None = None  # PDNorm's: the dataset condition of the compared batch
+
+
+_V1M3 = {"in_channels": 6, "num_classes": 0, "conditions": CONDITIONS, "zero_init": False, "norm_decouple": True,
+         "norm_adaptive": True, "norm_affine": True}  # PonderV2's PPT configs
+ORIGINALS = {"spunet-v1m1": Original("sparse_unet/spconv_unet_v1m1_base.py", "SpUNetBase",
+                                     {"in_channels": 6, "num_classes": 0}),
+             "spunet-v1m3": Original("sparse_unet/spconv_unet_v1m3_pdnorm.py", "SpUNetBase", _V1M3, "S3DIS")}
 
 
 class _Registry:
@@ -110,32 +125,39 @@ def _room(voxel: float = 0.02) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def compare(name: str, checkout: Path, seed: int = 0) -> dict[str, object]:
-    relative, cls, kwargs = ORIGINALS[name]
-    module, source = _import_original(checkout, relative)
+    spec = ORIGINALS[name]
+    module, source = _import_original(checkout, spec.file)
     torch.manual_seed(seed)
-    original = getattr(module, cls)(**kwargs)
+    original = getattr(module, spec.cls)(**spec.kwargs)
     _randomise(original, seed)
     original.eval()
     if conv_algo() is not None:  # the CPU: spconv's default algorithm (implicit GEMM) runs on CUDA only
         for layer in original.modules():
             if isinstance(layer, spconv.conv.SparseConvolution):
                 layer.algo = conv_algo()
+    state = {f"module.backbone.{k}": v for k, v in original.state_dict().items()}
+    extra: dict[str, object] = {}
+    if spec.condition is not None:  # the context table lives in the model around the backbone (PPT, Ponder)
+        table = torch.randn(len(CONTEXT_CONDITIONS), 256, generator=torch.Generator().manual_seed(seed + 1))
+        state["module.embedding_table.weight"] = table
+        row = CONTEXT_CONDITIONS.index(spec.condition)
+        extra = {"condition": [spec.condition], "context": table[row:row + 1]}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model_last.pth"
-        torch.save({"epoch": 1, "state_dict": {f"module.backbone.{k}": v for k, v in original.state_dict().items()}},
-                   path)
+        torch.save({"epoch": 1, "state_dict": state}, path)
         ours = create_backbone(name, checkpoint=path).eval()
     coord, grid, feat = _room()
     with torch.no_grad():
         theirs = original({"grid_coord": torch.from_numpy(grid), "feat": torch.from_numpy(feat),
-                           "offset": torch.tensor([len(grid)])})
-        mine = ours(PointBatch.collate([(coord, grid, feat)]))
-        batch_theirs, batch_mine = _batched(original, ours, coord, grid, feat)
+                           "offset": torch.tensor([len(grid)]), "coord": torch.from_numpy(coord), **extra})
+        mine = ours(PointBatch.collate([(coord, grid, feat)], condition=spec.condition))
+        batch_theirs, batch_mine = _batched(original, ours, (coord, grid, feat), extra, spec.condition)
     report = ours.checkpoint
-    return {"backbone": name, "original": f"{source}:{cls}({', '.join(f'{k}={v}' for k, v in kwargs.items())})",
+    arguments = ", ".join(f"{k}={v}" for k, v in spec.kwargs.items())
+    return {"backbone": name, "original": f"{source}:{spec.cls}({arguments})", "condition": spec.condition,
             "original_sha256": hashlib.sha256((checkout / source).read_bytes()).hexdigest(),
-            "checkout_commit": _commit(checkout), "points": len(grid), "params": sum(p.numel() for p in
-                                                                                     ours.parameters()),
+            "checkout_commit": _commit(checkout), "points": len(grid),
+            "params": sum(p.numel() for p in ours.parameters()),
             "layout": report.layout, "prefix": report.prefix, "missing": list(report.missing),
             "unexpected": list(report.unexpected), "feature_scale": float(theirs.abs().max()),
             "max_abs_difference": float((theirs - mine).abs().max()),
@@ -143,27 +165,29 @@ def compare(name: str, checkout: Path, seed: int = 0) -> dict[str, object]:
             "batched_max_abs_difference": float((batch_theirs - batch_mine).abs().max())}
 
 
-def _batched(original: torch.nn.Module, ours: torch.nn.Module, coord: np.ndarray, grid: np.ndarray,
-             feat: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+def _batched(original: torch.nn.Module, ours: torch.nn.Module, cloud: tuple[np.ndarray, np.ndarray, np.ndarray],
+             extra: dict[str, object], condition: str | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Two clouds in one batch (the room, and half of it with other features). The original reads one point per
     voxel in order, as Pointcept's GridSample leaves them; the suite's backbone gets each cloud shuffled with 2 %
     of its points repeated. Returns, for every point the suite read, the original's feature of its voxel and the
     suite's."""
+    coord, grid, feat = cloud
     half = len(grid) // 2
     clouds = [(coord, grid, feat), (coord[:half], grid[:half], -feat[:half])]
     theirs = original({"grid_coord": torch.from_numpy(np.concatenate([c[1] for c in clouds])),
                        "feat": torch.from_numpy(np.concatenate([c[2] for c in clouds])),
-                       "offset": torch.tensor([len(grid), len(grid) + half])})
+                       "coord": torch.from_numpy(np.concatenate([c[0] for c in clouds])),
+                       "offset": torch.tensor([len(grid), len(grid) + half]), **extra})
     rng = np.random.default_rng(1)
     pieces, rows, start = [], [], 0
-    for cloud in clouds:
-        n = len(cloud[1])
+    for part in clouds:
+        n = len(part[1])
         pick = np.concatenate([np.arange(n), rng.choice(n, n // 50)])
         rng.shuffle(pick)
-        pieces.append(tuple(part[pick] for part in cloud))
+        pieces.append(tuple(a[pick] for a in part))
         rows.append(start + pick)
         start += n
-    return theirs[torch.from_numpy(np.concatenate(rows))], ours(PointBatch.collate(pieces))
+    return theirs[torch.from_numpy(np.concatenate(rows))], ours(PointBatch.collate(pieces, condition=condition))
 
 
 def _commit(checkout: Path) -> str | None:

@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from backbones.registry import get_backbone_config
+from backbones.structures import use_condition
 from bench import distributed
 from bench.hooks import Checkpoint, LogMetrics
 from bench.matrix.records import git_sha
@@ -44,6 +45,7 @@ from bench.runlog import METRICS, RunLog, read_run_log
 from bench.trainer import Hook, Trainer
 from renderer.rays import RayBundle, near_far_from_box
 from tasks.contract import UNIT_BOX, voxel_size
+from tasks.datasets import DATASETS
 from tasks.io import atomic_write
 
 log = logging.getLogger(__name__)
@@ -137,6 +139,7 @@ class Pretrainer:
         config = get_backbone_config(recipe.backbone)
         self.voxel = voxel_size(recipe.domain, config.voxel_size)
         self.model = PonderModel(recipe, self.source.class_names)
+        use_condition(self.model, DATASETS[self.source.kind].condition if self.source.kind in DATASETS else None)
         if init is not None:
             from bench.finetune.exports import load_export
             from tasks.contract import in_channels
