@@ -48,6 +48,14 @@ S3DIS13 = (
     "board", "clutter",
 )
 
+# Structured3D's 25 classes in Pointcept's preprocessing (its NYU40 ids 1-9, 11, 14-19, 22, 24, 25, 32, 34, 35,
+# 38-40, in this order); every other id is ignored (-1)
+STRUCTURED3D25 = (
+    "wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window", "picture", "desk", "shelves",
+    "curtain", "dresser", "pillow", "mirror", "ceiling", "refrigerator", "television", "nightstand", "sink", "lamp",
+    "otherstructure", "otherfurniture", "otherprop",
+)
+
 SEMANTIC_KITTI19 = (
     "car", "bicycle", "motorcycle", "truck", "other-vehicle", "person", "bicyclist", "motorcyclist", "road",
     "parking", "sidewalk", "other-ground", "building", "fence", "vegetation", "trunk", "terrain", "pole",

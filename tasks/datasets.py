@@ -78,6 +78,12 @@ def _scannet(label_set: str) -> Callable[..., SceneDataset]:
     return open_scannet
 
 
+def _structured3d(path: Path, split: str) -> SceneDataset:
+    from tasks.formats.structured3d import Structured3DDataset
+
+    return Structured3DDataset(path, split)
+
+
 def _s3dis(path: Path, split: str) -> SceneDataset:
     from tasks.formats.s3dis import S3DISDataset
 
@@ -145,6 +151,7 @@ DATASETS: dict[str, DatasetFormat] = {
     "rgbd-folder": DatasetFormat("7scenes-rgbd", _rgbd_capture, pretrain=("indoor", "image"),
                                  found=lambda p: (p / "camera-intrinsics.txt").is_file()),
     "s3dis": DatasetFormat("s3dis", _s3dis, checked=True, condition="S3DIS"),
+    "structured3d": DatasetFormat("structured3d", _structured3d, checked=True, condition="Structured3D"),
     "semantickitti": DatasetFormat("semantickitti", _semantickitti, pretrain=("outdoor",),
                                    found=lambda p: (p / "sequences").is_dir(), checked=True),
     "nuscenes": DatasetFormat("nuscenes", _nuscenes, pretrain=("outdoor",), found=lambda p: any(p.glob("v1.0-*")),

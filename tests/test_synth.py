@@ -38,7 +38,8 @@ def test_seed_changes_the_data(tmp_path: Path) -> None:
 
 def test_data_check_reports_the_tiny_suite_complete(tiny_root: Path) -> None:
     reports = check_root(tiny_root)
-    assert [r.dataset for r in reports] == ["scannet", "scannet200", "s3dis", "semantickitti", "nuscenes"]
+    assert [r.dataset for r in reports] == ["scannet", "scannet200", "s3dis", "structured3d", "semantickitti",
+                                            "nuscenes"]
     for report in reports:
         assert report.ok, (report.dataset, report.problems)
         assert report.splits["train"] > 0 and report.splits["val"] > 0

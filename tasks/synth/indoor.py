@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tasks.classes import S3DIS13, SCANNET20, SCANNET200
+from tasks.classes import S3DIS13, SCANNET20, SCANNET200, STRUCTURED3D25
 from tasks.structures import PosedViews
 from tasks.synth.geometry import TOP_ONLY, Boxes, inside_any, look_at, render_view, sample_surface, shade
 
@@ -57,6 +57,8 @@ FURNITURE = [i for i, c in enumerate(INDOOR_CLASSES) if c.mount != "stuff"]
 TO_SCANNET20 = np.array([SCANNET20.index(c.scannet20) for c in INDOOR_CLASSES])
 TO_SCANNET200 = np.array([SCANNET200.index(c.scannet200) for c in INDOOR_CLASSES])
 TO_S3DIS = np.array([S3DIS13.index(c.s3dis) for c in INDOOR_CLASSES])
+_STRUCTURED3D_NAMES = {"bookshelf": "shelves", "toilet": "otherfurniture"}  # the rest keep their own names
+TO_STRUCTURED3D = np.array([STRUCTURED3D25.index(_STRUCTURED3D_NAMES.get(c.name, c.name)) for c in INDOOR_CLASSES])
 
 Vec = tuple[float, float, float]
 Part = tuple[Vec, Vec] | tuple[Vec, Vec, Vec]  # centre, size in the object's frame[, own albedo]

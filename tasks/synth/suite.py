@@ -17,9 +17,18 @@ from tqdm import tqdm
 from tasks.formats.s3dis import write_s3dis_room
 from tasks.formats.scannet import write_scannet_frames, write_scannet_scene
 from tasks.formats.semantickitti import write_semantickitti_scan, write_semantickitti_sequence_meta
+from tasks.formats.structured3d import write_structured3d_room
 from tasks.metrics.lowlevel import write_mesh
 from tasks.synth.geometry import sample_surface
-from tasks.synth.indoor import TO_S3DIS, TO_SCANNET20, TO_SCANNET200, make_room, room_cloud, room_views
+from tasks.synth.indoor import (
+    TO_S3DIS,
+    TO_SCANNET20,
+    TO_SCANNET200,
+    TO_STRUCTURED3D,
+    make_room,
+    room_cloud,
+    room_views,
+)
 from tasks.synth.nuscenes_tables import NuScenesWriter
 from tasks.synth.outdoor import NUSCENES_MIX, OUTDOOR_CLASSES, make_street, scan_lidar
 
@@ -47,15 +56,16 @@ class SuiteSize:
     nuscenes_samples: int
     camera_size: tuple[int, int]
     test_views: int  # RGB-D frames of each ScanNet test scene (the low-level tasks fit and render them)
+    structured3d_rooms: tuple[int, int] = (0, 0)  # train, val
 
 
 SUITES = {
     "tiny": SuiteSize((2, 1, 1), 6, (4.0, 6.5), 150.0, 3, (64, 48), {1: 1, 2: 1, 5: 1}, {0: 2, 8: 1}, 256, (1, 1), 2,
-                      (64, 36), 10),
+                      (64, 36), 10, (2, 1)),
     # mini: enough training scenes that LR1/5/10/20 differ (1, 3, 6 and 12 of 60), sparse enough (100 points
     # per m^2, spunet-mini's 10 cm voxels) that a from-scratch fine-tune learns them on 2 cores in about a minute
     "mini": SuiteSize((60, 10, 1), 12, (4.0, 5.5), 100.0, 4, (160, 120), {1: 12, 2: 12, 3: 12, 4: 12, 6: 12, 5: 10},
-                      {0: 40, 8: 5}, 1080, (6, 2), 4, (160, 90), 20),
+                      {0: 40, 8: 5}, 1080, (6, 2), 4, (160, 90), 20, (24, 6)),
 }
 
 
@@ -72,13 +82,14 @@ def suite_size(name: str, **overrides: object) -> SuiteSize:
 # written into each generated dataset folder: records say whether their numbers come from generated or real data
 GENERATED_MARKER = ".ponderbench-generated.json"
 # The dataset folders the generator writes, each with the job kind that writes it.
-DATASETS = {"scannet": "scannet", "s3dis": "s3dis", "semantickitti": "kitti", "nuscenes": "nuscenes"}
+DATASETS = {"scannet": "scannet", "s3dis": "s3dis", "semantickitti": "kitti", "nuscenes": "nuscenes",
+            "structured3d": "structured3d"}
 
 
 def synthesize(root: str | Path, suite: str = "mini", seed: int = 0, progress: bool = True,
                datasets: Iterable[str] | None = None, workers: int = 1, **overrides: object) -> Path:
-    """Write ScanNet(+200, +RGB-D), S3DIS, SemanticKITTI and nuScenes datasets under ``root`` (``datasets``: only
-    these folders of :data:`DATASETS`; ``workers``: processes writing the point-cloud scenes).
+    """Write ScanNet(+200, +RGB-D), S3DIS, Structured3D, SemanticKITTI and nuScenes datasets under ``root``
+    (``datasets``: only these folders of :data:`DATASETS`; ``workers``: processes writing the point-cloud scenes).
 
     Every dataset draws from generators seeded by its own scenes, so one written alone is byte for byte the one
     the whole suite holds. Each is written into a hidden folder beside its place and renamed into it when whole:
@@ -101,6 +112,7 @@ def synthesize(root: str | Path, suite: str = "mini", seed: int = 0, progress: b
     jobs = [job for job in (
         [("scannet", i) for i in range(sum(size.scannet_scenes))]
         + [("s3dis", (a, r)) for a, n in size.s3dis_rooms.items() for r in range(n)]
+        + [("structured3d", i) for i in range(sum(size.structured3d_rooms))]
         + [("kitti", (s, f)) for s, n in size.kitti_scans.items() for f in range(n)]
         + [("nuscenes", i) for i in range(sum(size.nuscenes_scenes))]
     ) if job[0] in kinds]
@@ -165,6 +177,8 @@ def _write_scene(job: _SceneJob) -> np.ndarray | None:
         _write_scannet(job.folder, job.key, job.size, rng)
     elif job.kind == "s3dis":
         _write_s3dis(job.folder, *job.key, job.size, rng)
+    elif job.kind == "structured3d":
+        _write_structured3d(job.folder, job.key, job.size, rng)
     else:
         return _write_kitti(job.folder, *job.key, job.size, rng)
     return None
@@ -203,6 +217,16 @@ def _write_s3dis(root: Path, area: int, index: int, size: SuiteSize, rng: np.ran
     write_s3dis_room(root, area, f"office_{index + 1}", dict(
         coord=cloud.coord, color=cloud.color, normal=cloud.normal, segment=TO_S3DIS[cloud.kind],
         instance=cloud.instance))
+
+
+def _write_structured3d(root: Path, index: int, size: SuiteSize, rng: np.random.Generator) -> None:
+    """One room per scene, numbered as Pointcept splits the dataset (val scenes from 3000)."""
+    n_train = size.structured3d_rooms[0]
+    split, scene = ("train", index) if index < n_train else ("val", 3000 + index - n_train)
+    room = make_room(rng, size.room_objects, size.room_size)
+    cloud = room_cloud(room, size.point_density, rng)
+    write_structured3d_room(root, split, f"scene_{scene:05d}", f"room_{int(rng.integers(1000))}", dict(
+        coord=cloud.coord, color=cloud.color, normal=cloud.normal, segment=TO_STRUCTURED3D[cloud.kind]))
 
 
 def _write_kitti(root: Path, seq: int, frame: int, size: SuiteSize, rng: np.random.Generator) -> np.ndarray:
