@@ -344,6 +344,20 @@ def _features(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    """Score a released fine-tuned checkpoint on a task's evaluation split; one record, protocol ``evaluate``."""
+    from bench.matrix.evaluate import evaluate_checkpoint
+
+    try:
+        record = evaluate_checkpoint(args.checkpoint, args.task, tuple(_csv(args.data)), args.results, tta=args.tta,
+                                     backbone=args.backbone, device=args.device)
+    except (OSError, KeyError, ValueError) as exc:
+        return _usage_error("evaluate", exc)
+    print(f"{record.task} {record.main_score} {100 * record.main_value:.1f} "
+          f"({record.backbone}, {record.facts['head']} head; record under {args.results})")
+    return 0
+
+
 def _detect(args: argparse.Namespace) -> int:
     """Run a trained detector on one real sample and draw it: BEV over the points, boxes in CAM_FRONT."""
     import torch
@@ -551,6 +565,21 @@ def build_parser() -> argparse.ArgumentParser:
     feats.add_argument("--seed", type=int, default=0)
     feats.add_argument("--device", default="cuda" if _cuda() else "cpu")
     feats.set_defaults(func=_features)
+
+    evaluate = sub.add_parser("evaluate", parents=[plugins], help="score a released fine-tuned checkpoint",
+                              description="Rebuild a fine-tuned segmentation model from its checkpoint alone "
+                                          "(PonderV2 / Pointcept trainer files: PPT's language head, a segmentor's "
+                                          "seg_head, or the SpUNet's final layer) and score it on the task's "
+                                          "evaluation split; writes a record with protocol evaluate.")
+    evaluate.add_argument("checkpoint", help="a trainer checkpoint (model_best.pth) or a state dict")
+    evaluate.add_argument("--task", required=True, help="a semantic-segmentation task (`ponderbench list tasks`)")
+    evaluate.add_argument("--tta", action="store_true", help="test-time augmentation: vote over four rotations")
+    evaluate.add_argument("--backbone", help="the registered backbone to build (default: spunet-v1m3 for a file "
+                                             "with PDNorm, else spunet-v1m1)")
+    evaluate.add_argument("--data", default=DEFAULT_DATA, help="data root(s), comma-separated")
+    evaluate.add_argument("--results", default="results", help="results folder (the record goes under runs/records)")
+    evaluate.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    evaluate.set_defaults(func=_evaluate)
 
     det = sub.add_parser("detect", parents=[plugins], help="draw a trained detector's boxes on a real sample",
                          description="Run a detector saved by a detection run (results/runs/finetune/<run>/model.pt) "

@@ -13,7 +13,7 @@ import pytest
 
 from bench.cli import main
 
-HELP = [[], ["data"], ["data", "synth"], ["data", "check"], ["list"]]
+HELP = [[], ["data"], ["data", "synth"], ["data", "check"], ["list"], ["evaluate"]]
 
 
 @pytest.mark.parametrize("words", HELP, ids=lambda w: " ".join(w) or "top")
@@ -27,7 +27,7 @@ def test_help_everywhere(words: list[str], capsys) -> None:
 def test_console_script_is_installed() -> None:
     out = subprocess.run([sys.executable, "-m", "bench.cli", "list", "datasets"], capture_output=True, text=True,
                          check=True).stdout
-    assert out.split() == ["scannet", "scannet200", "s3dis", "semantickitti", "nuscenes"]
+    assert out.split() == ["scannet", "scannet200", "s3dis", "structured3d", "semantickitti", "nuscenes"]
 
 
 FORWARD = """
@@ -107,7 +107,7 @@ def test_check_reports_absent_datasets_without_failing(tiny_root: Path, tmp_path
     shutil.copytree(tiny_root / "scannet", tmp_path / "scannet")
     assert main(["data", "check", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "PROBLEMS" not in out and len(re.findall(r" absent ", out)) == 3  # s3dis, semantickitti, nuscenes
+    assert "PROBLEMS" not in out and len(re.findall(r" absent ", out)) == 4  # s3dis, structured3d, kitti, nuscenes
     assert main(["data", "check", str(tmp_path), "--require", "s3dis"]) == 1
 
 

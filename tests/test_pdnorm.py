@@ -136,8 +136,9 @@ def test_fine_tuning_reads_the_condition_of_the_tasks_dataset(tiny_root: Path, t
 
 @pytest.mark.slow
 def test_the_renderer_pre_trains_spunet_v1m3_on_scannet_under_its_condition(tiny_root: Path, tmp_path: Path) -> None:
-    from bench.pretrain.engine import Pretrainer
     from test_pretrain import micro_recipe
+
+    from bench.pretrain.engine import Pretrainer
 
     recipe = micro_recipe("indoor", "backbone=spunet-v1m3-mini")
     Pretrainer(recipe, tiny_root / "scannet", tmp_path / "run", progress=False).run()

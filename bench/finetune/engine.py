@@ -299,9 +299,10 @@ class SceneTaskType(TrainedTaskType):
               ) -> tuple[torch.nn.Module, Inits]:
         channels = in_channels(ctx.domain)
         backbone = create_backbone(ctx.backbone, in_channels=channels)
-        use_condition(backbone, ctx.spec.condition)
         sha = load_export(backbone, init, ctx.backbone, channels) if init else None
-        return self.head(backbone, ctx), Inits(sha)
+        model = self.head(backbone, ctx)
+        use_condition(model, ctx.spec.condition)
+        return model, Inits(sha)
 
     @abstractmethod
     def head(self, backbone: torch.nn.Module, ctx: FinetuneContext) -> torch.nn.Module:

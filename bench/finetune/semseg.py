@@ -20,6 +20,7 @@ from bench.finetune.engine import FinetuneContext, SceneTaskType, register_task_
 from bench.hooks import Evaluation
 from bench.recipes import FinetuneRecipe
 from tasks.contract import MAX_TEST_FRAGMENTS, point_features
+from tasks.heads.prompt import VALID_CLASSES, PromptSegmentationModel, ppt_embeddings
 from tasks.heads.segmentation import SegmentationModel, lovasz_softmax
 from tasks.metrics import ConfusionMatrix
 from tasks.structures import Scene
@@ -30,6 +31,8 @@ from tasks.transforms import IDENTITY_VIEW, TestView, view_transform, voting_fra
 class SemanticSettings:
     lovasz_weight: float = 1.0  # the Lovasz-softmax term's weight beside cross-entropy
     mix_prob: float = 0.0  # Mix3D: the chance that a training batch's scenes are overlaid in pairs
+    ppt: bool = False  # Point Prompt Training's head: points scored against class text embeddings (PPT-v1m1)
+    class_embeddings: str | None = None  # PPT's text embeddings: a .json / .npz file per class name, else fixed ones
 
 
 @register_task_type("semseg")
@@ -37,7 +40,16 @@ class SemanticSegmentation(SceneTaskType):
     section, Settings = "semseg", SemanticSettings
 
     def head(self, backbone: torch.nn.Module, ctx: FinetuneContext) -> torch.nn.Module:
-        return SegmentationModel(backbone, backbone.config.out_channels, len(ctx.spec.classes), ctx.linear_probe)
+        settings = self.settings(ctx.recipe)
+        if not getattr(settings, "ppt", False):
+            return SegmentationModel(backbone, backbone.config.out_channels, len(ctx.spec.classes), ctx.linear_probe)
+        classes = VALID_CLASSES.get(ctx.spec.condition or "", ())
+        if len(classes) != len(ctx.spec.classes):
+            raise ValueError(f"semseg.ppt: PPT's class sets are ScanNet's 20, S3DIS's 13 and Structured3D's 25; "
+                             f"{ctx.spec.id} has {len(ctx.spec.classes)} classes (ScanNet200: PonderV2 uses the "
+                             "PDNorm backbone with a linear head there, spunet-v1m3 without semseg.ppt)")
+        return PromptSegmentationModel(backbone, backbone.config.out_channels,
+                                       ppt_embeddings(settings.class_embeddings), ctx.linear_probe)
 
     def mix_prob(self, recipe: FinetuneRecipe) -> float:
         """Mix3D's chance: a subclass whose own Settings do not extend SemanticSettings trains without it."""

@@ -56,10 +56,55 @@ ORIGINALS = {"spunet-v1m1": Original("sparse_unet/spconv_unet_v1m1_base.py", "Sp
 
 
 class _Registry:
-    """Stands in for the original's ``MODELS`` registry: registering returns the class unchanged."""
+    """Stands in for the original's ``MODELS`` registry: registering keeps the class by name and returns it
+    unchanged; ``build`` makes one from a config (a dict with ``type``)."""
+
+    def __init__(self) -> None:
+        self.classes: dict[str, type] = {}
 
     def register_module(self, name: object = None, module: object = None, force: bool = False) -> object:
-        return module if module is not None else (name if isinstance(name, type) else (lambda cls: cls))
+        if isinstance(name, type):
+            self.classes[name.__name__] = name
+            return name
+
+        def keep(cls: type) -> type:
+            self.classes[name if isinstance(name, str) else cls.__name__] = cls
+            return cls
+
+        return keep(module) if module is not None else keep
+
+    def build(self, cfg: dict) -> object:
+        kwargs = dict(cfg)
+        return self.classes[kwargs.pop("type")](**kwargs)
+
+
+class _Config(dict):
+    """A config dict read by attribute as well (the original's ``backbone.type``)."""
+
+    __getattr__ = dict.__getitem__
+
+
+def _fake_clip(seed: int) -> types.ModuleType:
+    """Stands in for OpenAI's ``clip`` package, which PPT loads to embed its class names: random unit text
+    embeddings (seeded), CLIP ViT-B/16's text width (512) and logit scale (ln 100). The embeddings reach the
+    checkpoint as PPT's ``class_embedding`` buffer, as a released model's do."""
+    clip = types.ModuleType("clip")
+    generator = torch.Generator().manual_seed(seed)
+
+    class TextModel:
+        text_projection = torch.zeros(512, 512)
+        logit_scale = torch.nn.Parameter(torch.tensor(float(np.log(100.0))))
+
+        def requires_grad_(self, flag: bool) -> TextModel:
+            self.logit_scale.requires_grad_(flag)
+            return self
+
+        def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+            return torch.randn(len(tokens), 512, generator=generator)
+
+    clip.load = lambda name, device=None, download_root=None: (TextModel(), None)
+    clip.tokenize = lambda prompts: torch.zeros(len(prompts), 77, dtype=torch.long)
+    return clip
 
 
 def _import_original(checkout: Path, relative: str) -> tuple[types.ModuleType, str]:
@@ -68,7 +113,9 @@ def _import_original(checkout: Path, relative: str) -> tuple[types.ModuleType, s
     if not (models / relative).is_file():
         raise FileNotFoundError(f"{models / relative}: not a PonderV2 or Pointcept checkout")
     builder = types.ModuleType(f"{package}.models.builder")
-    builder.MODELS = builder.MODULES = _Registry()
+    builder.MODELS = builder.MODULES = _Registry()  # the first import's module stays: one registry for all
+    losses = types.ModuleType(f"{package}.models.losses")
+    losses.build_criteria = lambda cfg: None  # PPT's criteria: training only
     helpers = next((f for f in (models / "utils.py", models / "utils" / "misc.py") if f.is_file()), None)
     if helpers is None:  # PonderV2 keeps offset2batch in models/utils.py, Pointcept in models/utils/misc.py
         raise FileNotFoundError(f"{models}: neither utils.py nor utils/misc.py (offset2batch)")
@@ -79,6 +126,7 @@ def _import_original(checkout: Path, relative: str) -> tuple[types.ModuleType, s
     geometric.scatter = None
     for name, module in {package: types.ModuleType(package), f"{package}.models": types.ModuleType("models"),
                          f"{package}.models.builder": builder, f"{package}.models.utils": utils,
+                         f"{package}.models.losses": losses,
                          "torch_geometric": types.ModuleType("torch_geometric"),
                          "torch_geometric.utils": geometric}.items():
         sys.modules.setdefault(name, module)
@@ -190,6 +238,54 @@ def _batched(original: torch.nn.Module, ours: torch.nn.Module, cloud: tuple[np.n
     return theirs[torch.from_numpy(np.concatenate(rows))], ours(PointBatch.collate(pieces, condition=condition))
 
 
+PPT_FILE = "point_prompt_training/point_prompt_training_v1m1_language_guided.py"
+
+
+def compare_ppt(checkout: Path, task: str = "s3dis-area5-semseg", seed: int = 0) -> dict[str, object]:
+    """PPT-v1m1 around SpUNet-v1m3 as PonderV2's fine-tuning configs build it, random weights (its language head
+    included, and random text embeddings in place of CLIP's), saved as a trainer checkpoint, rebuilt by
+    ``ponderbench evaluate``'s loader (:func:`bench.finetune.released.released_model`) for ``task``; the per-point
+    logits over the task's classes are compared."""
+    from bench.finetune.released import released_model
+    from tasks.spec import get_task
+
+    spec = get_task(task)
+    _import_original(checkout, ORIGINALS["spunet-v1m3"].file)  # registers SpUNet-v1m3 for PPT's builder
+    sys.modules["clip"] = _fake_clip(seed)
+    module, source = _import_original(checkout, PPT_FILE)
+    torch.manual_seed(seed)
+    original = module.PointPromptTraining(
+        backbone=_Config(type="SpUNet-v1m3", **{k: v for k, v in _V1M3.items()}), criteria=None,
+        conditions=CONTEXT_CONDITIONS, template="[x]")
+    _randomise(original, seed)
+    with torch.no_grad():
+        original.logit_scale.fill_(float(np.log(100.0)))  # CLIP's: logits up to 100, as a released model's
+    original.eval()
+    for layer in original.modules():
+        if conv_algo() is not None and isinstance(layer, spconv.conv.SparseConvolution):
+            layer.algo = conv_algo()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model_best.pth"
+        torch.save({"epoch": 100, "state_dict": {f"module.{k}": v for k, v in original.state_dict().items()}}, path)
+        released = released_model(path, spec)
+    ours = released.model.eval()
+    coord, grid, feat = _room()
+    with torch.no_grad():
+        theirs = original({"grid_coord": torch.from_numpy(grid), "feat": torch.from_numpy(feat),
+                           "coord": torch.from_numpy(coord), "offset": torch.tensor([len(grid)]),
+                           "condition": [spec.condition]})["seg_logits"]
+        mine = ours(PointBatch.collate([(coord, grid, feat)], condition=spec.condition))
+    report = ours.backbone.checkpoint
+    return {"model": "PPT-v1m1 + spunet-v1m3", "task": task, "condition": spec.condition,
+            "original": f"{source}:PointPromptTraining(backbone=SpUNet-v1m3, conditions={CONTEXT_CONDITIONS})",
+            "original_sha256": hashlib.sha256((checkout / source).read_bytes()).hexdigest(),
+            "checkout_commit": _commit(checkout), "points": len(grid), "classes": int(mine.shape[1]),
+            "head": released.head, "prefix": report.prefix, "missing": list(report.missing),
+            "unexpected": list(report.unexpected), "max_abs_logit": float(theirs.abs().max()),
+            "max_abs_difference": float((theirs - mine).abs().max()),
+            "same_argmax": float((theirs.argmax(1) == mine.argmax(1)).float().mean())}
+
+
 def _commit(checkout: Path) -> str | None:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True, text=True,
@@ -202,9 +298,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkout", required=True, type=Path, help="a PonderV2 or Pointcept checkout")
     parser.add_argument("--backbones", default=",".join(ORIGINALS), help="comma-separated")
+    parser.add_argument("--no-ppt", action="store_true", help="leave out PPT-v1m1 (its logits through evaluate)")
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     args = parser.parse_args(argv)
     rows = [compare(name.strip(), args.checkout) for name in args.backbones.split(",") if name.strip()]
+    if not args.no_ppt:
+        rows.append(compare_ppt(args.checkout))
     for row in rows:
         print(json.dumps(row))
     if args.out:

@@ -1,0 +1,75 @@
+"""A released fine-tuned segmentation model, rebuilt from its checkpoint alone: backbone, head and text embeddings.
+
+Three heads of the original code are read, each where its model keeps it (beside the backbone's prefix):
+- PPT-v1m1's language-guided head (``proj_head``, ``class_embedding``, ``logit_scale``; ScanNet, S3DIS);
+- a Pointcept ``DefaultSegmentor``'s ``seg_head`` (a linear layer);
+- the classifier inside the SpUNet (``final``, a 1^3 sparse conv with a bias: a linear layer per voxel), as
+  PonderV2's ScanNet200 PPT model has it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from backbones.checkpoint import backbone_state
+from backbones.registry import create_backbone
+from tasks.contract import in_channels
+from tasks.errors import DataFormatError
+from tasks.heads.prompt import VALID_CLASSES, PromptSegmentationModel
+from tasks.heads.segmentation import SegmentationModel
+from tasks.io import load_torch
+from tasks.spec import TaskSpec
+
+
+@dataclass(frozen=True)
+class Released:
+    model: torch.nn.Module
+    backbone: str
+    head: str  # "ppt", "seg_head" or "final"
+    sha256: str
+    prefix: str  # the backbone's, in the file
+
+
+def released_model(path: str | Path, spec: TaskSpec, backbone: str | None = None) -> Released:
+    """The model of a fine-tuned checkpoint for ``spec``'s classes. ``backbone``: the registered name to build (by
+    default ``spunet-v1m3`` when the file holds PDNorm's norms, else ``spunet-v1m1``)."""
+    path = Path(path)
+    state, _ = backbone_state(load_torch(path, "a fine-tuned checkpoint"), path)
+    name = backbone or ("spunet-v1m3" if any(".bns." in k for k in state) else "spunet-v1m1")
+    net = create_backbone(name, checkpoint=path, in_channels=in_channels(spec.domain))
+    report = net.checkpoint
+    around = report.prefix.removesuffix("backbone.") if report.prefix.endswith("backbone.") else report.prefix
+    outside = {k[len(around):]: v for k, v in state.items()
+               if k.startswith(around) and not k.startswith(report.prefix)}
+    classes = len(spec.classes)
+    width = net.config.out_channels
+    if "proj_head.weight" in outside:
+        valid = VALID_CLASSES.get(spec.condition or "", ())
+        if len(valid) != classes:
+            raise DataFormatError(path, f"is a PPT model, whose class sets are ScanNet's, S3DIS's and Structured3D's; "
+                                  f"{spec.id} has {classes} classes")
+        model = PromptSegmentationModel(net, width, outside["class_embedding"])
+        model.load_state_dict({**{f"backbone.{k}": v for k, v in net.state_dict().items()},
+                               "proj_head.weight": outside["proj_head.weight"],
+                               "proj_head.bias": outside["proj_head.bias"],
+                               "class_embedding": outside["class_embedding"],
+                               "logit_scale": outside["logit_scale"].reshape(())})
+        head = "ppt"
+    else:
+        found = next(((kind, state[f"{p}weight"], state[f"{p}bias"]) for kind, p in
+                      (("seg_head", f"{around}seg_head."), ("final", f"{report.prefix}final."))
+                      if f"{p}weight" in state and f"{p}bias" in state), None)
+        if found is None:
+            raise DataFormatError(path, "holds no segmentation head (PPT's proj_head, a segmentor's seg_head, or the "
+                                  "SpUNet's final layer): there is nothing to score; fine-tune it with --inits")
+        head, weight, bias = found
+        weight = weight.reshape(weight.shape[0], -1) if head == "seg_head" else weight.reshape(-1, width)
+        if weight.shape != (classes, width):
+            raise DataFormatError(path, f"{head}: a head of shape {tuple(weight.shape)}, where {spec.id} needs "
+                                  f"({classes}, {width})")
+        model = SegmentationModel(net, width, classes)
+        model.head.load_state_dict({"weight": weight, "bias": bias})
+    return Released(model, name, head, report.sha256, report.prefix)
