@@ -131,21 +131,26 @@ def precise_batchnorm(module: torch.nn.Module, inputs: Iterable[object], keep: t
     ``inputs`` (model inputs of training scenes). Labels are not used.
 
     SpUNet's BatchNorm follows Pointcept (momentum 0.01): after a short training its running statistics are
-    still mostly their initial values, and evaluation (which uses them) would be wrong.
+    still mostly their initial values, and evaluation (which uses them) would be wrong. A norm the inputs never
+    reach (PDNorm's norms of other datasets' conditions) keeps the statistics it had.
     """
     inside = {id(m) for m in keep.modules()} if keep is not None else set()
     norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
              and id(m) not in inside]
     if norms:
-        saved = [m.momentum for m in norms]
+        saved = [(m.momentum, {k: v.clone() for k, v in m.state_dict().items() if k.startswith(("running_",
+                                                                                               "num_batches"))})
+                 for m in norms]
         for m in norms:
             m.reset_running_stats()
             m.momentum = None  # cumulative average
         module.train()
         for batch in inputs:
             module(batch)
-        for m, momentum in zip(norms, saved, strict=True):
+        for m, (momentum, stats) in zip(norms, saved, strict=True):
             m.momentum = momentum
+            if m.num_batches_tracked == 0:  # not reached
+                m.load_state_dict(stats, strict=False)
     module.eval()  # always: what follows evaluates
 
 

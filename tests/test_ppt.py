@@ -132,3 +132,55 @@ def test_semseg_trains_with_the_ppt_head(tiny_root: Path) -> None:
         spec200 = get_task("scannet200-semseg")
         fit_and_evaluate(spec200, "spunet-v1m3-mini", task_scenes(spec200, tiny_root, "train"),
                          task_scenes(spec200, tiny_root, "val"), recipe=recipe)
+
+
+def test_interleaved_batches_follow_the_loop_ratios() -> None:
+    from bench.finetune.draws import Interleaved
+
+    mix = Interleaved(sizes=(5, 3, 2), ratios=(2, 4, 1))
+    located = [mix.locate(step) for step in range(14)]
+    assert [g for g, _ in located] == [0, 0, 1, 1, 1, 1, 2] * 2
+    assert [k for g, k in located if g == 1] == list(range(8)) and mix.starts == (0, 5, 8)
+
+
+def test_mixed_datasets_are_named_clearly(tiny_root: Path) -> None:
+    from bench.finetune.multidataset import mixed_training_scenes, parse_datasets
+
+    assert parse_datasets("structured3d:4, scannet:2,s3dis") == [("structured3d", 4), ("scannet", 2), ("s3dis", 1)]
+    with pytest.raises(ValueError, match="'semantickitti' is not a dataset with a condition"):
+        parse_datasets("semantickitti:1")
+    with pytest.raises(ValueError, match="loop ratio of s3dis must be a positive integer"):
+        parse_datasets("s3dis:0")
+    spec = get_task("scannet-semseg")
+    with pytest.raises(DataFormatError, match="names structured3d, whose folder is not in the task's data root"):
+        mixed_training_scenes(spec, tiny_root / "nowhere", [], "structured3d:1")
+    mixed = mixed_training_scenes(spec, tiny_root, ["a", "b"], "structured3d:4,scannet:2,s3dis:1")
+    assert mixed.ratios == (2, 4, 1) and [c for c, _ in mixed.parts] == ["ScanNet", "Structured3D", "S3DIS"]
+    assert mixed.condition(1) == "ScanNet" and mixed.condition(2) == "Structured3D" and mixed[0] == "a"
+    assert mixed.steps_per_epoch(3) == 2 * 7  # 3 own batches: two whole cycles
+
+
+@pytest.mark.slow
+def test_ppt_trains_over_three_datasets_each_batch_under_its_condition(tiny_root: Path, tmp_path: Path) -> None:
+    from bench.finetune.engine import fit_and_evaluate, task_type
+    from bench.recipes import get_finetune_recipe
+    from tasks.datasets import task_scenes
+
+    spec = get_task("scannet-semseg")
+    recipe = get_finetune_recipe("tiny", ["epochs=1", "batch_size=2", "max_points=1500", "semseg.ppt=True",
+                                          "semseg.datasets=structured3d:2,scannet:1,s3dis:1"])
+    from bench.finetune.engine import _prepare
+
+    kind, ctx = _prepare(spec, "spunet-v1m3-mini", 0, recipe, False, "cpu", tmp_path / "run")
+    train = kind.training_data(ctx, tiny_root)
+    assert len(train) == 2 + 2 + 2  # ScanNet's, Structured3D's and S3DIS's training rooms of the tiny suite
+    result = fit_and_evaluate(spec, "spunet-v1m3-mini", train, task_scenes(spec, tiny_root, "val"), recipe=recipe,
+                              artifacts=tmp_path / "run", steps_per_epoch=kind.steps_per_epoch(spec, tiny_root, train,
+                                                                                                recipe))
+    assert result.facts.steps == 4 and 0.0 <= result.scores["mIoU"] <= 1.0  # 1 ScanNet, 2 Structured3D, 1 S3DIS
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["model"]
+    for condition in ("ScanNet", "S3DIS", "Structured3D"):  # every dataset's norms saw its batches
+        index = ("ScanNet", "S3DIS", "Structured3D").index(condition)
+        means = torch.cat([v for k, v in state.items() if k.endswith(f".bns.{index}.running_mean")])
+        assert means.abs().sum() > 0, condition
+    assert task_type(spec) is not None

@@ -30,6 +30,7 @@ from bench import distributed
 from bench.distributed import Ranks
 from bench.finetune.draws import Draw, StepBatches
 from bench.finetune.exports import NotApplicable, load_export
+from bench.finetune.multidataset import MixedScenes
 from bench.hooks import (
     Checkpoint,
     Evaluate,
@@ -216,9 +217,13 @@ class TrainedTaskType(TaskType):
         """A multi-sensor task's backbone per sensor, for the record (by default None: the run's backbone)."""
         return None
 
+    def training_data(self, ctx: FinetuneContext, data_root: Path) -> Sequence[object]:
+        """What the run trains on: by default the task's training split."""
+        return self.dataset(ctx.spec, data_root, "train")
+
     def finetune(self, ctx: FinetuneContext, data_root: Path, *, init: str | Path | None,
                  image_init: str | Path | None, picture: Path | None, progress: bool) -> FinetuneResult:
-        train = self.dataset(ctx.spec, data_root, "train")
+        train = self.training_data(ctx, data_root)
         evaluation = self.dataset(ctx.spec, data_root, ctx.spec.eval_split)
         return train_and_evaluate(self, ctx, train, evaluation, init=init, image_init=image_init, picture=picture,
                                   progress=progress,
@@ -320,15 +325,20 @@ class SceneTaskType(TrainedTaskType):
         return 0.0
 
     def batchnorm_inputs(self, data: Sequence[Scene], ctx: FinetuneContext) -> list[PointBatch]:
+        """Over the task's own scenes (with several datasets, the norms of its condition are the evaluated ones)."""
+        own = data.own if isinstance(data, MixedScenes) else data
         return [PointBatch.collate([cloud])
-                for cloud in batchnorm_clouds(data, ctx.domain, ctx.voxel, ctx.crop, ctx.transforms, ctx.seed)]
+                for cloud in batchnorm_clouds(own, ctx.domain, ctx.voxel, ctx.crop, ctx.transforms, ctx.seed)]
 
     def steps_per_epoch(self, spec: TaskSpec, data_root: Path, train: Sequence[object], recipe: FinetuneRecipe) -> int:
         """A limited-reconstruction task (a fraction of the training scenes) trains for as many optimiser steps as
-        the full split would: the protocol measures what few scenes teach, not what few steps do."""
+        the full split would: the protocol measures what few scenes teach, not what few steps do. With several
+        datasets, an epoch is a pass over the task's own scenes with the others' batches interleaved."""
+        own = train.own if isinstance(train, MixedScenes) else train
         if spec.protocol == "limited-reconstruction":
-            train = task_scenes(replace(spec, protocol="full"), data_root, "train")
-        return math.ceil(len(train) / recipe.batch_size)
+            own = task_scenes(replace(spec, protocol="full"), data_root, "train")
+        steps = math.ceil(len(own) / recipe.batch_size)
+        return train.steps_per_epoch(steps) if isinstance(train, MixedScenes) else steps
 
 
 @dataclass(frozen=True)
@@ -354,7 +364,9 @@ class SceneBatch:
         # position) alone, and a recipe without Mix3D draws exactly what it drew before
         if self.mix_prob > 0 and len(draws) > 1 and draws[0][1].random() < self.mix_prob:
             clouds, targets = mix3d(clouds, targets)
-        return PointBatch.collate(clouds), np.concatenate(targets)
+        # over several datasets a batch is drawn from one of them, and carries its condition
+        condition = self.scenes.condition(draws[0][0]) if isinstance(self.scenes, MixedScenes) else None
+        return PointBatch.collate(clouds, condition=condition), np.concatenate(targets)
 
 
 def mix3d(clouds: list[Cloud], targets: list[np.ndarray]) -> tuple[list[Cloud], list[np.ndarray]]:
@@ -455,7 +467,8 @@ def train_and_evaluate(task: TrainedTaskType, ctx: FinetuneContext, train: Seque
     steps = task.epochs(recipe) * steps_per_epoch
     scheduler = build_schedule(optimizer, recipe.schedule, peaks, steps)
     batches = StepBatches(task.collate(train, ctx), seed=ctx.seed, scenes=len(train), batch_size=recipe.batch_size,
-                          steps=steps, ranks=ctx.ranks)
+                          steps=steps, ranks=ctx.ranks,
+                          interleaved=train.interleaved if isinstance(train, MixedScenes) else None)
     runlog = RunLog(ctx.artifacts / METRICS if ctx.artifacts is not None and ctx.ranks.main else None)
     evaluate = Evaluate(lambda m: task.evaluate(m, evaluation, ctx), runlog, spec.main_score, spec.higher_is_better)
     hooks = [LogMetrics(runlog, recipe.log_every),

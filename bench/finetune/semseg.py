@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from backbones.structures import PointBatch
 from bench import distributed
 from bench.finetune.engine import FinetuneContext, SceneTaskType, register_task_type
+from bench.finetune.multidataset import mixed_training_scenes
 from bench.hooks import Evaluation
 from bench.recipes import FinetuneRecipe
 from tasks.contract import MAX_TEST_FRAGMENTS, point_features
@@ -33,6 +35,7 @@ class SemanticSettings:
     mix_prob: float = 0.0  # Mix3D: the chance that a training batch's scenes are overlaid in pairs
     ppt: bool = False  # Point Prompt Training's head: points scored against class text embeddings (PPT-v1m1)
     class_embeddings: str | None = None  # PPT's text embeddings: a .json / .npz file per class name, else fixed ones
+    datasets: str = ""  # with ppt, other datasets trained on too, with loop ratios: "structured3d:4,scannet:2,s3dis:1"
 
 
 @register_task_type("semseg")
@@ -50,6 +53,16 @@ class SemanticSegmentation(SceneTaskType):
                              "PDNorm backbone with a linear head there, spunet-v1m3 without semseg.ppt)")
         return PromptSegmentationModel(backbone, backbone.config.out_channels,
                                        ppt_embeddings(settings.class_embeddings), ctx.linear_probe)
+
+    def training_data(self, ctx: FinetuneContext, data_root: Path) -> Sequence[object]:
+        own = super().training_data(ctx, data_root)
+        settings = self.settings(ctx.recipe)
+        if not getattr(settings, "datasets", ""):
+            return own
+        if not settings.ppt:
+            raise ValueError("semseg.datasets needs semseg.ppt=True: the datasets' label sets differ, and PPT's head "
+                             "scores each batch against its own dataset's classes")
+        return mixed_training_scenes(ctx.spec, data_root, own, settings.datasets)
 
     def mix_prob(self, recipe: FinetuneRecipe) -> float:
         """Mix3D's chance: a subclass whose own Settings do not extend SemanticSettings trains without it."""
