@@ -57,6 +57,13 @@ def sparse_input(batch: PointBatch) -> tuple[spconv.SparseConvTensor, torch.Tens
     return spconv.SparseConvTensor(feat / counts[:, None], voxels.contiguous(), shape, batch.batch_size), inverse
 
 
+def block_convs(in_channels: int, channels: int, indice_key: str, algo  # noqa: ANN001
+                ) -> tuple[spconv.SubMConv3d, spconv.SubMConv3d]:
+    """The two submanifold 3^3 convs of a residual block (sharing one indice key: the same sites)."""
+    return (spconv.SubMConv3d(in_channels, channels, 3, padding=1, bias=False, indice_key=indice_key, algo=algo),
+            spconv.SubMConv3d(channels, channels, 3, padding=1, bias=False, indice_key=indice_key, algo=algo))
+
+
 class BasicBlock(spconv.SparseModule):
     """Two submanifold 3^3 convs with BN, and a 1^3 projection on the residual when widths differ."""
 
@@ -64,12 +71,8 @@ class BasicBlock(spconv.SparseModule):
         super().__init__()
         self.proj = (nn.Identity() if in_channels == channels else spconv.SparseSequential(
             spconv.SubMConv3d(in_channels, channels, 1, bias=False, algo=algo), BatchNorm(channels)))
-        self.conv1 = spconv.SubMConv3d(in_channels, channels, 3, padding=1, bias=False, indice_key=indice_key,
-                                       algo=algo)
-        self.bn1 = BatchNorm(channels)
-        self.conv2 = spconv.SubMConv3d(channels, channels, 3, padding=1, bias=False, indice_key=indice_key,
-                                       algo=algo)
-        self.bn2 = BatchNorm(channels)
+        self.conv1, self.conv2 = block_convs(in_channels, channels, indice_key, algo)
+        self.bn1, self.bn2 = BatchNorm(channels), BatchNorm(channels)
 
     def forward(self, x: spconv.SparseConvTensor) -> spconv.SparseConvTensor:
         residual = x.features if isinstance(self.proj, nn.Identity) else self.proj(x).features
@@ -169,11 +172,14 @@ def spunet_v1m1(**overrides: object) -> SpUNet:
     return SpUNet(**overrides)  # type: ignore[arg-type]
 
 
+# spunet-mini's size: a quarter of the widths, one block per stage
+MINI_SIZE = {"base_channels": 16, "channels": (16, 32, 64, 64, 64, 32, 32, 32), "layers": (1,) * 8}
+
+
 @register_backbone("spunet-mini", modality="3d", in_channels=6, out_channels=32, voxel_size=0.1,
                    description="SpUNet with 1/4 of the widths, one block per stage and 10 cm voxels, for CPU runs")
 def spunet_mini(**overrides: object) -> SpUNet:
-    return SpUNet(**{"base_channels": 16, "channels": (16, 32, 64, 64, 64, 32, 32, 32), "layers": (1,) * 8,
-                     **overrides})  # type: ignore[arg-type]
+    return SpUNet(**{**MINI_SIZE, **overrides})  # type: ignore[arg-type]
 
 
 @register_backbone("spunet-micro", modality="3d", in_channels=6, out_channels=16, voxel_size=0.02,

@@ -24,7 +24,7 @@ from torch import nn
 
 from backbones.registry import register_backbone
 from backbones.sparse import conv_algo, spconv
-from backbones.spunet import sparse_input
+from backbones.spunet import MINI_SIZE, block_convs, sparse_input
 from backbones.structures import PointBatch
 
 log = logging.getLogger(__name__)
@@ -90,12 +90,8 @@ class PDBasicBlock(nn.Module):
         if in_channels != channels:
             self.proj_conv = spconv.SubMConv3d(in_channels, channels, 1, bias=False, algo=algo)
             self.proj_norm = norm(channels)
-        self.conv1 = spconv.SubMConv3d(in_channels, channels, 3, padding=1, bias=False, indice_key=indice_key,
-                                       algo=algo)
-        self.bn1 = norm(channels)
-        self.conv2 = spconv.SubMConv3d(channels, channels, 3, padding=1, bias=False, indice_key=indice_key,
-                                       algo=algo)
-        self.bn2 = norm(channels)
+        self.conv1, self.conv2 = block_convs(in_channels, channels, indice_key, algo)
+        self.bn1, self.bn2 = norm(channels), norm(channels)
 
     def forward(self, x: spconv.SparseConvTensor, norms: _Norms) -> spconv.SparseConvTensor:
         residual = (norms(self.proj_norm, self.proj_conv(x), relu=False).features if hasattr(self, "proj_conv")
@@ -215,5 +211,4 @@ def spunet_v1m3(**overrides: object) -> SpUNetPDNorm:
 @register_backbone("spunet-v1m3-mini", modality="3d", in_channels=6, out_channels=32, voxel_size=0.1,
                    description="spunet-v1m3 at spunet-mini's size (1/4 widths, one block per stage, 10 cm voxels)")
 def spunet_v1m3_mini(**overrides: object) -> SpUNetPDNorm:
-    return SpUNetPDNorm(**{"base_channels": 16, "channels": (16, 32, 64, 64, 64, 32, 32, 32), "layers": (1,) * 8,
-                           **overrides})  # type: ignore[arg-type]
+    return SpUNetPDNorm(**{**MINI_SIZE, **overrides})  # type: ignore[arg-type]

@@ -19,6 +19,7 @@ from scipy.spatial import cKDTree
 from torch import nn
 
 from backbones.structures import PointBatch
+from tasks.heads.segmentation import OnBackbone
 from tasks.metrics.instance import InstancePrediction
 
 RADIUS_VOXELS = 1.5  # Pointcept's cluster_thresh, in voxels
@@ -26,28 +27,18 @@ MIN_CLUSTER = 50  # points a cluster needs (cluster_min_points)
 MIN_PROPOSAL = 100  # points a proposal needs (cluster_propose_points)
 
 
-class InstanceSegmentationModel(nn.Module):
+class InstanceSegmentationModel(OnBackbone):
     """Backbone features (N, C) -> class logits (N, K) and offsets to the instance centre (N, 3)."""
 
     def __init__(self, backbone: nn.Module, feature_channels: int, num_classes: int, freeze_backbone: bool = False
                  ) -> None:
-        super().__init__()
-        self.backbone, self.freeze_backbone = backbone, freeze_backbone
+        super().__init__(backbone, freeze_backbone)
         self.semantic = nn.Linear(feature_channels, num_classes)
         self.offset = nn.Sequential(nn.Linear(feature_channels, feature_channels), nn.BatchNorm1d(feature_channels),
                                     nn.ReLU(), nn.Linear(feature_channels, 3))
-        if freeze_backbone:
-            self.backbone.requires_grad_(False)
-
-    def train(self, mode: bool = True) -> InstanceSegmentationModel:
-        super().train(mode)
-        if self.freeze_backbone:
-            self.backbone.eval()
-        return self
 
     def forward(self, batch: PointBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_backbone):
-            feats = self.backbone(batch)
+        feats = self.features(batch)
         return self.semantic(feats), self.offset(feats)
 
 

@@ -23,6 +23,7 @@ from torch import nn
 
 from backbones.structures import PointBatch
 from renderer.semantic import class_embeddings
+from tasks.heads.segmentation import OnBackbone
 
 # PonderV2's PPT class table (``class_name`` of its configs, spellings as there)
 PPT_CLASSES = (
@@ -40,7 +41,7 @@ CLIP_LOGIT_SCALE = math.log(100.0)
 TEXT_CHANNELS = 512  # CLIP ViT-B/16's text width
 
 
-class PromptSegmentationModel(nn.Module):
+class PromptSegmentationModel(OnBackbone):
     """A backbone and PPT's head: (N, C) features -> (N, K) logits over the classes of the batch's condition.
 
     Parameter names are PPT-v1m1's (``proj_head``, ``class_embedding``, ``logit_scale``), so its checkpoints' head
@@ -49,33 +50,21 @@ class PromptSegmentationModel(nn.Module):
 
     def __init__(self, backbone: nn.Module, feature_channels: int, embeddings: torch.Tensor,
                  freeze_backbone: bool = False) -> None:
-        super().__init__()
         if embeddings.shape[0] != len(PPT_CLASSES):
             raise ValueError(f"PPT needs one text embedding per class of its table ({len(PPT_CLASSES)}), "
                              f"got {embeddings.shape[0]}")
-        self.backbone = backbone
+        super().__init__(backbone, freeze_backbone)
         self.proj_head = nn.Linear(feature_channels, embeddings.shape[1])
         self.register_buffer("class_embedding", F.normalize(embeddings.float(), dim=-1))
         self.logit_scale = nn.Parameter(torch.tensor(CLIP_LOGIT_SCALE), requires_grad=False)
-        self.freeze_backbone = freeze_backbone
         self.default_condition: str | None = None
-        if freeze_backbone:
-            self.backbone.requires_grad_(False)
-
-    def train(self, mode: bool = True) -> PromptSegmentationModel:
-        super().train(mode)
-        if self.freeze_backbone:
-            self.backbone.eval()
-        return self
 
     def forward(self, batch: PointBatch) -> torch.Tensor:
         condition = batch.condition or self.default_condition
         if condition not in VALID_CLASSES:
             raise ValueError(f"PPT scores the classes of a dataset condition ({', '.join(VALID_CLASSES)}); this "
                              f"batch's is {condition!r}")
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_backbone):
-            feats = self.backbone(batch)
-        feats = F.normalize(self.proj_head(feats), dim=-1)
+        feats = F.normalize(self.proj_head(self.features(batch)), dim=-1)
         texts = self.class_embedding[list(VALID_CLASSES[condition])]
         return self.logit_scale.exp() * (feats @ texts.t())  # the original's order of operations
 

@@ -8,28 +8,37 @@ from torch import nn
 from backbones.structures import PointBatch
 
 
-class SegmentationModel(nn.Module):
+class OnBackbone(nn.Module):
+    """A task's heads on a backbone (``.backbone``). ``freeze_backbone`` gives a linear probe: the backbone is not
+    trained, and keeps its BatchNorm statistics (it stays in eval mode)."""
+
+    def __init__(self, backbone: nn.Module, freeze_backbone: bool = False) -> None:
+        super().__init__()
+        self.backbone, self.freeze_backbone = backbone, freeze_backbone
+        if freeze_backbone:
+            self.backbone.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> OnBackbone:
+        super().train(mode)
+        if self.freeze_backbone:
+            self.backbone.eval()
+        return self
+
+    def features(self, batch: PointBatch) -> torch.Tensor:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_backbone):
+            return self.backbone(batch)
+
+
+class SegmentationModel(OnBackbone):
     """Backbone features (N, C) -> class logits (N, K). ``freeze_backbone`` gives a linear probe."""
 
     def __init__(self, backbone: nn.Module, feature_channels: int, num_classes: int, freeze_backbone: bool = False
                  ) -> None:
-        super().__init__()
-        self.backbone = backbone
+        super().__init__(backbone, freeze_backbone)
         self.head = nn.Linear(feature_channels, num_classes)
-        self.freeze_backbone = freeze_backbone
-        if freeze_backbone:
-            self.backbone.requires_grad_(False)
-
-    def train(self, mode: bool = True) -> SegmentationModel:
-        super().train(mode)
-        if self.freeze_backbone:  # a frozen backbone keeps its BatchNorm statistics too
-            self.backbone.eval()
-        return self
 
     def forward(self, batch: PointBatch) -> torch.Tensor:
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_backbone):
-            feats = self.backbone(batch)
-        return self.head(feats)
+        return self.head(self.features(batch))
 
 
 def _lovasz_grad(sorted_truth: torch.Tensor) -> torch.Tensor:
