@@ -68,17 +68,20 @@ class CheckpointMismatch(DataFormatError):
     """The checkpoint holds another architecture or input width than the backbone asked for."""
 
 
-def _under(model: nn.Module, state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    """The entries of ``state`` under ``prefix``, without it, named as ``model`` names them now (a module with
-    ``legacy_names`` renames its older spellings, as it does when loading), less the original's head inside the
-    backbone (``head_keys``: SpUNet's ``final`` classifier in a Pointcept segmentor), plus what the original keeps
-    in the model around its backbone (``context_keys``: SpUNet-v1m3's condition table, PPT's ``embedding_table``)."""
+def _under(model: nn.Module, state: dict[str, torch.Tensor], prefix: str) -> dict[str, tuple[str, torch.Tensor]]:
+    """The entries of ``state`` under ``prefix`` as {name in ``model``: (key in the file, tensor)}: named without the
+    prefix as ``model`` names them now (a module with ``legacy_names`` renames its older spellings, as it does when
+    loading), less the original's head inside the backbone (``head_keys``: SpUNet's ``final`` classifier in a
+    Pointcept segmentor), plus what the original keeps in the model around its backbone (``context_keys``:
+    SpUNet-v1m3's condition table, PPT's ``embedding_table``) where the backbone has none of its own."""
     heads = getattr(type(model), "head_keys", ())
-    inside = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)
+    inside = {k[len(prefix):]: (k, v) for k, v in state.items() if k.startswith(prefix)
               and not k[len(prefix):].startswith(heads)}
     around = prefix.removesuffix("backbone.") if prefix.endswith("backbone.") else None
     for context in getattr(type(model), "context_keys", ()) if around is not None else ():
-        inside.update({k[len(around):]: v for k, v in state.items() if k.startswith(around + context)})
+        for k, v in state.items():
+            if k.startswith(around + context):
+                inside.setdefault(k[len(around):], (k, v))
     for path, module in model.named_modules():
         rename = getattr(type(module), "legacy_names", None)
         if rename is not None:
@@ -108,12 +111,12 @@ def load_checkpoint(model: nn.Module, path: str | Path, name: str, strict: bool 
     under = {p: _under(model, state, p) for p in PREFIXES}
     prefix = max(PREFIXES, key=lambda p: (sum(k in own for k in under[p]), -len(p)))
     renamed = under[prefix]
-    for key, tensor in renamed.items():
+    for key, (in_file, tensor) in renamed.items():
         if key in own and tuple(own[key].shape) != tuple(tensor.shape):
-            raise CheckpointMismatch(weights, f"{prefix}{key}: shape {tuple(tensor.shape)} in the file, "
+            raise CheckpointMismatch(weights, f"{in_file}: shape {tuple(tensor.shape)} in the file, "
                                      f"{tuple(own[key].shape)} in {name}")
     missing = tuple(k for k in own if k not in renamed)
-    unexpected = tuple(prefix + k for k in renamed if k not in own)
+    unexpected = tuple(in_file for k, (in_file, _) in renamed.items() if k not in own)
     pdnorm = any(".bns." in k or ".modulation." in k for k in state)
     hint = (" (its keys are PDNorm's: a SpUNet-v1m3 / PPT model, load it as spunet-v1m3)"
             if pdnorm and not any(".bns." in k for k in own) else "")
@@ -126,7 +129,7 @@ def load_checkpoint(model: nn.Module, path: str | Path, name: str, strict: bool 
                                  f"{_names(unexpected)} (create_backbone(..., strict=False) loads what matches)")
     if missing or unexpected:
         log.warning("%s into %s: missing %s; unexpected %s", weights, name, _names(missing), _names(unexpected))
-    model.load_state_dict({k: v for k, v in renamed.items() if k in own}, strict=False)
+    model.load_state_dict({k: v for k, (_, v) in renamed.items() if k in own}, strict=False)
     with weights.open("rb") as f:
         digest = hashlib.file_digest(f, "sha256").hexdigest()
     return LoadedCheckpoint(str(weights), digest, layout, prefix, missing, unexpected,

@@ -37,14 +37,14 @@ CONTEXT_CONDITIONS = ("Structured3D", "ScanNet", "S3DIS")
 class PDBatchNorm(nn.Module):
     """BatchNorm chosen by the batch's condition, then ``x * (1 + scale) + shift`` from the context."""
 
-    def __init__(self, channels: int, conditions: Sequence[str], context_channels: int, decouple: bool,
-                 adaptive: bool, affine: bool) -> None:
+    def __init__(self, channels: int, conditions: int, context_channels: int, decouple: bool, adaptive: bool,
+                 affine: bool) -> None:
         super().__init__()
         def norm() -> nn.BatchNorm1d:
             return nn.BatchNorm1d(channels, eps=1e-3, momentum=0.01, affine=affine)
 
         if decouple:
-            self.bns = nn.ModuleList(norm() for _ in conditions)
+            self.bns = nn.ModuleList(norm() for _ in range(conditions))
         else:
             self.bn = norm()
         self.modulation = (nn.Sequential(nn.SiLU(), nn.Linear(context_channels, 2 * channels))
@@ -58,14 +58,14 @@ class PDBatchNorm(nn.Module):
         return feat * (1.0 + scale) + shift
 
 
-class _Norms:
+class _Condition:
     """What every PDNorm of one forward reads: the condition's norm index and its context row."""
 
-    def __init__(self, condition: int, context: torch.Tensor | None) -> None:
-        self.condition, self.context = condition, context
+    def __init__(self, index: int, context: torch.Tensor | None) -> None:
+        self.index, self.context = index, context
 
     def __call__(self, norm: PDBatchNorm, x: spconv.SparseConvTensor, relu: bool = True) -> spconv.SparseConvTensor:
-        feat = norm(x.features, self.condition, self.context)
+        feat = norm(x.features, self.index, self.context)
         return x.replace_feature(torch.relu(feat) if relu else feat)
 
 
@@ -77,8 +77,8 @@ class ConvNorm(nn.Module):
         super().__init__()
         self.conv, self.bn = conv, norm
 
-    def forward(self, x: spconv.SparseConvTensor, norms: _Norms) -> spconv.SparseConvTensor:
-        return norms(self.bn, self.conv(x))
+    def forward(self, x: spconv.SparseConvTensor, condition: _Condition) -> spconv.SparseConvTensor:
+        return condition(self.bn, self.conv(x))
 
 
 class PDBasicBlock(nn.Module):
@@ -93,11 +93,11 @@ class PDBasicBlock(nn.Module):
         self.conv1, self.conv2 = block_convs(in_channels, channels, indice_key, algo)
         self.bn1, self.bn2 = norm(channels), norm(channels)
 
-    def forward(self, x: spconv.SparseConvTensor, norms: _Norms) -> spconv.SparseConvTensor:
-        residual = (norms(self.proj_norm, self.proj_conv(x), relu=False).features if hasattr(self, "proj_conv")
+    def forward(self, x: spconv.SparseConvTensor, condition: _Condition) -> spconv.SparseConvTensor:
+        residual = (condition(self.proj_norm, self.proj_conv(x), relu=False).features if hasattr(self, "proj_conv")
                     else x.features)
-        out = norms(self.bn1, self.conv1(x))
-        out = norms(self.bn2, self.conv2(out), relu=False)
+        out = condition(self.bn1, self.conv1(x))
+        out = condition(self.bn2, self.conv2(out), relu=False)
         return out.replace_feature(torch.relu(out.features + residual))
 
 
@@ -130,7 +130,8 @@ class SpUNetPDNorm(nn.Module):
         a = conv_algo(algo)
 
         def norm(width: int) -> PDBatchNorm:
-            return PDBatchNorm(width, self.conditions, context_channels, norm_decouple, norm_adaptive, norm_affine)
+            return PDBatchNorm(width, len(self.conditions), context_channels, norm_decouple, norm_adaptive,
+                               norm_affine)
 
         n = len(layers) // 2
         self.conv_input = ConvNorm(spconv.SubMConv3d(in_channels, base_channels, 5, padding=1, bias=False,
@@ -168,36 +169,37 @@ class SpUNetPDNorm(nn.Module):
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
 
-    def norms(self, condition: str | None) -> _Norms:
-        condition = condition or self.default_condition
-        if condition is None:
+    def resolve(self, name: str | None) -> _Condition:
+        """The norms and context of the dataset condition ``name`` (else the default; else the first, logged)."""
+        name = name or self.default_condition
+        if name is None:
             if not self._warned:
                 log.warning("a batch without a dataset condition: spunet-v1m3 uses the norms of %s",
                             self.conditions[0])
                 self._warned = True
-            condition = self.conditions[0]
-        if condition not in self.conditions:
-            raise ValueError(f"condition {condition!r} is not one of this backbone's {self.conditions}")
-        row = self.context_conditions.index(condition)
+            name = self.conditions[0]
+        if name not in self.conditions:
+            raise ValueError(f"condition {name!r} is not one of this backbone's {self.conditions}")
+        row = self.context_conditions.index(name)
         context = None if self.embedding_table is None else self.embedding_table.weight[row:row + 1]
-        return _Norms(self.conditions.index(condition), context)
+        return _Condition(self.conditions.index(name), context)
 
     def forward(self, batch: PointBatch) -> torch.Tensor:
-        norms = self.norms(batch.condition)
+        condition = self.resolve(batch.condition)
         x, inverse = sparse_input(batch)
-        x = self.conv_input(x, norms)
+        x = self.conv_input(x, condition)
         skips = [x]
         for down, enc in zip(self.down, self.enc, strict=True):
-            x = down(x, norms)
+            x = down(x, condition)
             for block in enc:
-                x = block(x, norms)
+                x = block(x, condition)
             skips.append(x)
         x = skips.pop()
         for s in reversed(range(len(self.up))):
-            x = self.up[s](x, norms)
+            x = self.up[s](x, condition)
             x = x.replace_feature(torch.cat([x.features, skips.pop().features], dim=1))
             for block in self.dec[s]:
-                x = block(x, norms)
+                x = block(x, condition)
         return x.features[inverse]
 
 

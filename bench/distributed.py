@@ -55,16 +55,18 @@ def current() -> Ranks:
 
 def average_gradients(params: Iterable[torch.nn.Parameter], world: int) -> None:
     """Mean of the parameters' gradients over the ranks, in one flat all-reduce (a parameter a rank did not use
-    contributes zeros)."""
-    if world == 1:
-        return
+    contributes zeros). A parameter no rank used keeps no gradient, as in one process: the optimiser then leaves it
+    alone (PDNorm's norms of the conditions absent from a step), where a zero gradient would still decay it."""
     params = list(params)
+    if world == 1 or not params:
+        return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
+    used = grads[0].new_tensor([float(p.grad is not None) for p in params])
+    flat = torch.cat([g.reshape(-1) for g in grads] + [used])
     dist.all_reduce(flat)
-    flat /= world
-    for p, g in zip(params, flat.split([g.numel() for g in grads]), strict=True):
-        p.grad = g.view_as(p).clone()
+    flat, used = flat[:-len(params)] / world, flat[-len(params):]
+    for p, g, users in zip(params, flat.split([g.numel() for g in grads]), used.tolist(), strict=True):
+        p.grad = g.view_as(p).clone() if users > 0 else None
 
 
 def mean_terms(terms: dict[str, float] | None, ranks: Ranks) -> dict[str, float] | None:

@@ -147,3 +147,43 @@ def test_the_renderer_pre_trains_spunet_v1m3_on_scannet_under_its_condition(tiny
     assert _norm_means(export, CONDITIONS.index("S3DIS")).abs().sum() == 0
     loaded = create_backbone("spunet-v1m3-mini", checkpoint=tmp_path / "run")  # the export, as any checkpoint
     assert loaded.checkpoint.layout == "export" and not loaded.checkpoint.missing
+
+
+def test_precise_batchnorm_keeps_the_statistics_of_norms_its_inputs_never_reach() -> None:
+    from bench.hooks import precise_batchnorm
+
+    model = _trained_like(create_backbone("spunet-v1m3-mini"))
+    norms = [m for m in model.modules() if hasattr(m, "bns")]
+    before = [{k: v.clone() for k, v in m.bns[1].state_dict().items()} for m in norms]
+    scannet_before = norms[0].bns[0].running_mean.clone()
+    precise_batchnorm(model, [_room("ScanNet", seed) for seed in range(2)])
+    for m, kept in zip(norms, before, strict=True):  # S3DIS's norms: as they were, counts included
+        assert all(torch.equal(v, kept[k]) for k, v in m.bns[1].state_dict().items())
+    assert not torch.equal(norms[0].bns[0].running_mean, scannet_before)  # ScanNet's: recomputed
+    assert int(norms[0].bns[0].num_batches_tracked) == 2
+
+
+def _average_on(rank: int, folder: str) -> None:
+    """Rank ``rank`` of 2: parameter a used by rank 0 only, b by neither, c by both."""
+    import torch.distributed as dist
+
+    from bench.distributed import average_gradients
+
+    dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=2)
+    a, b, c = (torch.nn.Parameter(torch.zeros(3)) for _ in range(3))
+    c.grad = torch.full((3,), float(rank + 1))
+    if rank == 0:
+        a.grad = torch.ones(3)
+    average_gradients([a, b, c], 2)
+    torch.save({"a": a.grad, "b": b.grad, "c": c.grad}, f"{folder}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_a_parameter_no_rank_used_keeps_no_gradient_over_processes(tmp_path: Path) -> None:
+    """As in one process, where the optimiser skips PDNorm's norms of the conditions absent from a step."""
+    torch.multiprocessing.spawn(_average_on, args=(str(tmp_path),), nprocs=2)
+    for rank in range(2):
+        grads = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        assert torch.equal(grads["a"], torch.full((3,), 0.5)) and grads["b"] is None
+        assert torch.equal(grads["c"], torch.full((3,), 1.5))

@@ -162,7 +162,7 @@ def test_mixed_datasets_are_named_clearly(tiny_root: Path) -> None:
 
 @pytest.mark.slow
 def test_ppt_trains_over_three_datasets_each_batch_under_its_condition(tiny_root: Path, tmp_path: Path) -> None:
-    from bench.finetune.engine import fit_and_evaluate, task_type
+    from bench.finetune.engine import fit_and_evaluate
     from bench.recipes import get_finetune_recipe
     from tasks.datasets import task_scenes
 
@@ -183,4 +183,3 @@ def test_ppt_trains_over_three_datasets_each_batch_under_its_condition(tiny_root
         index = ("ScanNet", "S3DIS", "Structured3D").index(condition)
         means = torch.cat([v for k, v in state.items() if k.endswith(f".bns.{index}.running_mean")])
         assert means.abs().sum() > 0, condition
-    assert task_type(spec) is not None

@@ -71,7 +71,7 @@ class StepBatches(Dataset):
         if self.interleaved is None:
             first = step * self.batch_size + self.offset
             return self.make([scene_draw(self.seed, self.scenes, j) for j in range(first, first + self.share)])
-        group, batch = self.interleaved.locate(step)  # each dataset is drawn as a run of its own
+        group, batch = self.interleaved.locate(step)  # each dataset is drawn as a run of its own, keyed by its place
         first, start = batch * self.batch_size + self.offset, self.interleaved.starts[group]
         draws = (scene_draw((self.seed, group), self.interleaved.sizes[group], j)
                  for j in range(first, first + self.share))

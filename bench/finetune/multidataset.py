@@ -3,8 +3,9 @@
 The task's own training scenes come first; other datasets' training splits follow, read from the same data
 root. Batches are drawn as Pointcept's ``MultiDatasetDataloader`` draws them (:class:`bench.finetune.draws.
 Interleaved`): each from one dataset, with that dataset's condition, in loop ratios. Only the task's own dataset
-is evaluated. An epoch is one pass over the task's own scenes with the other datasets' batches interleaved (Pointcept
-counts epochs by the first dataset of its config, Structured3D in PonderV2's ScanNet config).
+is evaluated. An epoch is one pass over the task's own scenes with the other datasets' batches interleaved, rounded
+up to whole cycles (Pointcept counts epochs by the first dataset of its config, Structured3D in PonderV2's ScanNet
+config, and ends one mid-cycle). The task's own dataset leads each cycle, the others follow in the order named.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from bench.finetune.draws import Interleaved
@@ -28,7 +30,7 @@ class MixedScenes(Sequence):
     parts: tuple[tuple[str, Sequence[Scene]], ...]
     ratios: tuple[int, ...]
 
-    @property
+    @cached_property
     def interleaved(self) -> Interleaved:
         return Interleaved(tuple(len(scenes) for _, scenes in self.parts), self.ratios)
 
@@ -40,6 +42,8 @@ class MixedScenes(Sequence):
         return sum(len(scenes) for _, scenes in self.parts)
 
     def _locate(self, index: int) -> tuple[int, int]:
+        if index < 0:
+            raise IndexError(f"{index}: training scenes are indexed from 0")
         for part, start in enumerate(self.interleaved.starts):
             if index < start + len(self.parts[part][1]):
                 return part, index - start

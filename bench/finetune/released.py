@@ -59,8 +59,12 @@ def released_model(path: str | Path, spec: TaskSpec, backbone: str | None = None
                                "logit_scale": outside["logit_scale"].reshape(())})
         head = "ppt"
     else:
-        found = next(((kind, state[f"{p}weight"], state[f"{p}bias"]) for kind, p in
-                      (("seg_head", f"{around}seg_head."), ("final", f"{report.prefix}final."))
+        # a segmentor's head beside the backbone at any level of nesting (DefaultSegmentor > PPT > SpUNet), from the
+        # innermost out; else the classifier inside the SpUNet
+        levels = [report.prefix[:i + 1] for i in range(len(report.prefix) - 1, -1, -1) if report.prefix[i] == "."]
+        places = [("seg_head", f"{level}seg_head.") for level in [*levels[1:], ""]]
+        places.append(("final", f"{report.prefix}final."))
+        found = next(((kind, state[f"{p}weight"], state[f"{p}bias"]) for kind, p in places
                       if f"{p}weight" in state and f"{p}bias" in state), None)
         if found is None:
             raise DataFormatError(path, "holds no segmentation head (PPT's proj_head, a segmentor's seg_head, or the "
