@@ -89,14 +89,16 @@ def _under(model: nn.Module, state: dict[str, torch.Tensor], prefix: str) -> dic
     return inside
 
 
-def load_checkpoint(model: nn.Module, path: str | Path, name: str, strict: bool = True) -> LoadedCheckpoint:
-    """Load the backbone weights of ``path`` into ``model`` (the registered backbone ``name``).
+def load_checkpoint(model: nn.Module, path: str | Path, name: str, strict: bool = True,
+                    raw: object | None = None) -> LoadedCheckpoint:
+    """Load the backbone weights of ``path`` into ``model`` (the registered backbone ``name``); ``raw``: what the
+    file holds, when the caller has read it already.
 
     Refuses a tensor whose shape differs from the backbone's, naming the key; with ``strict``, also missing or
     unexpected keys, naming them (else it logs them and loads the rest)."""
     weights, layout = _weights_file(Path(path))
     try:
-        raw = load_torch(weights, f"a checkpoint for {name}")
+        raw = load_torch(weights, f"a checkpoint for {name}") if raw is None else raw
     except DataFormatError as exc:
         if "lr_scheduler" not in exc.problem:
             raise

@@ -169,9 +169,9 @@ def test_ppt_trains_over_three_datasets_each_batch_under_its_condition(tiny_root
     spec = get_task("scannet-semseg")
     recipe = get_finetune_recipe("tiny", ["epochs=1", "batch_size=2", "max_points=1500", "semseg.ppt=True",
                                           "semseg.datasets=structured3d:2,scannet:1,s3dis:1"])
-    from bench.finetune.engine import _prepare
+    from bench.finetune.engine import prepare_run
 
-    kind, ctx = _prepare(spec, "spunet-v1m3-mini", 0, recipe, False, "cpu", tmp_path / "run")
+    kind, ctx = prepare_run(spec, "spunet-v1m3-mini", 0, recipe, False, "cpu", tmp_path / "run")
     train = kind.training_data(ctx, tiny_root)
     assert len(train) == 2 + 2 + 2  # ScanNet's, Structured3D's and S3DIS's training rooms of the tiny suite
     result = fit_and_evaluate(spec, "spunet-v1m3-mini", train, task_scenes(spec, tiny_root, "val"), recipe=recipe,

@@ -410,7 +410,7 @@ def finetune(spec: TaskSpec, backbone_name: str, data_root: str | Path, *, seed:
     ``artifacts``: the run's folder (checkpoint, ``metrics.jsonl``, files the task writes), resumed from when it
     holds a checkpoint of the same run; ``picture``: where the task draws its predictions on one item.
     """
-    kind, ctx = _prepare(spec, backbone_name, seed, recipe, linear_probe, device, artifacts)
+    kind, ctx = prepare_run(spec, backbone_name, seed, recipe, linear_probe, device, artifacts)
     return kind.finetune(ctx, Path(data_root), init=init, image_init=image_init,
                          picture=picture if ctx.ranks.main else None, progress=progress)
 
@@ -420,14 +420,15 @@ def fit_and_evaluate(spec: TaskSpec, backbone_name: str, train: Sequence[object]
                      init: str | Path | None = None, linear_probe: bool = False, device: str = "cpu",
                      steps_per_epoch: int | None = None, artifacts: Path | None = None) -> FinetuneResult:
     """:func:`finetune` on given items (any sized, indexable collections; e.g. training = evaluation in tests)."""
-    kind, ctx = _prepare(spec, backbone_name, seed, recipe, linear_probe, device, artifacts)
+    kind, ctx = prepare_run(spec, backbone_name, seed, recipe, linear_probe, device, artifacts)
     if not isinstance(kind, TrainedTaskType):
         raise NotApplicable(f"task {spec.id} ({spec.task_type}) is not trained on items of a dataset")
     return train_and_evaluate(kind, ctx, train, evaluation, init=init, steps_per_epoch=steps_per_epoch)
 
 
-def _prepare(spec: TaskSpec, backbone: str, seed: int, recipe: FinetuneRecipe, linear_probe: bool, device: str,
-             artifacts: Path | None) -> tuple[TaskType, FinetuneContext]:
+def prepare_run(spec: TaskSpec, backbone: str, seed: int, recipe: FinetuneRecipe, linear_probe: bool, device: str,
+                artifacts: Path | None) -> tuple[TaskType, FinetuneContext]:
+    """The task's type and the run's context (settings checked, processes joined), before any data is read."""
     kind = task_type(spec)
     recipe = check_task_settings(recipe)
     kind.check(spec, backbone, linear_probe)  # refused before any data is opened

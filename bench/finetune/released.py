@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from backbones.checkpoint import backbone_state
+from backbones.checkpoint import backbone_state, load_checkpoint
 from backbones.registry import create_backbone
 from tasks.contract import in_channels
 from tasks.errors import DataFormatError
@@ -37,32 +37,30 @@ def released_model(path: str | Path, spec: TaskSpec, backbone: str | None = None
     """The model of a fine-tuned checkpoint for ``spec``'s classes. ``backbone``: the registered name to build (by
     default ``spunet-v1m3`` when the file holds PDNorm's norms, else ``spunet-v1m1``)."""
     path = Path(path)
-    state, _ = backbone_state(load_torch(path, "a fine-tuned checkpoint"), path)
+    raw = load_torch(path, "a fine-tuned checkpoint")
+    state, _ = backbone_state(raw, path)
     name = backbone or ("spunet-v1m3" if any(".bns." in k for k in state) else "spunet-v1m1")
-    net = create_backbone(name, checkpoint=path, in_channels=in_channels(spec.domain))
-    report = net.checkpoint
-    around = report.prefix.removesuffix("backbone.") if report.prefix.endswith("backbone.") else report.prefix
-    outside = {k[len(around):]: v for k, v in state.items()
-               if k.startswith(around) and not k.startswith(report.prefix)}
+    net = create_backbone(name, in_channels=in_channels(spec.domain))
+    net.checkpoint = report = load_checkpoint(net, path, name, raw=raw)  # the file is read once
+    # the models around the backbone, innermost first (DefaultSegmentor > PPT > SpUNet): where their heads are
+    enclosing = [report.prefix[:i + 1] for i in range(len(report.prefix) - 2, -1, -1) if report.prefix[i] == "."]
+    enclosing.append("")
     classes = len(spec.classes)
     width = net.config.out_channels
-    if "proj_head.weight" in outside:
+    ppt = next((level for level in enclosing if f"{level}proj_head.weight" in state), None)
+    if ppt is not None:
         valid = VALID_CLASSES.get(spec.condition or "", ())
         if len(valid) != classes:
             raise DataFormatError(path, f"is a PPT model, whose class sets are ScanNet's, S3DIS's and Structured3D's; "
                                   f"{spec.id} has {classes} classes")
-        model = PromptSegmentationModel(net, width, outside["class_embedding"])
-        model.load_state_dict({**{f"backbone.{k}": v for k, v in net.state_dict().items()},
-                               "proj_head.weight": outside["proj_head.weight"],
-                               "proj_head.bias": outside["proj_head.bias"],
-                               "class_embedding": outside["class_embedding"],
-                               "logit_scale": outside["logit_scale"].reshape(())})
+        model = PromptSegmentationModel(net, width, state[f"{ppt}class_embedding"])
+        head_state = {k: state[f"{ppt}{k}"] for k in ("proj_head.weight", "proj_head.bias", "class_embedding")}
+        model.load_state_dict({**head_state, "logit_scale": state[f"{ppt}logit_scale"].reshape(())}, strict=False)
         head = "ppt"
     else:
-        # a segmentor's head beside the backbone at any level of nesting (DefaultSegmentor > PPT > SpUNet), from the
-        # innermost out; else the classifier inside the SpUNet
-        levels = [report.prefix[:i + 1] for i in range(len(report.prefix) - 1, -1, -1) if report.prefix[i] == "."]
-        places = [("seg_head", f"{level}seg_head.") for level in [*levels[1:], ""]]
+        # a segmentor's head beside the backbone at any level of nesting, from the innermost out; else the classifier
+        # inside the SpUNet
+        places = [("seg_head", f"{level}seg_head.") for level in enclosing]
         places.append(("final", f"{report.prefix}final."))
         found = next(((kind, state[f"{p}weight"], state[f"{p}bias"]) for kind, p in places
                       if f"{p}weight" in state and f"{p}bias" in state), None)

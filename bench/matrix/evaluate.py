@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from backbones.structures import use_condition
-from bench.finetune.engine import _prepare
+from bench.finetune.engine import prepare_run
 from bench.finetune.released import released_model
 from bench.matrix.records import RunRecord, data_fingerprint, git_sha, package_versions, write_record
 from bench.matrix.runner import PeakRSS, data_root_for
@@ -35,7 +35,7 @@ def evaluate_checkpoint(path: str | Path, task: str, data_roots: tuple[str, ...]
     start = time.perf_counter()
     released = released_model(path, spec, backbone)
     recipe = get_finetune_recipe(preset, ["tta=True"] if tta else [])
-    kind, ctx = _prepare(spec, released.backbone, 0, recipe, False, device, None)
+    kind, ctx = prepare_run(spec, released.backbone, 0, recipe, False, device, None)
     model = released.model.to(ctx.device).eval()
     use_condition(model, spec.condition)
     with PeakRSS() as memory:

@@ -137,6 +137,13 @@ def _import_original(checkout: Path, relative: str) -> tuple[types.ModuleType, s
 
 
 def _randomise(model: torch.nn.Module, seed: int) -> None:
+    """Random weights and BatchNorm statistics (so that no layer is close to an identity), eval mode, and on the CPU
+    spconv's Native algorithm (its default, implicit GEMM, runs on CUDA only)."""
+    model.eval()
+    if conv_algo() is not None:
+        for layer in model.modules():
+            if isinstance(layer, spconv.conv.SparseConvolution):
+                layer.algo = conv_algo()
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, tensor in model.state_dict().items():
@@ -178,11 +185,6 @@ def compare(name: str, checkout: Path, seed: int = 0) -> dict[str, object]:
     torch.manual_seed(seed)
     original = getattr(module, spec.cls)(**spec.kwargs)
     _randomise(original, seed)
-    original.eval()
-    if conv_algo() is not None:  # the CPU: spconv's default algorithm (implicit GEMM) runs on CUDA only
-        for layer in original.modules():
-            if isinstance(layer, spconv.conv.SparseConvolution):
-                layer.algo = conv_algo()
     state = {f"module.backbone.{k}": v for k, v in original.state_dict().items()}
     extra: dict[str, object] = {}
     if spec.condition is not None:  # the context table lives in the model around the backbone (PPT, Ponder)
@@ -255,15 +257,11 @@ def compare_ppt(checkout: Path, task: str = "s3dis-area5-semseg", seed: int = 0)
     module, source = _import_original(checkout, PPT_FILE)
     torch.manual_seed(seed)
     original = module.PointPromptTraining(
-        backbone=_Config(type="SpUNet-v1m3", **{k: v for k, v in _V1M3.items()}), criteria=None,
+        backbone=_Config(type="SpUNet-v1m3", **_V1M3), criteria=None,
         conditions=CONTEXT_CONDITIONS, template="[x]")
     _randomise(original, seed)
     with torch.no_grad():
         original.logit_scale.fill_(float(np.log(100.0)))  # CLIP's: logits up to 100, as a released model's
-    original.eval()
-    for layer in original.modules():
-        if conv_algo() is not None and isinstance(layer, spconv.conv.SparseConvolution):
-            layer.algo = conv_algo()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model_best.pth"
         torch.save({"epoch": 100, "state_dict": {f"module.{k}": v for k, v in original.state_dict().items()}}, path)
