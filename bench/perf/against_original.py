@@ -179,7 +179,23 @@ def _room(voxel: float = 0.02) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return coord.astype(np.float32), grid.astype(np.int32), feat.astype(np.float32)
 
 
-def compare(name: str, checkout: Path, seed: int = 0) -> dict[str, object]:
+Cloud = tuple[np.ndarray, np.ndarray, np.ndarray]  # coord, grid_coord, feat: one point per voxel
+
+
+def _scan(path: Path, voxel: float = 0.02) -> Cloud:
+    """A real ScanNet scan (x, y, z, r, g, b float32 records), one point per 2 cm voxel (the first), features the
+    colour / 255 and zero normals (the scan has none)."""
+    from tasks.formats.scannet import read_scannet_points_bin
+
+    scene = read_scannet_points_bin(path)
+    cells = np.floor((scene.coord - scene.coord.min(0)) / voxel).astype(np.int64)
+    _, first = np.unique(cells, axis=0, return_index=True)
+    first = np.sort(first)
+    feat = np.concatenate([scene.color[first] / 255.0, np.zeros((len(first), 3))], axis=1)
+    return scene.coord[first].astype(np.float32), cells[first].astype(np.int32), feat.astype(np.float32)
+
+
+def compare(name: str, checkout: Path, seed: int = 0, cloud: Cloud | None = None) -> dict[str, object]:
     spec = ORIGINALS[name]
     module, source = _import_original(checkout, spec.file)
     torch.manual_seed(seed)
@@ -196,7 +212,7 @@ def compare(name: str, checkout: Path, seed: int = 0) -> dict[str, object]:
         path = Path(tmp) / "model_last.pth"
         torch.save({"epoch": 1, "state_dict": state}, path)
         ours = create_backbone(name, checkpoint=path).eval()
-    coord, grid, feat = _room()
+    coord, grid, feat = cloud if cloud is not None else _room()
     with torch.no_grad():
         theirs = original({"grid_coord": torch.from_numpy(grid), "feat": torch.from_numpy(feat),
                            "offset": torch.tensor([len(grid)]), "coord": torch.from_numpy(coord), **extra})
@@ -243,7 +259,8 @@ def _batched(original: torch.nn.Module, ours: torch.nn.Module, cloud: tuple[np.n
 PPT_FILE = "point_prompt_training/point_prompt_training_v1m1_language_guided.py"
 
 
-def compare_ppt(checkout: Path, task: str = "s3dis-area5-semseg", seed: int = 0) -> dict[str, object]:
+def compare_ppt(checkout: Path, task: str = "s3dis-area5-semseg", seed: int = 0,
+                cloud: Cloud | None = None) -> dict[str, object]:
     """PPT-v1m1 around SpUNet-v1m3 as PonderV2's fine-tuning configs build it, random weights (its language head
     included, and random text embeddings in place of CLIP's), saved as a trainer checkpoint, rebuilt by
     ``ponderbench evaluate``'s loader (:func:`bench.finetune.released.released_model`) for ``task``; the per-point
@@ -267,7 +284,7 @@ def compare_ppt(checkout: Path, task: str = "s3dis-area5-semseg", seed: int = 0)
         torch.save({"epoch": 100, "state_dict": {f"module.{k}": v for k, v in original.state_dict().items()}}, path)
         released = released_model(path, spec)
     ours = released.model.eval()
-    coord, grid, feat = _room()
+    coord, grid, feat = cloud if cloud is not None else _room()
     with torch.no_grad():
         theirs = original({"grid_coord": torch.from_numpy(grid), "feat": torch.from_numpy(feat),
                            "coord": torch.from_numpy(coord), "offset": torch.tensor([len(grid)]),
@@ -297,11 +314,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkout", required=True, type=Path, help="a PonderV2 or Pointcept checkout")
     parser.add_argument("--backbones", default=",".join(ORIGINALS), help="comma-separated")
     parser.add_argument("--no-ppt", action="store_true", help="leave out PPT-v1m1 (its logits through evaluate)")
+    parser.add_argument("--scan", type=Path, help="compare on this real ScanNet scan (.bin, x y z r g b) instead of "
+                                                  "the generated room")
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     args = parser.parse_args(argv)
-    rows = [compare(name.strip(), args.checkout) for name in args.backbones.split(",") if name.strip()]
+    cloud = _scan(args.scan) if args.scan else None
+    rows = [compare(name.strip(), args.checkout, cloud=cloud) for name in args.backbones.split(",") if name.strip()]
     if not args.no_ppt:
-        rows.append(compare_ppt(args.checkout))
+        rows.append(compare_ppt(args.checkout, cloud=cloud))
+    for row in rows:
+        row["cloud"] = str(args.scan) if args.scan else "the generated room"
     for row in rows:
         print(json.dumps(row))
     if args.out:
