@@ -80,6 +80,14 @@ def test_a_false_positive_on_void_is_ignored() -> None:
     assert scannet_instance_ap([(segment, instance, preds)], CLASSES)["per_class"]["chair"]["AP50"] == pytest.approx(1)
 
 
+def test_a_class_whose_only_predictions_are_ignored_scores_zero() -> None:
+    """The chair is missed and its one prediction lies on the wall: nothing enters the curve, and the official
+    script's AP is then 0 (not a crash, not a missing class)."""
+    segment, instance = _scene((CHAIR, 200))
+    preds = [InstancePrediction(_mask(len(segment), 0, 200), CHAIR, 0.9)]
+    assert scannet_instance_ap([(segment, instance, preds)], CLASSES)["per_class"]["chair"]["AP50"] == 0.0
+
+
 def test_known_ious_give_the_protocols_ap() -> None:
     """Three 200-point chairs covered by predictions with IoU 0.96, 0.76, 0.56 (scores in that order). At a
     threshold where the best k match, the others are FPs ranked below every TP plus k-3 misses: AP = k/3. Over

@@ -58,7 +58,7 @@ def _ap(y_true: np.ndarray, y_score: np.ndarray, hard_false_negatives: int) -> f
     cumsum = np.append(np.cumsum(true), 0)  # index -1 reads the 0: "nothing below the first threshold"
     _, unique = np.unique(scores, return_index=True)
     precision, recall = np.zeros(len(unique) + 1), np.zeros(len(unique) + 1)
-    total_true = cumsum[-2]
+    total_true = cumsum[-2] if len(true) else 0  # every prediction ignored: AP 0, as after ScanNet/ScanNet#26
     for k, start in enumerate(unique):
         below = cumsum[start - 1]
         tp = total_true - below
