@@ -90,7 +90,7 @@ def _list(args: argparse.Namespace) -> int:
     elif args.what == "tasks":
         from tasks.spec import get_task, list_tasks
 
-        rows = [asdict(get_task(t)) for t in list_tasks(args.pattern)]
+        rows = [asdict(spec) | {"reference": spec.reference} for spec in map(get_task, list_tasks(args.pattern))]
         table = pd.DataFrame(rows)[["id", "version", "task_type", "main_score", "protocol", "reference", "runnable",
                                     "title"]]
         print(table.to_string(index=False))
@@ -569,10 +569,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", parents=[plugins], help="score a released fine-tuned checkpoint",
                               description="Rebuild a fine-tuned segmentation model from its checkpoint alone "
                                           "(PonderV2 / Pointcept trainer files: PPT's language head, a segmentor's "
-                                          "seg_head, or the SpUNet's final layer) and score it on the task's "
+                                          "seg_head, the SpUNet's final layer, or PointGroup's seg_head and "
+                                          "bias_head for instances) and score it on the task's "
                                           "evaluation split; writes a record with protocol evaluate.")
     evaluate.add_argument("checkpoint", help="a trainer checkpoint (model_best.pth) or a state dict")
-    evaluate.add_argument("--task", required=True, help="a semantic-segmentation task (`ponderbench list tasks`)")
+    evaluate.add_argument("--task", required=True, help="a semantic- or instance-segmentation task (`ponderbench "
+                                                         "list tasks`)")
     evaluate.add_argument("--tta", action="store_true", help="test-time augmentation: vote over four rotations")
     evaluate.add_argument("--backbone", help="the registered backbone to build (default: spunet-v1m3 for a file "
                                              "with PDNorm, else spunet-v1m1)")

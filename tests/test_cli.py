@@ -66,6 +66,13 @@ def test_list_backbones(capsys) -> None:
     assert "spunet" not in capsys.readouterr().out
 
 
+def test_list_tasks_shows_each_tasks_paper_number(capsys) -> None:  # noqa: ANN001
+    assert main(["list", "tasks", "scannet-semseg,nuscenes-det*"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert set(rows) == {"scannet-semseg", "nuscenes-det-lidar", "nuscenes-det-camera", "nuscenes-det-fusion"}
+    assert " 77.0 " in rows["scannet-semseg"]  # PonderV2's headline (tasks.references)
+
+
 def test_list_recipes_names_each_presets_pretraining(capsys) -> None:  # noqa: ANN001
     assert main(["list", "recipes"]) == 0
     out = capsys.readouterr().out
