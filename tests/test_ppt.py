@@ -17,6 +17,7 @@ from backbones.structures import PointBatch
 from bench.cli import main
 from bench.finetune.released import released_model
 from tasks.errors import DataFormatError
+from tasks.heads.instance import InstanceSegmentationModel
 from tasks.heads.prompt import PPT_CLASSES, VALID_CLASSES, PromptSegmentationModel, ppt_embeddings
 from tasks.spec import get_task
 
@@ -103,6 +104,43 @@ def test_a_segmentors_linear_head_and_the_spunets_final_layer_are_rebuilt(tmp_pa
         released_model(tmp_path / "backbone_only.pth", get_task("scannet-semseg"), backbone="spunet-micro")
 
 
+def _save_pointgroup(path: Path, classes: int = 20, seed: int = 0) -> InstanceSegmentationModel:
+    """PonderV2's insseg model: PG-v1m1 > PPT-v1m1 in backbone mode > SpUNet-v1m3, PointGroup's heads under module."""
+    torch.manual_seed(seed)
+    source = InstanceSegmentationModel(create_backbone("spunet-v1m3-mini"), 32, classes)
+    source.bias_head[1].eps = 1e-3  # PointGroup's norm
+    with torch.no_grad():
+        source.bias_head[1].running_mean.normal_()
+        source.bias_head[1].running_var.uniform_(0.5, 2.0)
+    state = {}
+    for key, value in source.state_dict().items():
+        if key == "backbone.embedding_table.weight":
+            state["module.backbone.embedding_table.weight"] = value
+        elif key.startswith("backbone."):
+            state[f"module.backbone.{key}"] = value
+        else:
+            state[f"module.{key}"] = value
+    torch.save({"epoch": 800, "state_dict": state}, path)
+    return source.eval()
+
+
+def test_a_pointgroup_checkpoint_is_rebuilt_with_its_semantic_and_offset_heads(tmp_path: Path) -> None:
+    source = _save_pointgroup(tmp_path / "insseg.pth")
+    released = released_model(tmp_path / "insseg.pth", get_task("scannet-insseg"), backbone="spunet-v1m3-mini")
+    assert (released.head, released.prefix) == ("pointgroup", "module.backbone.backbone.")
+    model = released.model.eval()
+    model.default_condition = source.default_condition = "ScanNet"
+    with torch.no_grad():
+        for ours, theirs in zip(model(_cloud()), source(_cloud()), strict=True):
+            assert torch.equal(ours, theirs)
+    with pytest.raises(DataFormatError, match=r"module\.seg_head does not fit scannet200-insseg's 200 classes.*"
+                                              r"size mismatch for weight"):
+        released_model(tmp_path / "insseg.pth", get_task("scannet200-insseg"), backbone="spunet-v1m3-mini")
+    _save_ppt(_ppt(), tmp_path / "semseg.pth")  # a semantic model has no offsets to find instances with
+    with pytest.raises(DataFormatError, match="holds no PointGroup heads"):
+        released_model(tmp_path / "semseg.pth", get_task("scannet-insseg"), backbone="spunet-v1m3-mini")
+
+
 @pytest.mark.slow
 def test_evaluate_writes_a_record_like_any_run(tiny_root: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
     _save_ppt(_ppt(seed=2), tmp_path / "model_best.pth")
@@ -113,7 +151,13 @@ def test_evaluate_writes_a_record_like_any_run(tiny_root: Path, tmp_path: Path, 
     record = json.loads(path.read_text())
     assert (record["protocol"], record["status"], record["init"]) == ("evaluate", "ok", "checkpoint:model_best.pth")
     assert 0.0 <= record["main_value"] <= 1.0 and record["facts"]["head"] == "ppt" and record["init_sha256"]
-    assert main(["evaluate", str(tmp_path / "model_best.pth"), "--task", "scannet-insseg", "--data",
+    _save_pointgroup(tmp_path / "insseg.pth")
+    assert main(["evaluate", str(tmp_path / "insseg.pth"), "--task", "scannet-insseg", "--backbone",
+                 "spunet-v1m3-mini", "--data", str(tiny_root), "--results", str(tmp_path / "results")]) == 0
+    [path] = (tmp_path / "results" / "runs" / "records").glob("scannet-insseg*/**/seed0.json")
+    record = json.loads(path.read_text())
+    assert record["facts"]["head"] == "pointgroup" and 0.0 <= record["main_value"] <= 1.0
+    assert main(["evaluate", str(tmp_path / "model_best.pth"), "--task", "nuscenes-det-lidar", "--data",
                  str(tiny_root)]) == 2  # not a segmentation task: refused before any work
 
 

@@ -4,7 +4,9 @@ Three heads of the original code are read, each where its model keeps it (beside
 - PPT-v1m1's language-guided head (``proj_head``, ``class_embedding``, ``logit_scale``; ScanNet, S3DIS);
 - a Pointcept ``DefaultSegmentor``'s ``seg_head`` (a linear layer);
 - the classifier inside the SpUNet (``final``, a 1^3 sparse conv with a bias: a linear layer per voxel), as
-  PonderV2's ScanNet200 PPT model has it.
+  PonderV2's ScanNet200 PPT model has it;
+- for instance segmentation, PointGroup's (PG-v1m1) ``seg_head`` and ``bias_head``, around a SpUNet or a PPT in
+  backbone mode, as PonderV2's insseg models have them.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from backbones.checkpoint import backbone_state, load_checkpoint
 from backbones.registry import create_backbone
 from tasks.contract import in_channels
 from tasks.errors import DataFormatError
+from tasks.heads.instance import InstanceSegmentationModel
 from tasks.heads.prompt import VALID_CLASSES, PromptSegmentationModel
 from tasks.heads.segmentation import SegmentationModel
 from tasks.io import load_torch
@@ -28,7 +31,7 @@ from tasks.spec import TaskSpec
 class Released:
     model: torch.nn.Module
     backbone: str
-    head: str  # "ppt", "seg_head" or "final"
+    head: str  # "ppt", "seg_head", "final" or "pointgroup"
     sha256: str
     prefix: str  # the backbone's, in the file
 
@@ -48,7 +51,9 @@ def released_model(path: str | Path, spec: TaskSpec, backbone: str | None = None
     classes = len(spec.classes)
     width = net.config.out_channels
     ppt = next((level for level in enclosing if f"{level}proj_head.weight" in state), None)
-    if ppt is not None:
+    if spec.task_type == "insseg":
+        model, head = _pointgroup(net, state, enclosing, path, spec), "pointgroup"
+    elif ppt is not None:
         valid = VALID_CLASSES.get(spec.condition or "", ())
         if len(valid) != classes:
             raise DataFormatError(path, f"is a PPT model, whose class sets are ScanNet's, S3DIS's and Structured3D's; "
@@ -75,3 +80,26 @@ def released_model(path: str | Path, spec: TaskSpec, backbone: str | None = None
         model = SegmentationModel(net, width, classes)
         model.head.load_state_dict({"weight": weight, "bias": bias})
     return Released(model, name, head, report.sha256, report.prefix)
+
+
+POINTGROUP_NORM_EPS = 1e-3  # PG-v1m1 builds its bias head's BatchNorm with eps=1e-3
+
+
+def _pointgroup(net: torch.nn.Module, state: dict[str, torch.Tensor], enclosing: list[str], path: Path,
+                spec: TaskSpec) -> InstanceSegmentationModel:
+    """PointGroup's semantic and offset heads, from the innermost model around the backbone that has both."""
+    level = next((lv for lv in enclosing if f"{lv}seg_head.weight" in state and f"{lv}bias_head.0.weight" in state),
+                 None)
+    if level is None:
+        raise DataFormatError(path, "holds no PointGroup heads (seg_head and bias_head beside the backbone): there is "
+                              f"nothing to score {spec.id} with; fine-tune it with --inits")
+    model = InstanceSegmentationModel(net, net.config.out_channels, len(spec.classes))
+    model.bias_head[1].eps = POINTGROUP_NORM_EPS
+    for name in ("seg_head", "bias_head"):
+        part = {k[len(level) + len(name) + 1:]: v for k, v in state.items() if k.startswith(f"{level}{name}.")}
+        try:
+            getattr(model, name).load_state_dict(part)
+        except RuntimeError as err:  # missing, unexpected or mis-shaped tensors, each named by torch
+            raise DataFormatError(path, f"{level}{name} does not fit {spec.id}'s {len(spec.classes)} classes and "
+                                  f"{net.config.out_channels} channels: {' '.join(str(err).split())}") from None
+    return model

@@ -27,8 +27,9 @@ def evaluate_checkpoint(path: str | Path, task: str, data_roots: tuple[str, ...]
                         device: str = "cpu") -> RunRecord:
     """Score ``path`` on ``task`` and write its record under ``results``; returns the record."""
     spec = get_task(task)
-    if spec.task_type != "semseg":
-        raise ValueError(f"evaluate scores semantic-segmentation checkpoints; {task} is {spec.task_type}")
+    if spec.task_type not in ("semseg", "insseg"):
+        raise ValueError(f"evaluate scores semantic- and instance-segmentation checkpoints; {task} is "
+                         f"{spec.task_type}")
     root = data_root_for(spec.dataset, data_roots)
     if root is None:
         raise FileNotFoundError(f"data not found: {' or '.join(str(expected_path(spec, r)) for r in data_roots)}")

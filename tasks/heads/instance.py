@@ -28,18 +28,19 @@ MIN_PROPOSAL = 100  # points a proposal needs (cluster_propose_points)
 
 
 class InstanceSegmentationModel(OnBackbone):
-    """Backbone features (N, C) -> class logits (N, K) and offsets to the instance centre (N, 3)."""
+    """Backbone features (N, C) -> class logits (N, K) and offsets to the instance centre (N, 3). The heads carry
+    PointGroup's module names (``seg_head``, ``bias_head``), so a PG-v1m1 checkpoint's heads load as they are."""
 
     def __init__(self, backbone: nn.Module, feature_channels: int, num_classes: int, freeze_backbone: bool = False
                  ) -> None:
         super().__init__(backbone, freeze_backbone)
-        self.semantic = nn.Linear(feature_channels, num_classes)
-        self.offset = nn.Sequential(nn.Linear(feature_channels, feature_channels), nn.BatchNorm1d(feature_channels),
+        self.seg_head = nn.Linear(feature_channels, num_classes)
+        self.bias_head = nn.Sequential(nn.Linear(feature_channels, feature_channels), nn.BatchNorm1d(feature_channels),
                                     nn.ReLU(), nn.Linear(feature_channels, 3))
 
     def forward(self, batch: PointBatch) -> tuple[torch.Tensor, torch.Tensor]:
         feats = self.features(batch)
-        return self.semantic(feats), self.offset(feats)
+        return self.seg_head(feats), self.bias_head(feats)
 
 
 def centre_offsets(coord: np.ndarray, instance: np.ndarray) -> np.ndarray:
