@@ -512,8 +512,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      "Multi-GPU / multi-node: launch with torchrun.")
     pre.add_argument("--mode", choices=("indoor", "outdoor", "image"), help="the reference recipe of this mode")
     pre.add_argument("--preset", help="a named recipe instead (e.g. indoor-mini, outdoor-mini, image-mini)")
-    pre.add_argument("--data", required=True, help="a ScanNet root, an RGB-D folder (7-Scenes style), a "
-                                                   "SemanticKITTI or nuScenes root, or a folder of lidarseg frames")
+    pre.add_argument("--data", required=True, help="a ScanNet, S3DIS or Structured3D root (with RGB-D frames), an "
+                                                   "RGB-D folder (7-Scenes style), a SemanticKITTI or nuScenes root, "
+                                                   "or a folder of lidarseg frames; with datasets=... (PPT over "
+                                                   "several datasets) the data root holding them")
     pre.add_argument("--out", help="run folder (default: results/runs/pretrain/<preset>-<backbone>)")
     pre.add_argument("--device", default="cuda" if _cuda() else "cpu")
     pre.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")

@@ -56,6 +56,9 @@ class PretrainRecipe:
     # outdoor: rays from each camera to the LiDAR points it sees (PonderV2; a nuScenes root with its cameras), or
     # from the LiDAR origin to its own returns (the suite's variant: any sweep, no camera needed)
     outdoor_rays: OutdoorRays = "lidar"
+    # indoor: PonderV2's PPT pre-training over several datasets of one data root, with loop ratios
+    # ("structured3d:4,scannet:2,s3dis:1"; each scene under its dataset's condition); "": the one dataset at --data
+    datasets: str = ""
     close_radius: float = 3.0  # camera rays: points nearer the LiDAR than this (metres, in x-y) are not targets
     # volume and renderer
     grid: tuple[int, int, int] = (128, 128, 32)  # (X, Y, Z) cells
@@ -397,11 +400,12 @@ def get_recipe(preset: str, overrides: list[str] | None = None) -> PretrainRecip
     return apply_overrides(PRESETS[preset], overrides or [])
 
 
-def pretrain_recipe_for(preset: str, mode: Mode, backbone: str) -> PretrainRecipe:
+def pretrain_recipe_for(preset: str, mode: Mode, backbone: str, datasets: str = "") -> PretrainRecipe:
     """The pre-training of the ``ponder`` init under the fine-tuning ``preset``: ``mode`` is a 3D backbone's domain
-    (indoor, outdoor) or ``image`` for a 2D backbone."""
+    (indoor, outdoor) or ``image`` for a 2D backbone; ``datasets``: PPT's, over several datasets."""
     name, overrides = PRETRAIN_FOR_FINETUNE[preset]
-    return get_recipe(name.format(mode=mode), [f"backbone={backbone}", *overrides])
+    return get_recipe(name.format(mode=mode), [f"backbone={backbone}", *overrides,
+                                               *([f"datasets={datasets}"] if datasets else [])])
 
 
 def finetune_settings(preset: str, task: TaskSpec | None = None) -> tuple[Setting, ...]:

@@ -78,16 +78,16 @@ def _scannet(label_set: str) -> Callable[..., SceneDataset]:
     return open_scannet
 
 
-def _structured3d(path: Path, split: str) -> SceneDataset:
+def _structured3d(path: Path, split: str, **options: object) -> SceneDataset:
     from tasks.formats.structured3d import Structured3DDataset
 
-    return Structured3DDataset(path, split)
+    return Structured3DDataset(path, split, **options)
 
 
-def _s3dis(path: Path, split: str) -> SceneDataset:
+def _s3dis(path: Path, split: str, **options: object) -> SceneDataset:
     from tasks.formats.s3dis import S3DISDataset
 
-    return S3DISDataset(path, split)
+    return S3DISDataset(path, split, **options)
 
 
 def _semantickitti(path: Path, split: str) -> SceneDataset:
@@ -145,13 +145,18 @@ class DatasetFormat:
 # the one table from dataset folders to loaders, for fine-tuning (TaskSpec.loader), pre-training and data check
 DATASETS: dict[str, DatasetFormat] = {
     "scannet": DatasetFormat("scannet", _scannet("segment20"), pretrain=("indoor", "image"),
-                             found=lambda p: (p / "train").is_dir(), checked=True, condition="ScanNet"),
+                             found=lambda p: any((p / "train").glob("scene[0-9]*")), checked=True,
+                             condition="ScanNet"),
     "scannet200": DatasetFormat("scannet", _scannet("segment200"), checked=True, condition="ScanNet"),
     "scannet-rgbd": DatasetFormat("scannet", _scannet_frames, condition="ScanNet"),
     "rgbd-folder": DatasetFormat("7scenes-rgbd", _rgbd_capture, pretrain=("indoor", "image"),
                                  found=lambda p: (p / "camera-intrinsics.txt").is_file()),
-    "s3dis": DatasetFormat("s3dis", _s3dis, checked=True, condition="S3DIS"),
-    "structured3d": DatasetFormat("structured3d", _structured3d, checked=True, condition="Structured3D"),
+    # S3DIS and Structured3D are pre-trained on through their rooms' RGB-D frames (tasks.formats.room_frames)
+    "s3dis": DatasetFormat("s3dis", _s3dis, pretrain=("indoor",), found=lambda p: any(p.glob("Area_[0-9]*")),
+                           checked=True, condition="S3DIS"),
+    "structured3d": DatasetFormat("structured3d", _structured3d, pretrain=("indoor",),
+                                  found=lambda p: any((p / "train").glob("scene_*")), checked=True,
+                                  condition="Structured3D"),
     "semantickitti": DatasetFormat("semantickitti", _semantickitti, pretrain=("outdoor",),
                                    found=lambda p: (p / "sequences").is_dir(), checked=True),
     "nuscenes": DatasetFormat("nuscenes", _nuscenes, pretrain=("outdoor",), found=lambda p: any(p.glob("v1.0-*")),

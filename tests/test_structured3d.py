@@ -16,11 +16,11 @@ from tasks.errors import DataFormatError
 
 def test_the_generated_structured3d_is_in_pointcepts_layout_with_its_25_classes(tiny_root: Path) -> None:
     root = tiny_root / "structured3d"
-    rooms = sorted(p.relative_to(root).as_posix() for p in root.glob("*/scene_*/room_*"))
+    rooms = sorted(p.relative_to(root).as_posix() for p in root.glob("*/scene_*/room_*") if p.name[-1].isdigit())
     assert [r.split("/")[0] for r in rooms] == ["train", "train", "val"]
     assert all(r.split("/")[1] == "scene_03000" for r in rooms if r.startswith("val"))
-    assert {f.name for f in next(root.glob("train/scene_*/room_*")).iterdir()} == \
-        {"coord.npy", "color.npy", "normal.npy", "segment.npy"}
+    assert {f.name for f in (root / rooms[0]).iterdir()} == {"coord.npy", "color.npy", "normal.npy", "segment.npy"}
+    assert all((root / f"{r}_rgbd").is_dir() for r in rooms)  # PonderV2's frames beside each room
     train = open_dataset("structured3d", root, "train")
     scene = train[0]
     assert len(train) == 2 and scene.name.startswith("scene_00000/room_")
@@ -33,7 +33,7 @@ def test_the_generated_structured3d_is_in_pointcepts_layout_with_its_25_classes(
 
 
 def test_a_label_outside_the_25_classes_is_named(tiny_copy: Path) -> None:
-    room = next((tiny_copy / "structured3d" / "train").glob("scene_*/room_*"))
+    room = next((tiny_copy / "structured3d" / "train").glob("scene_*/room_*[0-9]"))
     segment = np.load(room / "segment.npy")
     segment[0] = 25
     np.save(room / "segment.npy", segment)

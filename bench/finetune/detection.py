@@ -25,10 +25,10 @@ from backbones.registry import create_backbone, get_backbone_config
 from backbones.structures import PointBatch
 from bench import distributed
 from bench.finetune.draws import Draw
-from bench.finetune.engine import FinetuneContext, Inits, TrainedTaskType, register_task_type
+from bench.finetune.engine import FinetuneContext, Inits, Pretraining, TrainedTaskType, register_task_type
 from bench.finetune.exports import NotApplicable, load_export
 from bench.hooks import Evaluation
-from bench.recipes import FinetuneRecipe, Mode
+from bench.recipes import FinetuneRecipe
 from tasks.contract import OUTDOOR_VOXEL, in_channels, point_features
 from tasks.datasets import nuscenes_version
 from tasks.errors import DataFormatError
@@ -245,13 +245,13 @@ class Detection(TrainedTaskType):
                                 "head has no linear read-out")
         detection_backbones(spec, backbone, DetectionSettings().image_backbone)
 
-    def pretrainings(self, spec: TaskSpec, backbone: str, recipe: FinetuneRecipe) -> list[tuple[str, Mode, str]]:
+    def pretrainings(self, spec: TaskSpec, backbone: str, recipe: FinetuneRecipe) -> list[Pretraining]:
         modality = get_backbone_config(backbone).modality
         if spec.sensors == ("camera",):
-            return [(backbone, "image", "init_path")] if modality == "2d" else []
+            return [Pretraining(backbone, "image", "init_path")] if modality == "2d" else []
         jobs = super().pretrainings(spec, backbone, recipe)
         if jobs and "camera" in spec.sensors:
-            jobs.append((self.settings(recipe).image_backbone, "image", "image_init_path"))
+            jobs.append(Pretraining(self.settings(recipe).image_backbone, "image", "image_init_path"))
         return jobs
 
     def matrix_backbones(self, spec: TaskSpec, backbones: Sequence[str], recipe: FinetuneRecipe) -> list[str]:

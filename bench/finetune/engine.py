@@ -19,7 +19,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -133,6 +133,15 @@ class Inits:
     image: str | None = None
 
 
+class Pretraining(NamedTuple):
+    """An export a ``ponder`` init needs: the backbone, pre-trained how, and the run field it fills."""
+
+    backbone: str
+    mode: Mode
+    slot: str  # "init_path", or "image_init_path" for the fusion track's image backbone
+    datasets: str = ""  # several datasets of the data root at once, with loop ratios (PretrainRecipe.datasets)
+
+
 class TaskType(ABC):
     """One kind of task: what fine-tuning needs of it. :meth:`finetune` is the whole run; a task type trained step
     by step on a dataset subclasses :class:`TrainedTaskType`, which runs it on the one trainer.
@@ -160,10 +169,11 @@ class TaskType(ABC):
         if get_backbone_config(backbone).modality != "3d":
             raise NotApplicable(f"{backbone} is a 2D backbone; {spec.id} is a point-cloud task")
 
-    def pretrainings(self, spec: TaskSpec, backbone: str, recipe: FinetuneRecipe) -> list[tuple[str, Mode, str]]:
-        """(backbone, pre-training mode, run field) of each export a ``ponder`` init needs; empty where the
-        combination cannot run (it is recorded as not applicable)."""
-        return [(backbone, spec.domain, "init_path")] if get_backbone_config(backbone).modality == "3d" else []
+    def pretrainings(self, spec: TaskSpec, backbone: str, recipe: FinetuneRecipe) -> list[Pretraining]:
+        """Each export a ``ponder`` init needs; empty where the combination cannot run (it is recorded as not
+        applicable)."""
+        return [Pretraining(backbone, spec.domain, "init_path")] if get_backbone_config(backbone).modality == "3d" \
+            else []
 
     @abstractmethod
     def finetune(self, ctx: FinetuneContext, data_root: Path, *, init: str | Path | None,

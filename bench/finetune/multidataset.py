@@ -61,17 +61,17 @@ class MixedScenes(Sequence):
         return math.ceil(own_steps / self.ratios[0]) * sum(self.ratios)
 
 
-def parse_datasets(value: str) -> list[tuple[str, int]]:
+def parse_datasets(value: str, setting: str = "semseg.datasets") -> list[tuple[str, int]]:
     """``"structured3d:4,s3dis:1"`` -> [("structured3d", 4), ("s3dis", 1)]: dataset formats with loop ratios (1
-    when not given)."""
+    when not given); ``setting`` names the recipe field in errors."""
     pairs = []
     for item in filter(None, (part.strip() for part in value.split(","))):
         name, _, ratio = item.partition(":")
         if name not in DATASETS or DATASETS[name].condition is None:
             known = ", ".join(n for n, f in DATASETS.items() if f.condition)
-            raise ValueError(f"semseg.datasets: {name!r} is not a dataset with a condition ({known})")
+            raise ValueError(f"{setting}: {name!r} is not a dataset with a condition ({known})")
         if ratio and not (ratio.isdigit() and int(ratio) > 0):
-            raise ValueError(f"semseg.datasets: the loop ratio of {name} must be a positive integer, got {ratio!r}")
+            raise ValueError(f"{setting}: the loop ratio of {name} must be a positive integer, got {ratio!r}")
         pairs.append((name, int(ratio or 1)))
     return pairs
 

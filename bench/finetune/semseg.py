@@ -17,14 +17,15 @@ import torch.nn.functional as F
 
 from backbones.structures import PointBatch
 from bench import distributed
-from bench.finetune.engine import FinetuneContext, SceneTaskType, register_task_type
-from bench.finetune.multidataset import mixed_training_scenes
+from bench.finetune.engine import FinetuneContext, Pretraining, SceneTaskType, register_task_type
+from bench.finetune.multidataset import mixed_training_scenes, parse_datasets
 from bench.hooks import Evaluation
 from bench.recipes import FinetuneRecipe
 from tasks.contract import MAX_TEST_FRAGMENTS, point_features
 from tasks.heads.prompt import VALID_CLASSES, PromptSegmentationModel, ppt_embeddings
 from tasks.heads.segmentation import SegmentationModel, lovasz_softmax
 from tasks.metrics import ConfusionMatrix
+from tasks.spec import TaskSpec
 from tasks.structures import Scene
 from tasks.transforms import IDENTITY_VIEW, TestView, view_transform, voting_fragments
 
@@ -63,6 +64,17 @@ class SemanticSegmentation(SceneTaskType):
             raise ValueError("semseg.datasets needs semseg.ppt=True: the datasets' label sets differ, and PPT's head "
                              "scores each batch against its own dataset's classes")
         return mixed_training_scenes(ctx.spec, data_root, own, settings.datasets)
+
+    def pretrainings(self, spec: TaskSpec, backbone: str, recipe: FinetuneRecipe) -> list[Pretraining]:
+        """With PPT over several datasets, the ``ponder`` init is PonderV2's PPT pre-training over the same datasets,
+        the task's own among them (ratio 1 unless named)."""
+        jobs = super().pretrainings(spec, backbone, recipe)
+        settings = self.settings(recipe)
+        if not (jobs and getattr(settings, "ppt", False) and getattr(settings, "datasets", "")):
+            return jobs
+        named = [name for name, _ in parse_datasets(settings.datasets)]
+        mix = settings.datasets if spec.loader in named else f"{spec.loader}:1,{settings.datasets}"
+        return [job._replace(datasets=mix) for job in jobs]
 
     def mix_prob(self, recipe: FinetuneRecipe) -> float:
         """Mix3D's chance: a subclass whose own Settings do not extend SemanticSettings trains without it."""

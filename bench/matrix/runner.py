@@ -32,7 +32,7 @@ from concurrent.futures import Executor as FuturesExecutor
 from dataclasses import asdict, dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
 from tqdm import tqdm
 
@@ -58,10 +58,13 @@ from bench.recipes import (
     held_result_fields,
     result_fields,
 )
-from tasks.datasets import expected_path, pretrain_dataset
+from tasks.datasets import DATASETS, expected_path, pretrain_dataset
 from tasks.io import save_text
 from tasks.spec import TaskSpec, get_task, list_tasks
 from tasks.synth.suite import is_generated
+
+if TYPE_CHECKING:
+    from bench.finetune.engine import Pretraining
 
 log = logging.getLogger(__name__)
 
@@ -137,11 +140,25 @@ class PretrainJob:
     plugins: tuple[str, ...] = ()
     claim_timeout_s: float = STALE_AFTER_S
     started: float = field(default=0.0, compare=False)  # as RunSpec.started
+    datasets: str = ""  # PPT pre-training over several datasets of the data root (PretrainRecipe.datasets)
+
+    @property
+    def mixed(self) -> list[tuple[str, int]]:
+        """(dataset format, loop ratio) of a PPT pre-training; empty for one dataset."""
+        from bench.finetune.multidataset import parse_datasets
+
+        return parse_datasets(self.datasets, "datasets") if self.datasets else []
 
     @property
     def run_dir(self) -> Path:
         name = f"{self.mode}-{self.backbone.replace(':', '_')}-{self.preset}"
+        name += "".join(f"-{n}{r}" for n, r in self.mixed)
         return Path(self.results) / "runs" / "pretrain" / name
+
+    @property
+    def folders(self) -> set[str]:
+        """The dataset folders it reads."""
+        return {DATASETS[n].folder for n, _ in self.mixed} or {pretrain_dataset(self.mode)}
 
 
 def data_root_for(dataset: str, roots: tuple[str, ...]) -> Path | None:
@@ -523,13 +540,15 @@ def _pretrain_claimed(job: PretrainJob) -> str:
 
     export = job.run_dir / "backbone.pt"
     (job.run_dir / PRETRAIN_FAILED).unlink(missing_ok=True)
-    data = pretrain_dataset(job.mode)
-    root = data_root_for(data, job.data_roots)
+    folders = sorted(job.folders)
+    root = next((Path(r) for r in job.data_roots if all((Path(r) / f).is_dir() for f in folders)), None)
     if root is None:
-        raise FileNotFoundError(f"no {data}/ under {', '.join(job.data_roots)} to pre-train on")
-    recipe = pretrain_recipe_for(job.preset, job.mode, job.backbone)
-    log.info("pre-training %s (%s) on %s", job.backbone, job.mode, root / data)
-    Pretrainer(recipe, root / data, job.run_dir, job.device, resume=True, progress=False).run()
+        raise FileNotFoundError(f"no data root of {', '.join(job.data_roots)} holds {', '.join(folders)} to "
+                                "pre-train on")
+    recipe = pretrain_recipe_for(job.preset, job.mode, job.backbone, job.datasets)
+    data = root if job.datasets else root / folders[0]
+    log.info("pre-training %s (%s) on %s%s", job.backbone, job.mode, data, f" ({job.datasets})" * bool(job.datasets))
+    Pretrainer(recipe, data, job.run_dir, job.device, resume=True, progress=False).run()
     distributed.barrier(distributed.current())  # under torchrun the main rank writes the export the others load
     return str(export)
 
@@ -643,21 +662,21 @@ def pretrain_jobs(runs: list[RunSpec]) -> dict[PretrainJob, list[tuple[RunSpec, 
         spec = get_task(run.task)
         if run.init != "ponder" or run.init_path or not spec.runnable:
             continue
-        for backbone, mode, slot in _pretrainings(spec, run):
-            job = PretrainJob(backbone=backbone, mode=mode, data_roots=run.data_roots, results=run.results,
+        for need in _pretrainings(spec, run):
+            job = PretrainJob(backbone=need.backbone, mode=need.mode, data_roots=run.data_roots, results=run.results,
                               preset=run.preset, device=run.device, plugins=run.plugins,
-                              claim_timeout_s=run.claim_timeout_s, started=run.started)
-            needed.setdefault(job, []).append((run, slot))
+                              claim_timeout_s=run.claim_timeout_s, started=run.started, datasets=need.datasets)
+            needed.setdefault(job, []).append((run, need.slot))
     return needed
 
 
 def datasets_read(runs: Sequence[RunSpec]) -> set[str]:
     """The dataset folders the runs read, and the pre-trainings of their ``ponder`` inits."""
     return ({get_task(run.task).dataset for run in runs}
-            | {pretrain_dataset(job.mode) for job in pretrain_jobs(list(runs))})
+            | {folder for job in pretrain_jobs(list(runs)) for folder in job.folders})
 
 
-def _pretrainings(spec: TaskSpec, run: RunSpec) -> list[tuple[str, Mode, str]]:
+def _pretrainings(spec: TaskSpec, run: RunSpec) -> list[Pretraining]:
     """(backbone, pre-training mode, run field) of each export a ponder run needs (the task type says which)."""
     from bench.finetune.engine import task_type
 

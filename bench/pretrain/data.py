@@ -18,7 +18,7 @@ import torch
 
 from backbones.structures import GridSpec, PointBatch
 from renderer.rays import RayBundle, near_far_from_box, sample_rays
-from tasks.classes import SCANNET20
+from tasks.classes import S3DIS13, SCANNET20, STRUCTURED3D25
 from tasks.contract import OUTDOOR_EXTENT, UNIT_BOX, grid_spec, point_features, split_heldout
 from tasks.datasets import DATASETS, open_dataset
 from tasks.errors import DataFormatError
@@ -49,6 +49,9 @@ class SceneSource:
     loader: object  # index -> Scene
     class_names: tuple[str, ...] = ()
     heldout: list[Scene] | None = None
+    condition: str | None = None  # the scenes' dataset condition (PDNorm); a mixed source's held-out scenes'
+    conditions: tuple[str, ...] = ()  # each scene's, where they differ (a mixed source)
+    class_sets: dict[str, tuple[int, ...]] | None = None  # per condition, its rows of class_names (PPT)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -56,20 +59,29 @@ class SceneSource:
     def scene(self, index: int) -> Scene:
         return self.loader(index)
 
+    def condition_of(self, index: int) -> str | None:
+        return self.conditions[index] if self.conditions else self.condition
 
-def open_source(path: str | Path, mode: str, cameras: bool = False) -> SceneSource:
+
+LABELS = {"scannet": SCANNET20, "s3dis": S3DIS13, "structured3d": STRUCTURED3D25}  # the classes pixels are scored on
+
+
+def open_source(path: str | Path, mode: str, cameras: bool = False, datasets: str = "") -> SceneSource:
     """The scenes at ``path`` in the first format of :data:`tasks.datasets.DATASETS` that serves ``mode`` and is
     found there (a 7-Scenes-style RGB-D folder, a Pointcept ScanNet root, SemanticKITTI, a nuScenes root, a folder
     of loose lidarseg frames), read by the loaders fine-tuning uses: pre-training trains on the training split
     only and reports its depth error on a few validation scenes; an RGB-D folder and loose frames hold out frames
     by the contract's rule, the same frames the ``*-samples`` tasks evaluate on. ``cameras``: outdoor sweeps with
-    their cameras attached (camera rays), which only a nuScenes root has.
+    their cameras attached (camera rays), which only a nuScenes root has. ``datasets``: several datasets of the
+    data root ``path`` at once (:func:`mixed_source`).
     """
     from tasks.formats.rgbd_folder import RGBDFolder
 
     path = Path(path)
     if not path.is_dir():
         raise DataFormatError(path, "pre-training data folder does not exist")
+    if datasets:
+        return mixed_source(path, mode, datasets)
     kind = next((name for name, fmt in DATASETS.items() if mode in fmt.pretrain and fmt.found(path)), None)
     if kind == "rgbd-folder":
         folder = RGBDFolder(path)
@@ -87,11 +99,40 @@ def open_source(path: str | Path, mode: str, cameras: bool = False) -> SceneSour
         options = ({"with_views": True} if mode in ("indoor", "image") else
                    {"with_cameras": True} if cameras else {})
         data = open_dataset(kind, path, "train", **options)
-        return SceneSource(path, kind, data.names, data.__getitem__, SCANNET20 if kind == "scannet" else (),
-                           _heldout_scenes(kind, path, **options))
+        return SceneSource(path, kind, data.names, data.__getitem__, LABELS.get(kind, ()),
+                           _heldout_scenes(kind, path, **options), condition=DATASETS[kind].condition)
     needs = ("RGB-D views (an RGB-D folder or a ScanNet root with rgbd/)" if mode in ("indoor", "image")
              else "LiDAR sweeps")
     raise DataFormatError(path, f"no pre-training data for mode '{mode}': it needs {needs}")
+
+
+def mixed_source(root: Path, mode: str, datasets: str) -> SceneSource:
+    """PonderV2's PPT pre-training data (``datasets="structured3d:4,scannet:2,s3dis:1"``): the training rooms of
+    several datasets under the data root, each dataset's repeated its loop ratio times an epoch (PonderV2's
+    ``loop``), each under its dataset's condition. Pixel labels are scored against PPT's 36 class names, each
+    dataset's own rows (PonderV2's ``valid_index``). The depth error is measured on the first dataset's held-out
+    scenes."""
+    from bench.finetune.multidataset import parse_datasets
+    from tasks.heads.prompt import PPT_CLASSES, VALID_CLASSES
+
+    parts, index, conditions, heldout = [], [], [], []
+    for name, loop in parse_datasets(datasets, "datasets"):
+        fmt = DATASETS[name]
+        path = root / fmt.folder
+        if fmt.condition in conditions:
+            raise ValueError(f"datasets: {name} has the condition {fmt.condition} of another dataset named")
+        if mode not in fmt.pretrain or fmt.found is None or not path.is_dir() or not fmt.found(path):
+            raise DataFormatError(path, f"datasets names {name}, which is not {mode} pre-training data in this data "
+                                  f"root ({', '.join(n for n, f in DATASETS.items() if mode in f.pretrain)} are)")
+        data = open_dataset(name, path, "train", with_views=True)
+        index += [(len(parts), i) for _ in range(loop) for i in range(len(data))]
+        conditions += [fmt.condition] * (loop * len(data))
+        parts.append(data)
+        if len(parts) == 1:
+            heldout = _heldout_scenes(name, path, with_views=True)
+    return SceneSource(root, "mixed", [parts[p].names[i] for p, i in index],
+                       lambda k: parts[index[k][0]][index[k][1]], PPT_CLASSES, heldout, condition=conditions[0],
+                       conditions=tuple(conditions), class_sets=VALID_CLASSES)
 
 
 def _heldout_scenes(loader: str, path: Path, **options: object) -> list[Scene]:

@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -45,7 +45,6 @@ from bench.runlog import METRICS, RunLog, read_run_log
 from bench.trainer import Hook, Trainer
 from renderer.rays import RayBundle, near_far_from_box
 from tasks.contract import UNIT_BOX, voxel_size
-from tasks.datasets import DATASETS
 from tasks.io import atomic_write
 
 log = logging.getLogger(__name__)
@@ -113,10 +112,14 @@ class PretrainBatches(Dataset):
         for attempt in range(len(self.source)):
             index = (scene_index + attempt) % len(self.source)
             try:
-                return build_sample(self.source.scene(index), self.recipe, self.voxel, epoch, position,
-                                    with_preview=preview)
+                sample = build_sample(self.source.scene(index), self.recipe, self.voxel, epoch, position,
+                                      with_preview=preview)
             except UnusableScene as exc:
                 log.warning("skipped: %s", exc)
+                continue
+            if self.source.conditions and sample.points is not None:  # a mixed source: this scene's dataset
+                sample.points = replace(sample.points, condition=self.source.condition_of(index))
+            return sample
         raise RuntimeError(f"{self.source.path}: no scene gives a usable training sample")
 
 
@@ -135,11 +138,12 @@ class Pretrainer:
         self.resume, self.progress = resume, progress
         torch.manual_seed(recipe.seed)  # identical initial weights on every rank
         self.source: SceneSource = source or open_source(
-            self.data, recipe.mode, cameras=recipe.mode == "outdoor" and recipe.outdoor_rays == "camera")
+            self.data, recipe.mode, cameras=recipe.mode == "outdoor" and recipe.outdoor_rays == "camera",
+            datasets=recipe.datasets)
         config = get_backbone_config(recipe.backbone)
         self.voxel = voxel_size(recipe.domain, config.voxel_size)
-        self.model = PonderModel(recipe, self.source.class_names)
-        use_condition(self.model, DATASETS[self.source.kind].condition if self.source.kind in DATASETS else None)
+        self.model = PonderModel(recipe, self.source.class_names, self.source.class_sets)
+        use_condition(self.model, self.source.condition)  # a mixed source's samples carry their own
         if init is not None:
             from bench.finetune.exports import load_export
             from tasks.contract import in_channels

@@ -29,9 +29,13 @@ from tasks.contract import in_channels
 
 
 class PonderModel(nn.Module):
-    def __init__(self, recipe: PretrainRecipe, class_names: tuple[str, ...] = ()) -> None:
+    def __init__(self, recipe: PretrainRecipe, class_names: tuple[str, ...] = (),
+                 class_sets: dict[str, tuple[int, ...]] | None = None) -> None:
+        """``class_names``: the classes pixel labels are scored on (none: no semantic rendering); ``class_sets``:
+        each dataset condition's rows of them, where a sample's labels index its condition's rows (PPT)."""
         super().__init__()
         self.recipe = recipe
+        self.class_sets = class_sets
         config = get_backbone_config(recipe.backbone)
         self.modality = config.modality
         if config.modality == "3d":
@@ -111,6 +115,8 @@ class PonderModel(nn.Module):
         """
         sdf, color = self(sample)
         emb = self.class_embeddings if sample.labels_known and self.class_embeddings.numel() else None
+        if emb is not None and self.class_sets is not None:
+            emb = emb[list(self.class_sets[sample.points.condition])]
         return render_and_backward(self.field, (sdf, color), sample.spec, sample.rays, self.sampler,
                                    self.recipe.losses, emb, chunk=self.recipe.ray_chunk, perturb=True,
                                    generator=generator, loss_scale=loss_scale)

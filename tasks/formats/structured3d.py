@@ -15,11 +15,17 @@ from tasks.classes import STRUCTURED3D25
 from tasks.errors import DataFormatError
 from tasks.formats.base import SceneDataset
 from tasks.formats.pointcept import read_scene_folder, write_scene_folder
+from tasks.formats.room_frames import frames_folder, is_frames_folder, read_room_frames
 from tasks.structures import Scene
 
 
 class Structured3DDataset(SceneDataset):
-    """The rooms of one split; scene names are ``scene_XXXXX/room_YYY``."""
+    """The rooms of one split; scene names are ``scene_XXXXX/room_YYY``. ``with_views`` attaches each room's RGB-D
+    frames (``room_YYY_rgbd``, :mod:`tasks.formats.room_frames`)."""
+
+    def __init__(self, root: str | Path, split: str = "train", with_views: bool = False) -> None:
+        self.with_views = with_views
+        super().__init__(root, split)
 
     def _scene_names(self) -> list[str]:
         folder = self.root / self.split
@@ -27,10 +33,14 @@ class Structured3DDataset(SceneDataset):
             raise DataFormatError(folder, f"split folder '{self.split}' does not exist")
         return [f"{scene.name}/{room.name}" for scene in sorted(folder.iterdir())
                 if scene.is_dir() and scene.name.startswith("scene_")
-                for room in sorted(scene.iterdir()) if room.is_dir() and room.name.startswith("room_")]
+                for room in sorted(scene.iterdir())
+                if room.is_dir() and room.name.startswith("room_") and not is_frames_folder(room)]
 
     def load(self, name: str) -> Scene:
-        return read_scene_folder(self.root / self.split / name, "segment", len(STRUCTURED3D25), name=name)
+        scene = read_scene_folder(self.root / self.split / name, "segment", len(STRUCTURED3D25), name=name)
+        if self.with_views:
+            scene.views = read_room_frames(frames_folder(self.root / self.split / name))
+        return scene
 
 
 def write_structured3d_room(root: Path, split: str, scene: str, room: str, arrays: dict[str, np.ndarray]) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from tasks.formats.room_frames import frames_folder, write_room_frames
 from tasks.formats.s3dis import write_s3dis_room
 from tasks.formats.scannet import write_scannet_frames, write_scannet_scene
 from tasks.formats.semantickitti import write_semantickitti_scan, write_semantickitti_sequence_meta
@@ -214,9 +215,13 @@ def _write_scannet(root: Path, index: int, size: SuiteSize, rng: np.random.Gener
 def _write_s3dis(root: Path, area: int, index: int, size: SuiteSize, rng: np.random.Generator) -> None:
     room = make_room(rng, size.room_objects, size.room_size)
     cloud = room_cloud(room, size.point_density, rng)
-    write_s3dis_room(root, area, f"office_{index + 1}", dict(
+    name = f"office_{index + 1}"
+    write_s3dis_room(root, area, name, dict(
         coord=cloud.coord, color=cloud.color, normal=cloud.normal, segment=TO_S3DIS[cloud.kind],
         instance=cloud.instance))
+    # frames last, so the rooms are what they were before frames were written
+    write_room_frames(frames_folder(root / f"Area_{area}" / name), room_views(room, size.views_per_room,
+                                                                              *size.view_size, rng))
 
 
 def _write_structured3d(root: Path, index: int, size: SuiteSize, rng: np.random.Generator) -> None:
@@ -225,8 +230,10 @@ def _write_structured3d(root: Path, index: int, size: SuiteSize, rng: np.random.
     split, scene = ("train", index) if index < n_train else ("val", 3000 + index - n_train)
     room = make_room(rng, size.room_objects, size.room_size)
     cloud = room_cloud(room, size.point_density, rng)
-    write_structured3d_room(root, split, f"scene_{scene:05d}", f"room_{int(rng.integers(1000))}", dict(
+    folder = root / split / f"scene_{scene:05d}" / f"room_{int(rng.integers(1000))}"
+    write_structured3d_room(root, split, folder.parent.name, folder.name, dict(
         coord=cloud.coord, color=cloud.color, normal=cloud.normal, segment=TO_STRUCTURED3D[cloud.kind]))
+    write_room_frames(frames_folder(folder), room_views(room, size.views_per_room, *size.view_size, rng))
 
 
 def _write_kitti(root: Path, seq: int, frame: int, size: SuiteSize, rng: np.random.Generator) -> np.ndarray:
