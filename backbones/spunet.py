@@ -71,8 +71,11 @@ class BasicBlock(spconv.SparseModule):
         super().__init__()
         self.proj = (nn.Identity() if in_channels == channels else spconv.SparseSequential(
             spconv.SubMConv3d(in_channels, channels, 1, bias=False, algo=algo), BatchNorm(channels)))
-        self.conv1, self.conv2 = block_convs(in_channels, channels, indice_key, algo)
-        self.bn1, self.bn2 = BatchNorm(channels), BatchNorm(channels)
+        conv1, conv2 = block_convs(in_channels, channels, indice_key, algo)
+        # registered conv1, bn1, conv2, bn2 (the order before 8de86b1): the parameters' order is the summation order
+        # of the gradient-norm clip, and a 60-step pre-training ends elsewhere when it changes
+        self.conv1, self.bn1 = conv1, BatchNorm(channels)
+        self.conv2, self.bn2 = conv2, BatchNorm(channels)
 
     def forward(self, x: spconv.SparseConvTensor) -> spconv.SparseConvTensor:
         residual = x.features if isinstance(self.proj, nn.Identity) else self.proj(x).features

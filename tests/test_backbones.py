@@ -131,6 +131,15 @@ def test_spunet_v1m1_parameter_count_matches_the_reference_architecture() -> Non
         4, 32, (32, 64, 128, 256, 256, 128, 96, 96), (2, 3, 4, 6, 2, 2, 2, 2))
 
 
+def test_a_residual_blocks_parameters_keep_their_order() -> None:
+    """conv1, bn1, conv2, bn2: the order the gradient-norm clip sums in. Registering both convs first (8de86b1)
+    moved the mini pre-training's held-out depth from 0.42 m to 0.90 m and the main job's ScanNet Ponder score
+    of seed 0 from 72.5 to 67.3, with the same initial weights."""
+    block = create_backbone("spunet-mini").enc[0].block0
+    assert [n for n, _ in block.named_parameters()] == ["conv1.weight", "bn1.weight", "bn1.bias", "conv2.weight",
+                                                        "bn2.weight", "bn2.bias"]
+
+
 def test_timm_weights_load_from_a_local_file(tmp_path) -> None:
     import timm
 
