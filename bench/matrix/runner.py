@@ -677,7 +677,7 @@ def datasets_read(runs: Sequence[RunSpec]) -> set[str]:
 
 
 def _pretrainings(spec: TaskSpec, run: RunSpec) -> list[Pretraining]:
-    """(backbone, pre-training mode, run field) of each export a ponder run needs (the task type says which)."""
+    """The exports a ponder run needs (the task type says which)."""
     from bench.finetune.engine import task_type
 
     return task_type(spec).pretrainings(spec, run.backbone, run.recipe()) if spec.runnable else []
