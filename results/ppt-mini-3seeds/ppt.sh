@@ -1,0 +1,13 @@
+set -x
+export PYTHONPATH=/work/meas
+PB=/work/main/.venv/bin/ponderbench
+cd /work/meas
+date
+$PB data synth --suite mini --root /work/main/data/mini --datasets structured3d
+date
+$PB run --data /work/main/data/mini --results /work/meas-results/ppt-base --tasks scannet-semseg,s3dis-area5-semseg,scannet200-semseg --backbones spunet-mini --inits scratch,ponder --protocols finetune --seeds 0,1,2 --no-progress
+date
+$PB run --data /work/main/data/mini --results /work/meas-results/ppt-multi --tasks scannet-semseg,s3dis-area5-semseg --backbones spunet-v1m3-mini --inits scratch,ponder --protocols finetune --seeds 0,1,2 --no-progress semseg.ppt=True semseg.datasets=structured3d:4,scannet:2,s3dis:1
+date
+$PB run --data /work/main/data/mini --results /work/meas-results/ppt-multi --tasks scannet200-semseg --backbones spunet-v1m3-mini --inits scratch,ponder --protocols finetune --seeds 0,1,2 --no-progress
+date
