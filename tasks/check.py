@@ -9,6 +9,8 @@ import numpy as np
 
 from tasks.datasets import DATASETS, open_dataset
 from tasks.errors import DataFormatError
+from tasks.formats.room_frames import SUFFIX as FRAMES_SUFFIX
+from tasks.formats.room_frames import read_room_frames
 from tasks.formats.scannet import read_scannet_frames
 from tasks.structures import Scene
 
@@ -69,6 +71,12 @@ def check_dataset(name: str, root: Path, max_scenes: int | None = None) -> Datas
                 read_scannet_frames(scene)
             except DataFormatError as exc:
                 report.problems.append(f"rgbd/{scene.name}: {exc}")
+    if name in ("s3dis", "structured3d"):  # the rooms' RGB-D frames, where there are any (pre-training reads them)
+        for folder in sorted(p for p in report.path.rglob(f"*{FRAMES_SUFFIX}") if p.is_dir())[:max_scenes]:
+            try:
+                read_room_frames(folder)
+            except DataFormatError as exc:
+                report.problems.append(f"{folder.relative_to(report.path)}: {exc}")
     return report
 
 

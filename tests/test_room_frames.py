@@ -56,6 +56,16 @@ def test_a_broken_frame_is_named(tmp_path: Path) -> None:
         read_room_frames(tmp_path / "f")
 
 
+def test_data_check_reads_the_frames(tiny_copy: Path) -> None:
+    from tasks.check import check_dataset
+
+    assert check_dataset("s3dis", tiny_copy).ok
+    frame = next((tiny_copy / "s3dis").glob("Area_1/*_rgbd/0.pth"))
+    frame.write_bytes(b"not a frame")
+    report = check_dataset("s3dis", tiny_copy)
+    assert not report.ok and any("office_1_rgbd/0.pth: refused as an RGB-D frame" in p for p in report.problems)
+
+
 def test_rooms_carry_their_frames_and_frame_folders_are_not_rooms(tiny_root: Path) -> None:
     for name, root in (("s3dis", tiny_root / "s3dis"), ("structured3d", tiny_root / "structured3d")):
         plain, posed = open_dataset(name, root, "train"), open_dataset(name, root, "train", with_views=True)
