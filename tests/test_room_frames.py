@@ -100,6 +100,8 @@ def test_the_mixed_source_repeats_each_dataset_its_loop_ratio_under_its_conditio
         mixed_source(tiny_root / "nowhere", "indoor", "scannet:1")
     with pytest.raises(ValueError, match="datasets: scannet200 has the condition ScanNet of another dataset named"):
         mixed_source(tiny_root, "indoor", "scannet:1,scannet200:1")
+    with pytest.raises(ValueError, match="PPT pre-training renders several indoor datasets.*this is mode image"):
+        mixed_source(tiny_root, "image", "scannet:1")
     with pytest.raises(ValueError, match="datasets: 'semantickitti' is not a dataset with a condition"):
         open_source(tiny_root, "indoor", datasets="semantickitti:1")
 

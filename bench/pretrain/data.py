@@ -115,8 +115,12 @@ def mixed_source(root: Path, mode: str, datasets: str) -> SceneSource:
     from bench.finetune.multidataset import parse_datasets
     from tasks.heads.prompt import PPT_CLASSES, VALID_CLASSES
 
+    named = parse_datasets(datasets, "datasets")
+    if mode != "indoor" or not named:
+        raise ValueError(f"datasets={datasets!r}: PPT pre-training renders several indoor datasets' frames into a "
+                         f"3D backbone (mode indoor, one dataset or more); this is mode {mode}")
     parts, index, conditions, heldout = [], [], [], []
-    for name, loop in parse_datasets(datasets, "datasets"):
+    for name, loop in named:
         fmt = DATASETS[name]
         path = root / fmt.folder
         if fmt.condition in conditions:
