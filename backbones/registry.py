@@ -74,7 +74,8 @@ def _load_plugins() -> None:
     if _plugins_loaded:
         return
     _plugins_loaded = True
-    import backbones.spunet  # noqa: F401  (built-in registrations)
+    import backbones.ptv3  # noqa: F401  (built-in registrations)
+    import backbones.spunet  # noqa: F401
     import backbones.spunet_pdnorm  # noqa: F401
     import backbones.timm2d  # noqa: F401
 

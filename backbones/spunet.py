@@ -11,6 +11,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Sequence
 from functools import partial
+from itertools import pairwise
 
 import torch
 from torch import nn
@@ -44,17 +45,45 @@ def unique_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack(columns[::-1], dim=1) + low, inverse
 
 
-def sparse_input(batch: PointBatch) -> tuple[spconv.SparseConvTensor, torch.Tensor]:
-    """The batch as one sparse tensor of voxels (points sharing a voxel averaged), and each point's voxel row.
-
-    The spatial shape leaves the original's margin of 96 voxels past the largest coordinate."""
+def voxelize(batch: PointBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The batch's occupied voxels as (V, 4) int32 rows (cloud, x, y, z), sorted; their features, the mean of the
+    points in each; and each point's voxel row. Sparse backbones run on voxels, so that their output does not depend
+    on the order (or duplication) of the input points."""
     keys = torch.cat([batch.batch_index[:, None], batch.grid_coord], dim=1).long()
     voxels, inverse = unique_rows(keys)
-    voxels = voxels.to(torch.int32)
     counts = torch.bincount(inverse, minlength=len(voxels)).to(batch.feat.dtype)
     feat = batch.feat.new_zeros(len(voxels), batch.feat.shape[1]).index_add(0, inverse, batch.feat)
+    return voxels.to(torch.int32), feat / counts[:, None], inverse
+
+
+def sparse_input(batch: PointBatch) -> tuple[spconv.SparseConvTensor, torch.Tensor]:
+    """The batch as one sparse tensor of voxels (:func:`voxelize`), and each point's voxel row.
+
+    The spatial shape leaves the original's margin of 96 voxels past the largest coordinate."""
+    voxels, feat, inverse = voxelize(batch)
     shape = (voxels[:, 1:].max(0).values + 96).tolist()
-    return spconv.SparseConvTensor(feat / counts[:, None], voxels.contiguous(), shape, batch.batch_size), inverse
+    return spconv.SparseConvTensor(feat, voxels.contiguous(), shape, batch.batch_size), inverse
+
+
+def parent_rows(fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+    """For each voxel of ``fine`` (rows cloud, x, y, z), the row of ``coarse`` holding its cell after a stride-2
+    convolution (coordinates halved, rounded down)."""
+    halved = torch.cat([fine[:, :1], fine[:, 1:] // 2], dim=1).long()
+    radix = torch.cat([halved, coarse.long()]).max(0).values + 1  # one key space for both (rows are >= 0)
+
+    def key(rows: torch.Tensor) -> torch.Tensor:
+        out = rows[:, 0]
+        for c in range(1, 4):
+            out = out * radix[c] + rows[:, c]
+        return out
+
+    coarse_keys = key(coarse.long())
+    order = torch.argsort(coarse_keys)
+    found = torch.searchsorted(coarse_keys[order], key(halved))
+    rows = order[found.clamp(max=len(order) - 1)]
+    if not torch.equal(coarse_keys[rows], key(halved)):
+        raise ValueError("a voxel's cell is missing from the coarser level")
+    return rows
 
 
 def block_convs(in_channels: int, channels: int, indice_key: str, algo  # noqa: ANN001
@@ -110,6 +139,7 @@ class SpUNet(nn.Module):
         if len(channels) != len(layers) or len(layers) % 2:
             raise ValueError("channels and layers must have the same even length (encoder + decoder stages)")
         self.in_channels, self.out_channels = in_channels, channels[-1]
+        self.level_channels = tuple(reversed(channels[len(channels) // 2 - 1:]))  # of :meth:`levels`
         a = conv_algo(algo)
         n = len(layers) // 2
         self.conv_input = spconv.SparseSequential(
@@ -135,7 +165,9 @@ class SpUNet(nn.Module):
 
     head_keys = ("final.",)  # the original's classifier, inside its backbone in a segmentor: the suite's is apart
 
-    def forward(self, batch: PointBatch) -> torch.Tensor:
+    def _run(self, batch: PointBatch) -> tuple[list[spconv.SparseConvTensor], torch.Tensor]:
+        """The decoder's output at each resolution and the deepest encoder stage's, finest first; each point's
+        voxel."""
         x, inverse = sparse_input(batch)
         x = self.conv_input(x)
         skips = [x]
@@ -143,11 +175,24 @@ class SpUNet(nn.Module):
             x = enc(down(x))
             skips.append(x)
         x = skips.pop()
+        outputs = [x]
         for s in reversed(range(len(self.up))):
             x = self.up[s](x)
             x = x.replace_feature(torch.cat([x.features, skips.pop().features], dim=1))
             x = self.dec[s](x)
-        return x.features[inverse]
+            outputs.insert(0, x)
+        return outputs, inverse
+
+    def forward(self, batch: PointBatch) -> torch.Tensor:
+        outputs, inverse = self._run(batch)
+        return outputs[0].features[inverse]
+
+    def levels(self, batch: PointBatch) -> tuple[list[torch.Tensor], torch.Tensor, list[torch.Tensor]]:
+        """Per-level features, finest first (:meth:`_run`); each voxel's cell in the next level; each point's voxel
+        (the interface of :func:`backbones.levels.all_levels`)."""
+        outputs, inverse = self._run(batch)
+        return ([x.features for x in outputs], inverse,
+                [parent_rows(fine.indices, coarse.indices) for fine, coarse in pairwise(outputs)])
 
     @staticmethod
     def legacy_names(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

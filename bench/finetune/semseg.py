@@ -37,6 +37,7 @@ class SemanticSettings:
     ppt: bool = False  # Point Prompt Training's head: points scored against class text embeddings (PPT-v1m1)
     class_embeddings: str | None = None  # PPT's text embeddings: a .json / .npz file per class name, else fixed ones
     datasets: str = ""  # with ppt, other datasets trained on too, with loop ratios: "structured3d:4,scannet:2,s3dis:1"
+    levels: bool = False  # the head reads every level of the backbone, upcast and concatenated (Sonata's probe)
 
 
 @register_task_type("semseg")
@@ -46,7 +47,9 @@ class SemanticSegmentation(SceneTaskType):
     def head(self, backbone: torch.nn.Module, ctx: FinetuneContext) -> torch.nn.Module:
         settings = self.settings(ctx.recipe)
         if not getattr(settings, "ppt", False):
-            return SegmentationModel(backbone, backbone.config.out_channels, len(ctx.spec.classes), ctx.linear_probe)
+            levels = getattr(settings, "levels", False)
+            width = sum(getattr(backbone, "level_channels", ())) if levels else backbone.config.out_channels
+            return SegmentationModel(backbone, width, len(ctx.spec.classes), ctx.linear_probe, levels)
         classes = VALID_CLASSES.get(ctx.spec.condition or "", ())
         if len(classes) != len(ctx.spec.classes):
             raise ValueError(f"semseg.ppt: PPT's class sets are ScanNet's 20, S3DIS's 13 and Structured3D's 25; "

@@ -19,19 +19,22 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import importlib.util
 import json
 import subprocess
 import sys
 import tempfile
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from backbones.ptv3 import SONATA, SerializedAttention
 from backbones.registry import create_backbone
+from backbones.serialization import ORDERS
 from backbones.sparse import conv_algo, spconv
 from backbones.spunet_pdnorm import CONDITIONS, CONTEXT_CONDITIONS
 from backbones.structures import PointBatch
@@ -46,13 +49,23 @@ class Original:
     cls: str
     kwargs: dict[str, object]
     condition: str | None = None  # PDNorm's: the dataset condition of the compared batch
+    overrides: dict[str, object] = field(default_factory=dict)  # create_backbone's, to match ``kwargs``
 
 
 _V1M3 = {"in_channels": 6, "num_classes": 0, "conditions": CONDITIONS, "zero_init": False, "norm_decouple": True,
          "norm_adaptive": True, "norm_affine": True}  # PonderV2's PPT configs
+# Pointcept's PTv3 and Sonata configs, less flash-attn (absent on the CPU; the same patches, see ``compare``) and
+# the shuffle of curve orders (random even in eval mode)
+_NO_FLASH = {"enable_flash": False, "upcast_attention": False, "upcast_softmax": False, "shuffle_orders": False}
+_PATCH = {"enc_patch_size": (1024,) * 5, "dec_patch_size": (1024,) * 4}  # the configs' (the classes' default: 48)
+_PTV3 = {"in_channels": 6, "order": ORDERS, **_PATCH, **_NO_FLASH}
+_SONATA = {"order": ORDERS, **{k: v for k, v in SONATA.items() if k != "variant"}, **_PATCH, **_NO_FLASH}
+_PTV3_FILE = "point_transformer_v3/point_transformer_v3m{}.py"
 ORIGINALS = {"spunet-v1m1": Original("sparse_unet/spconv_unet_v1m1_base.py", "SpUNetBase",
                                      {"in_channels": 6, "num_classes": 0}),
-             "spunet-v1m3": Original("sparse_unet/spconv_unet_v1m3_pdnorm.py", "SpUNetBase", _V1M3, "S3DIS")}
+             "spunet-v1m3": Original("sparse_unet/spconv_unet_v1m3_pdnorm.py", "SpUNetBase", _V1M3, "S3DIS"),
+             "ptv3-v1m1": Original(_PTV3_FILE.format("1_base"), "PointTransformerV3", _PTV3),
+             "sonata-v1m1": Original(_PTV3_FILE.format("2_sonata"), "PointTransformerV3", _SONATA)}
 
 
 class _Registry:
@@ -116,24 +129,55 @@ def _import_original(checkout: Path, relative: str) -> tuple[types.ModuleType, s
     builder.MODELS = builder.MODULES = _Registry()  # the first import's module stays: one registry for all
     losses = types.ModuleType(f"{package}.models.losses")
     losses.build_criteria = lambda cfg: None  # PPT's criteria: training only
-    helpers = next((f for f in (models / "utils.py", models / "utils" / "misc.py") if f.is_file()), None)
-    if helpers is None:  # PonderV2 keeps offset2batch in models/utils.py, Pointcept in models/utils/misc.py
-        raise FileNotFoundError(f"{models}: neither utils.py nor utils/misc.py (offset2batch)")
-    utils_spec = importlib.util.spec_from_file_location(f"{package}.models.utils", helpers)
-    utils = importlib.util.module_from_spec(utils_spec)
-    utils_spec.loader.exec_module(utils)  # offset2batch and friends: torch only
     geometric = types.ModuleType("torch_geometric.utils")
     geometric.scatter = None
-    for name, module in {package: types.ModuleType(package), f"{package}.models": types.ModuleType("models"),
-                         f"{package}.models.builder": builder, f"{package}.models.utils": utils,
-                         f"{package}.models.losses": losses,
+    root, models_module = types.ModuleType(package), types.ModuleType(f"{package}.models")
+    root.__path__, models_module.__path__ = [str(checkout / package)], [str(models)]  # the rest imports from disk
+    for name, module in {package: root, f"{package}.models": models_module, f"{package}.models.builder": builder,
+                         f"{package}.models.losses": losses, **_ptv3_stubs(package),
                          "torch_geometric": types.ModuleType("torch_geometric"),
                          "torch_geometric.utils": geometric}.items():
         sys.modules.setdefault(name, module)
+    if not (models / "utils.py").is_file() and not (models / "utils" / "__init__.py").is_file():
+        # PonderV2 keeps offset2batch in models/utils.py, Pointcept in the package models/utils/ (torch only)
+        raise FileNotFoundError(f"{models}: neither utils.py nor utils/__init__.py (offset2batch)")
     spec = importlib.util.spec_from_file_location(f"original_{Path(relative).stem}", models / relative)
     original = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(original)
     return original, f"{package}/models/{relative}"
+
+
+def _ptv3_stubs(package: str) -> dict[str, types.ModuleType]:
+    """What PTv3 and Sonata import beyond building and running the backbone: the trainer's hook base class
+    (``models.modules``), PDNorm (only with ``pdnorm_*`` options, off in these configs); ``torch_scatter`` (a CUDA
+    build) as ``segment_csr`` through ``torch.segment_reduce``; and ``addict``'s attribute dict where it is not
+    installed (Pointcept's ``Point`` is one)."""
+    hooks = types.ModuleType(f"{package}.engines.hooks")
+    hooks.HookBase = object
+    prompt = types.ModuleType(f"{package}.models.point_prompt_training")
+    prompt.PDNorm = None
+    scatter = types.ModuleType("torch_scatter")
+    scatter.segment_csr = lambda src, indptr, reduce="sum": torch.segment_reduce(src, reduce, offsets=indptr, axis=0)
+    stubs = {f"{package}.engines": types.ModuleType(f"{package}.engines"), f"{package}.engines.hooks": hooks,
+             f"{package}.models.point_prompt_training": prompt, "torch_scatter": scatter}
+    try:
+        importlib.import_module("addict")
+    except ImportError:
+        addict = types.ModuleType("addict")
+
+        class Dict(dict):
+            def __getattr__(self, key: str) -> object:
+                try:
+                    return self[key]
+                except KeyError:
+                    raise AttributeError(key) from None
+
+            def __setattr__(self, key: str, value: object) -> None:
+                self[key] = value
+
+        addict.Dict = Dict
+        stubs["addict"] = addict
+    return stubs
 
 
 def _randomise(model: torch.nn.Module, seed: int) -> None:
@@ -199,9 +243,12 @@ def compare(name: str, checkout: Path, seed: int = 0, cloud: Cloud | None = None
     spec = ORIGINALS[name]
     module, source = _import_original(checkout, spec.file)
     torch.manual_seed(seed)
-    original = getattr(module, spec.cls)(**spec.kwargs)
+    original = net = getattr(module, spec.cls)(**spec.kwargs)
+    serialized = spec.file.startswith("point_transformer_v3")
+    if serialized:
+        original = _PointFeatures(net)
     _randomise(original, seed)
-    state = {f"module.backbone.{k}": v for k, v in original.state_dict().items()}
+    state = {f"module.backbone.{k}": v for k, v in net.state_dict().items()}
     extra: dict[str, object] = {}
     if spec.condition is not None:  # the context table lives in the model around the backbone (PPT, Ponder)
         table = torch.randn(len(CONTEXT_CONDITIONS), 256, generator=torch.Generator().manual_seed(seed + 1))
@@ -213,10 +260,14 @@ def compare(name: str, checkout: Path, seed: int = 0, cloud: Cloud | None = None
         torch.save({"epoch": 1, "state_dict": state}, path)
         ours = create_backbone(name, checkpoint=path).eval()
     coord, grid, feat = cloud if cloud is not None else _room()
+    if ours.in_channels == 9:  # Sonata's input: coordinates (centred), colour, normal
+        feat = np.concatenate([coord - coord.mean(0), feat], axis=1)
     with torch.no_grad():
         theirs = original({"grid_coord": torch.from_numpy(grid), "feat": torch.from_numpy(feat),
                            "offset": torch.tensor([len(grid)]), "coord": torch.from_numpy(coord), **extra})
         mine = ours(PointBatch.collate([(coord, grid, feat)], condition=spec.condition))
+        if serialized:
+            _patch_size(original, ours, BATCHED_PATCH)
         batch_theirs, batch_mine = _batched(original, ours, (coord, grid, feat), extra, spec.condition)
     report = ours.checkpoint
     arguments = ", ".join(f"{k}={v}" for k, v in spec.kwargs.items())
@@ -227,8 +278,53 @@ def compare(name: str, checkout: Path, seed: int = 0, cloud: Cloud | None = None
             "layout": report.layout, "prefix": report.prefix, "missing": list(report.missing),
             "unexpected": list(report.unexpected), "feature_scale": float(theirs.abs().max()),
             "max_abs_difference": float((theirs - mine).abs().max()),
-            "batched_points": len(batch_mine),
+            "batched_points": len(batch_mine), "batched_patch_size": BATCHED_PATCH if serialized else None,
             "batched_max_abs_difference": float((batch_theirs - batch_mine).abs().max())}
+
+
+class _PointFeatures(torch.nn.Module):
+    """The original PTv3 or Sonata as Pointcept's ``DefaultSegmentorV2`` reads it: a data dict in, the finest
+    level's features out, with every pooled level's upcast and concatenated for an encoder (Sonata's probe). The
+    shuffle of curve orders, which its poolings keep on even in eval mode, is turned off. Its positional-encoding
+    convs, which carry a bias, stay in spconv's training path, which adds the bias after the convolution (the
+    eval path asserts on the CPU); nothing else in a sparse conv depends on the mode."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        for module in net.modules():
+            if hasattr(module, "shuffle_orders"):
+                module.shuffle_orders = False
+
+    def forward(self, data: dict[str, object]) -> torch.Tensor:
+        point = self.net(data)
+        while "pooling_parent" in point:
+            parent, inverse = point.pop("pooling_parent"), point.pop("pooling_inverse")
+            parent.feat = torch.cat([parent.feat, point.feat[inverse]], dim=-1)
+            point = parent
+        return point.feat
+
+    def train(self, mode: bool = True) -> _PointFeatures:
+        super().train(mode)
+        for module in self.net.modules():
+            if isinstance(module, spconv.conv.SparseConvolution) and module.bias is not None:
+                module.training = True
+        return self
+
+
+# Without flash-attn the original shrinks every patch to the smallest cloud of a batch; with it (and here) a cloud
+# shorter than the patch size is one patch of its own. The two agree when every cloud has at least a patch's voxels
+# at every level: true of the room and its half at 128, not at the configs' 1024 (the half has ~400 at the deepest).
+BATCHED_PATCH = 128
+
+
+def _patch_size(original: torch.nn.Module, ours: torch.nn.Module, size: int) -> None:
+    for module in original.modules():
+        if hasattr(module, "patch_size_max"):
+            module.patch_size_max = size
+    for module in ours.modules():
+        if isinstance(module, SerializedAttention):
+            module.patch_size = size
 
 
 def _batched(original: torch.nn.Module, ours: torch.nn.Module, cloud: tuple[np.ndarray, np.ndarray, np.ndarray],

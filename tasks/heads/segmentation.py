@@ -5,16 +5,21 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from backbones.levels import all_levels, has_levels
 from backbones.structures import PointBatch
 
 
 class OnBackbone(nn.Module):
     """A task's heads on a backbone (``.backbone``). ``freeze_backbone`` gives a linear probe: the backbone is not
-    trained, and keeps its BatchNorm statistics (it stays in eval mode)."""
+    trained, and keeps its BatchNorm statistics (it stays in eval mode). ``levels``: the heads read every level
+    of the backbone, upcast to the points and concatenated (:func:`backbones.levels.all_levels`)."""
 
-    def __init__(self, backbone: nn.Module, freeze_backbone: bool = False) -> None:
+    def __init__(self, backbone: nn.Module, freeze_backbone: bool = False, levels: bool = False) -> None:
         super().__init__()
-        self.backbone, self.freeze_backbone = backbone, freeze_backbone
+        if levels and not has_levels(backbone):
+            raise ValueError(f"{type(backbone).__name__} has no levels(): all-level features need a multi-level "
+                             "backbone (spunet-v1m1, ptv3-*, sonata-*)")
+        self.backbone, self.freeze_backbone, self.levels = backbone, freeze_backbone, levels
         if freeze_backbone:
             self.backbone.requires_grad_(False)
 
@@ -26,15 +31,15 @@ class OnBackbone(nn.Module):
 
     def features(self, batch: PointBatch) -> torch.Tensor:
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_backbone):
-            return self.backbone(batch)
+            return all_levels(self.backbone, batch) if self.levels else self.backbone(batch)
 
 
 class SegmentationModel(OnBackbone):
     """Backbone features (N, C) -> class logits (N, K). ``freeze_backbone`` gives a linear probe."""
 
-    def __init__(self, backbone: nn.Module, feature_channels: int, num_classes: int, freeze_backbone: bool = False
-                 ) -> None:
-        super().__init__(backbone, freeze_backbone)
+    def __init__(self, backbone: nn.Module, feature_channels: int, num_classes: int, freeze_backbone: bool = False,
+                 levels: bool = False) -> None:
+        super().__init__(backbone, freeze_backbone, levels)
         self.head = nn.Linear(feature_channels, num_classes)
 
     def forward(self, batch: PointBatch) -> torch.Tensor:
