@@ -22,8 +22,11 @@ from backbones.registry import create_backbone, get_backbone_config
 from backbones.serialization import encode, hilbert, z_order
 from backbones.sparse import conv_algo
 from backbones.structures import PointBatch
+from bench.finetune.engine import finetune
 from bench.pretrain.engine import Pretrainer
+from bench.recipes import get_finetune_recipe
 from tasks.heads.segmentation import SegmentationModel
+from tasks.spec import get_task
 from tests.test_pretrain import micro_recipe
 
 
@@ -219,3 +222,9 @@ def test_all_level_features_start_with_the_backbones_own_output(name: str) -> No
 def test_all_level_features_need_a_backbone_with_levels() -> None:
     with pytest.raises(ValueError, match="has no levels"):
         SegmentationModel(create_backbone("spunet-v1m3-mini"), 32, 5, levels=True)
+
+
+def test_a_probe_on_every_level_runs_in_the_engine(tiny_root: Path) -> None:
+    recipe = get_finetune_recipe("tiny", ["epochs=1", "max_points=1500", "semseg.levels=True"])
+    result = finetune(get_task("scannet-semseg"), "ptv3-mini", tiny_root, recipe=recipe, linear_probe=True)
+    assert 0.0 <= result.scores["mIoU"] <= 1.0

@@ -15,7 +15,10 @@ independent: a failure is recorded in the JSON with its traceback and the rest s
   Triton, with the reference, and on the eager PonderV2-style path, with peak memory;
 - ``pretrain_step``: one full reference indoor pre-training step (SpUNet-v1m1 -> volume -> U-Net ->
   renderer -> losses; bf16 autocast of the backbone as the recipe says), forward/backward split and the
-  share of each labelled part of the forward.
+  share of each labelled part of the forward;
+- ``ptv3_attention``: ``ptv3-v1m1`` on a 100k-point room, eval forward and training step, with each SDPA kernel
+  alone (flash, memory-efficient, math): time, peak memory, outputs against the first kernel that ran;
+  ``spunet-v1m1`` on the same room.
 
 Timings are medians of CUDA-event intervals after warm-up. ``--device cpu`` runs the same code on the CPU
 as a smoke test of the script (Triton then needs ``TRITON_INTERPRET=1``); its numbers mean nothing.
@@ -393,9 +396,59 @@ def pretrain_steps() -> dict:
     return report
 
 
+def ptv3_attention(points: int = 100_000) -> dict:
+    """PTv3 (``ptv3-v1m1``, patch 1024) on one 100k-point generated room at 2 cm: eval forward and a training
+    forward + backward with fp16 autocast (flash needs half precision; CPU: float32), with each SDPA kernel alone
+    (flash, memory-efficient, math), their peak memory and their outputs against the math kernel's; SpUNet-v1m1 on
+    the same room for scale."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from backbones.registry import create_backbone
+    from tests.benchmarks.test_bench_backbones import _room_batch
+
+    batch = _room_batch(points).to(DEVICE)
+    half = torch.autocast("cuda", dtype=torch.float16) if DEVICE == "cuda" else torch.autocast("cpu", enabled=False)
+    report: dict[str, object] = {"points": points, "autocast": "fp16" if DEVICE == "cuda" else "none"}
+    torch.manual_seed(0)
+    nets = {name: create_backbone(name).to(DEVICE) for name in ("ptv3-v1m1", "spunet-v1m1")}
+    reference = None
+    kernels = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+               "math": SDPBackend.MATH}
+    for name, kernel in [*kernels.items(), ("spunet-v1m1", None)]:
+        net = nets["spunet-v1m1" if kernel is None else "ptv3-v1m1"]
+        chosen = sdpa_kernel([kernel] if kernel is not None else list(kernels.values()))
+
+        def forward(net: torch.nn.Module = net) -> torch.Tensor:
+            with torch.no_grad(), half:
+                return net.eval()(batch)
+
+        def step(net: torch.nn.Module = net) -> None:
+            net.train().zero_grad(set_to_none=True)
+            with half:
+                loss = net(batch).float().square().mean()
+            loss.backward()
+
+        row: dict[str, object] = {}
+        with chosen:
+            peak_memory_reset()
+            row["forward_s"] = attempt(lambda f=forward: timed(f, repeats=5, warmup=1))
+            row["forward_peak_gib"] = peak_memory_gib()
+            if kernel is not None and isinstance(row["forward_s"], float):
+                out = forward().float()
+                reference = out if reference is None else reference
+                row["max_abs_vs_first_kernel"] = float((out - reference).abs().max())
+            state = {k: v.clone() for k, v in net.state_dict().items()}  # training steps move BatchNorm statistics
+            peak_memory_reset()
+            row["train_step_s"] = attempt(lambda s=step: timed(s, repeats=3, warmup=1))
+            row["train_step_peak_gib"] = peak_memory_gib()
+            net.load_state_dict(state)
+        report[name] = row
+    return report
+
+
 SECTIONS = {"environment": environment, "copy_bandwidth": copy_bandwidth, "composite_parity": composite_parity,
             "trilinear_parity": trilinear_parity, "composite": composite_timings, "trilinear": trilinear_timings,
-            "renderer_step": renderer_steps, "pretrain_step": pretrain_steps}
+            "renderer_step": renderer_steps, "pretrain_step": pretrain_steps, "ptv3_attention": ptv3_attention}
 
 
 def main() -> None:

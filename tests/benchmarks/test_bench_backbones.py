@@ -54,3 +54,32 @@ def test_lift_throughput(benchmark) -> None:
     result = benchmark(lift_to_volume, feats, 8, k, poses, (256, 704), (-50, -5, -50), (50, 3, 50), (100, 8, 100))
     benchmark.extra_info["voxels_per_s"] = 100 * 100 * 8 / benchmark.stats.stats.median
     assert result[1].sum() > 0
+
+
+def _room_batch(points: int, voxel: float = 0.02) -> PointBatch:
+    """A generated room grid-sampled at ``voxel``, its first ``points`` voxels (one point each)."""
+    rng = np.random.default_rng(0)
+    cloud = room_cloud(make_room(rng, 12), 6000.0, rng)
+    sampled = grid_sample_train(cloud.coord, voxel, rng)
+    keep = sampled.index[:points]
+    assert len(keep) == points, f"the room holds {len(keep)} voxels at {voxel} m, fewer than {points}"
+    feat = np.c_[cloud.color[keep] / 255.0, cloud.normal[keep]]
+    return PointBatch.collate([(cloud.coord[keep], sampled.grid_coord[:points], feat)])
+
+
+@pytest.mark.parametrize(("name", "attention"), [("spunet-v1m1", "-"), ("ptv3-v1m1", "default"),
+                                                 ("ptv3-v1m1", "math")])
+def test_forward_100k_room(benchmark, name: str, attention: str) -> None:
+    """Eval-mode forward of the full-size backbones on one 100k-point room at 2 cm (#28's comparison). For PTv3,
+    ``attention`` picks the SDPA kernels: PyTorch's choice (a fused flash kernel on the CPU) or the math
+    reference."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    model = create_backbone(name).eval()
+    batch = _room_batch(100_000)
+    backends = [SDPBackend.MATH] if attention == "math" else list(SDPBackend)
+    with torch.no_grad(), sdpa_kernel(backends):
+        benchmark.pedantic(model, args=(batch,), rounds=2, warmup_rounds=1)
+    benchmark.extra_info["points"] = 100_000
