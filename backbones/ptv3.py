@@ -28,7 +28,7 @@ from functools import partial
 from typing import Literal
 
 import torch
-from timm.layers import DropPath, trunc_normal_
+from timm.layers import DropPath
 from torch import nn
 from torch.nn import functional as F
 
@@ -120,9 +120,16 @@ def sparse_tensor(grid: torch.Tensor, batch: torch.Tensor, feat: torch.Tensor) -
 
 
 def segment_max(feat: torch.Tensor, cluster: torch.Tensor, clusters: int) -> torch.Tensor:
-    """Per-cluster maximum of ``feat`` rows (torch_scatter's ``segment_csr(..., reduce="max")``)."""
-    out = feat.new_zeros(clusters, feat.shape[1])
-    return out.scatter_reduce(0, cluster[:, None].expand_as(feat), feat, reduce="amax", include_self=False)
+    """Per-cluster maximum of ``feat`` rows, per channel (torch_scatter's ``segment_csr(..., reduce="max")``): the
+    gradient goes to one member per cluster and channel, the first of tied maxima, as torch_scatter's does (a plain
+    ``scatter_reduce("amax")`` would split it among ties, which half precision makes common)."""
+    index = cluster[:, None].expand_as(feat)
+    with torch.no_grad():
+        peak = feat.new_zeros(clusters, feat.shape[1]).scatter_reduce(0, index, feat, "amax", include_self=False)
+        rows = torch.arange(len(feat), device=feat.device)[:, None].expand_as(feat)
+        first = torch.full_like(peak, len(feat), dtype=torch.long).scatter_reduce(
+            0, index, torch.where(feat == peak[cluster], rows, len(feat)), "amin", include_self=True)
+    return feat.gather(0, first)
 
 
 class SerializedAttention(nn.Module):
@@ -234,8 +241,9 @@ class Pooling(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, stride: int, variant: Variant,
                  orders: Sequence[Order]) -> None:
         super().__init__()
-        if stride < 2 or stride & (stride - 1):
-            raise ValueError(f"pooling stride must be a power of two, got {stride}")
+        if stride < 1 or (variant == "v3m1" and stride & (stride - 1)):
+            raise ValueError(f"pooling stride must be a positive integer (PTv3's serialized pooling: a power of two), "
+                             f"got {stride}")
         self.stride, self.variant, self.orders = stride, variant, tuple(orders)
         self.proj = nn.Linear(in_channels, out_channels)
         self.norm = nn.Sequential(BatchNorm(out_channels) if variant == "v3m1" else nn.LayerNorm(out_channels))
@@ -398,7 +406,7 @@ def _sonata_init(module: nn.Module) -> None:
     """Sonata's initialisation: truncated normal (std 0.02) weights for linear layers and sparse convs, zero
     biases."""
     if isinstance(module, nn.Linear | spconv.SubMConv3d):
-        trunc_normal_(module.weight, std=0.02)
+        nn.init.trunc_normal_(module.weight, std=0.02)  # torch's, as the original (timm's draws otherwise)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
 

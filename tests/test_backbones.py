@@ -39,7 +39,7 @@ def _forward(model: torch.nn.Module, name: str, seed: int = 0) -> torch.Tensor:
 
 
 def test_registry_lists_the_reference_backbones() -> None:
-    assert {"spunet-v1m1", "spunet-mini", "timm:resnet18"} <= set(BACKBONES)
+    assert {"spunet-v1m1", "spunet-mini", "ptv3-v1m1", "ptv3-mini", "sonata-v1m1", "timm:resnet18"} <= set(BACKBONES)
     assert list_backbones("spunet*") == ["spunet-micro", "spunet-mini", "spunet-v1m1", "spunet-v1m3",
                                          "spunet-v1m3-mini"]
     assert all(n.startswith("timm:") for n in list_backbones(modality="2d"))

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from backbones.levels import all_levels
-from backbones.ptv3 import BiasedSubMConv3d, Level, SerializedAttention, serialize, sparse_tensor
+from backbones.ptv3 import BiasedSubMConv3d, Level, SerializedAttention, segment_max, serialize, sparse_tensor
 from backbones.registry import create_backbone, get_backbone_config
 from backbones.serialization import encode, hilbert, z_order
 from backbones.sparse import conv_algo
@@ -228,3 +228,11 @@ def test_a_probe_on_every_level_runs_in_the_engine(tiny_root: Path) -> None:
     recipe = get_finetune_recipe("tiny", ["epochs=1", "max_points=1500", "semseg.levels=True"])
     result = finetune(get_task("scannet-semseg"), "ptv3-mini", tiny_root, recipe=recipe, linear_probe=True)
     assert 0.0 <= result.scores["mIoU"] <= 1.0
+
+
+def test_max_pooling_sends_the_gradient_to_one_of_tied_maxima() -> None:
+    feat = torch.tensor([[1.0, 2.0], [1.0, 5.0], [0.0, 5.0], [3.0, 0.0]], requires_grad=True)
+    pooled = segment_max(feat, torch.tensor([0, 0, 0, 1]), 2)
+    assert pooled.tolist() == [[1.0, 5.0], [3.0, 0.0]]
+    pooled.sum().backward()
+    assert feat.grad.tolist() == [[1.0, 0.0], [0.0, 1.0], [0.0, 0.0], [1.0, 1.0]]
