@@ -36,7 +36,7 @@ from backbones.levels import upcast
 from backbones.registry import register_backbone
 from backbones.serialization import ORDERS, Order, depth_for, encode
 from backbones.sparse import conv_algo, spconv
-from backbones.spunet import unique_rows, voxelize
+from backbones.spunet import sparse_tensor, unique_rows, voxelize
 from backbones.structures import PointBatch
 
 BatchNorm = partial(nn.BatchNorm1d, eps=1e-3, momentum=0.01)
@@ -111,12 +111,6 @@ def _orders(code: torch.Tensor, shuffle: bool) -> tuple[torch.Tensor, torch.Tens
         perm = torch.randperm(len(code))
         code, order, inverse = code[perm], order[perm], inverse[perm]
     return code, order, inverse
-
-
-def sparse_tensor(grid: torch.Tensor, batch: torch.Tensor, feat: torch.Tensor) -> spconv.SparseConvTensor:
-    """The voxels as spconv's tensor, the original's spatial margin of 96 voxels past the largest coordinate."""
-    indices = torch.cat([batch[:, None], grid], dim=1).to(torch.int32).contiguous()
-    return spconv.SparseConvTensor(feat, indices, (grid.max(0).values + 96).tolist(), int(batch.max()) + 1)
 
 
 def segment_max(feat: torch.Tensor, cluster: torch.Tensor, clusters: int) -> torch.Tensor:
@@ -260,14 +254,16 @@ class Pooling(nn.Module):
                 0, cluster, torch.arange(len(cluster), device=cluster.device), reduce="amin")
             code, order, inverse = _orders(level.code[:, head] >> (3 * bits), shuffle)
             grid, batch, depth = level.grid[head] >> bits, level.batch[head], level.depth - bits
+            rows = torch.cat([batch[:, None], grid], dim=1)
         else:
-            cells_rows, cluster = unique_rows(torch.cat([level.batch[:, None], level.grid // self.stride], dim=1))
-            cells = len(cells_rows)
-            batch, grid = cells_rows[:, 0], cells_rows[:, 1:]
+            rows, cluster = unique_rows(torch.cat([level.batch[:, None], level.grid // self.stride], dim=1))
+            cells = len(rows)
+            batch, grid = rows[:, 0], rows[:, 1:]
             depth = depth_for(grid)
             code, order, inverse = serialize(grid, batch, self.orders, depth, shuffle)
         feat = self.act(self.norm(segment_max(self.proj(level.feat), cluster, cells)))
-        return Level(feat, grid, batch, depth, code, order, inverse, sparse_tensor(grid, batch, feat)), cluster
+        sparse = sparse_tensor(rows, feat, level.sparse.batch_size)
+        return Level(feat, grid, batch, depth, code, order, inverse, sparse), cluster
 
 
 class Unpooling(nn.Module):
@@ -369,7 +365,8 @@ class PointTransformerV3(nn.Module):
         depth = depth_for(grid)
         shuffle = self.shuffle_orders and self.training
         code, order, inverse = serialize(grid, voxel_batch, self.orders, depth, shuffle)
-        level = Level(feat, grid, voxel_batch, depth, code, order, inverse, sparse_tensor(grid, voxel_batch, feat))
+        sparse = sparse_tensor(voxels, feat, batch.batch_size)
+        level = Level(feat, grid, voxel_batch, depth, code, order, inverse, sparse)
         level.feat = self.embedding.stem(level)
         level.sparse = level.sparse.replace_feature(level.feat)
         encoder, clusters = [], []

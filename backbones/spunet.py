@@ -56,34 +56,29 @@ def voxelize(batch: PointBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     return voxels.to(torch.int32), feat / counts[:, None], inverse
 
 
-def sparse_input(batch: PointBatch) -> tuple[spconv.SparseConvTensor, torch.Tensor]:
-    """The batch as one sparse tensor of voxels (:func:`voxelize`), and each point's voxel row.
-
-    The spatial shape leaves the original's margin of 96 voxels past the largest coordinate."""
-    voxels, feat, inverse = voxelize(batch)
+def sparse_tensor(voxels: torch.Tensor, feat: torch.Tensor, batch_size: int) -> spconv.SparseConvTensor:
+    """Voxel rows (cloud, x, y, z) and their features as spconv's tensor; the spatial shape leaves the original's
+    margin of 96 voxels past the largest coordinate."""
     shape = (voxels[:, 1:].max(0).values + 96).tolist()
-    return spconv.SparseConvTensor(feat, voxels.contiguous(), shape, batch.batch_size), inverse
+    return spconv.SparseConvTensor(feat, voxels.to(torch.int32).contiguous(), shape, batch_size)
+
+
+def sparse_input(batch: PointBatch) -> tuple[spconv.SparseConvTensor, torch.Tensor]:
+    """The batch as one sparse tensor of voxels (:func:`voxelize`), and each point's voxel row."""
+    voxels, feat, inverse = voxelize(batch)
+    return sparse_tensor(voxels, feat, batch.batch_size), inverse
 
 
 def parent_rows(fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
     """For each voxel of ``fine`` (rows cloud, x, y, z), the row of ``coarse`` holding its cell after a stride-2
     convolution (coordinates halved, rounded down)."""
-    halved = torch.cat([fine[:, :1], fine[:, 1:] // 2], dim=1).long()
-    radix = torch.cat([halved, coarse.long()]).max(0).values + 1  # one key space for both (rows are >= 0)
-
-    def key(rows: torch.Tensor) -> torch.Tensor:
-        out = rows[:, 0]
-        for c in range(1, 4):
-            out = out * radix[c] + rows[:, c]
-        return out
-
-    coarse_keys = key(coarse.long())
-    order = torch.argsort(coarse_keys)
-    found = torch.searchsorted(coarse_keys[order], key(halved))
-    rows = order[found.clamp(max=len(order) - 1)]
-    if not torch.equal(coarse_keys[rows], key(halved)):
+    halved = torch.cat([fine[:, :1], fine[:, 1:] // 2], dim=1)
+    cells, cell = unique_rows(torch.cat([coarse, halved]).long())  # coarse rows are unique: one cell each
+    if len(cells) != len(coarse):
         raise ValueError("a voxel's cell is missing from the coarser level")
-    return rows
+    row_of_cell = torch.empty_like(cell[: len(coarse)]).scatter_(
+        0, cell[: len(coarse)], torch.arange(len(coarse), device=cell.device))
+    return row_of_cell[cell[len(coarse):]]
 
 
 def block_convs(in_channels: int, channels: int, indice_key: str, algo  # noqa: ANN001

@@ -17,10 +17,11 @@ import pytest
 import torch
 
 from backbones.levels import all_levels
-from backbones.ptv3 import BiasedSubMConv3d, Level, SerializedAttention, segment_max, serialize, sparse_tensor
+from backbones.ptv3 import BiasedSubMConv3d, Level, SerializedAttention, segment_max, serialize
 from backbones.registry import create_backbone, get_backbone_config
 from backbones.serialization import encode, hilbert, z_order
 from backbones.sparse import conv_algo
+from backbones.spunet import sparse_tensor
 from backbones.structures import PointBatch
 from bench.finetune.engine import finetune
 from bench.pretrain.engine import Pretrainer
@@ -74,7 +75,8 @@ def _level(counts: list[int], channels: int = 8, seed: int = 0) -> Level:
     grid, batch = torch.cat(grids), torch.cat(batches)
     code, order, inverse = serialize(grid, batch, ("hilbert",), 5, shuffle=False)
     feat = torch.randn(len(grid), channels, generator=g)
-    return Level(feat, grid, batch, 5, code, order, inverse, sparse_tensor(grid, batch, feat))
+    return Level(feat, grid, batch, 5, code, order, inverse, sparse_tensor(torch.cat([batch[:, None], grid], 1), feat,
+                                                                           len(counts)))
 
 
 @pytest.mark.parametrize("counts", [[5], [40], [37, 9], [16, 16, 3]])
