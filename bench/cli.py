@@ -420,6 +420,17 @@ def _runs_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _runs_heldout(args: argparse.Namespace) -> int:
+    from bench.pretrain.heldout import draw_heldout
+
+    try:
+        result = draw_heldout(args.run, args.out, args.data, args.rows, args.device)
+    except ValueError as exc:  # DataFormatError included: a missing or refused file, named
+        return _usage_error("runs heldout", exc)
+    print(f"held-out median |depth error|: {result.before:.3f} m before, {result.after:.3f} m after; {result.picture}")
+    return 0
+
+
 def _claim_timeout(text: str) -> float:
     seconds = float(text)
     if not seconds >= MIN_STALE_AFTER_S:
@@ -603,6 +614,14 @@ def build_parser() -> argparse.ArgumentParser:
                                   "fits}")
     show.add_argument("--results", default="results")
     show.set_defaults(func=_runs_show)
+    held = runs.add_parser("heldout", help="draw a pre-training run's held-out depth: real, rendered by its initial "
+                                           "weights (from its seed) and by its checkpoint")
+    held.add_argument("run", help="the pre-training run's folder")
+    held.add_argument("--out", help="the picture (default: RUN/renders/heldout.png)")
+    held.add_argument("--data", help="where the run's data is now, if not where it was")
+    held.add_argument("--rows", type=int, default=3, help="held-out views or sweeps drawn, evenly spread")
+    held.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    held.set_defaults(func=_runs_heldout)
 
     lister = sub.add_parser("list", parents=[plugins], help="list what the suite knows")
     lister.add_argument("what", choices=("backbones", "datasets", "suites", "tasks", "recipes"))

@@ -400,6 +400,23 @@ def get_recipe(preset: str, overrides: list[str] | None = None) -> PretrainRecip
     return apply_overrides(PRESETS[preset], overrides or [])
 
 
+def pretrain_recipe_from(values: dict[str, Any]) -> PretrainRecipe:
+    """A pre-training recipe from its ``asdict`` form (a run's ``recipe.json`` or checkpoint), every value through
+    the overrides' type checks; JSON's lists are read back as the tuples they were."""
+    def literal(value: Any) -> str:
+        return repr(tuple(literal_value(v) for v in value)) if isinstance(value, list | tuple) else repr(value)
+
+    def literal_value(value: Any) -> Any:
+        return tuple(literal_value(v) for v in value) if isinstance(value, list | tuple) else value
+
+    def flat(tree: dict[str, Any], prefix: str = "") -> list[str]:
+        return [item for key, value in tree.items()
+                for item in (flat(value, f"{prefix}{key}.") if isinstance(value, dict)
+                             else [f"{prefix}{key}={literal(value)}"])]
+
+    return apply_overrides(PretrainRecipe(mode=values["mode"], backbone=values["backbone"]), flat(values))
+
+
 def pretrain_recipe_for(preset: str, mode: Mode, backbone: str, datasets: str = "") -> PretrainRecipe:
     """The pre-training of the ``ponder`` init under the fine-tuning ``preset``: ``mode`` is a 3D backbone's domain
     (indoor, outdoor) or ``image`` for a 2D backbone; ``datasets``: PPT's, over several datasets."""

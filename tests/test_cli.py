@@ -13,7 +13,7 @@ import pytest
 
 from bench.cli import main
 
-HELP = [[], ["data"], ["data", "synth"], ["data", "check"], ["list"], ["evaluate"]]
+HELP = [[], ["data"], ["data", "synth"], ["data", "check"], ["list"], ["evaluate"], ["runs", "heldout"]]
 
 
 @pytest.mark.parametrize("words", HELP, ids=lambda w: " ".join(w) or "top")
@@ -22,6 +22,11 @@ def test_help_everywhere(words: list[str], capsys) -> None:
         main([*words, "--help"])
     assert info.value.code == 0
     assert "usage: ponderbench" in capsys.readouterr().out
+
+
+def test_runs_heldout_names_a_folder_that_is_no_run(tmp_path: Path, capsys) -> None:
+    assert main(["runs", "heldout", str(tmp_path), "--device", "cpu"]) == 2
+    assert f"ponderbench runs heldout: {tmp_path / 'recipe.json'}" in capsys.readouterr().err
 
 
 def test_console_script_is_installed() -> None:

@@ -10,13 +10,16 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import torch
 
 from bench.pretrain.engine import Pretrainer
-from bench.recipes import get_recipe
+from bench.pretrain.heldout import draw_heldout
+from bench.recipes import PRESETS as PRESETS_BY_NAME
+from bench.recipes import get_recipe, pretrain_recipe_from
 from bench.trainer import Diverged
 
 REPO = Path(__file__).resolve().parents[1]
@@ -154,6 +157,35 @@ def test_recipe_overrides_are_typed() -> None:
                          ("mode=sideways", r"expected one of \(.indoor.")]:
         with pytest.raises(ValueError, match=message):
             get_recipe("indoor-mini", [bad])
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS_BY_NAME))
+def test_a_recipe_comes_back_from_its_json(preset: str) -> None:
+    recipe = get_recipe(preset, ["steps_per_epoch=7", "grad_clip=None"])
+    assert pretrain_recipe_from(json.loads(json.dumps(asdict(recipe)))) == recipe
+
+
+@pytest.mark.parametrize("case", ["indoor", "outdoor-nuscenes"])
+def test_heldout_pictures_reproduce_the_runs_own_errors(tiny_root: Path, tmp_path: Path, case: str) -> None:
+    """The initial weights come back from the seed, the trained ones from the checkpoint: the errors drawn are
+    the ones the run measured before its first step and after its last."""
+    result = Pretrainer(micro_recipe(case, "render_every=0"), tiny_root / PRESETS[case][1], tmp_path / "run",
+                        progress=False).run()
+    drawn = draw_heldout(tmp_path / "run", rows=2)
+    assert (drawn.before, drawn.after) == (result.heldout_depth_error_before, result.heldout_depth_error_after)
+    assert drawn.before != drawn.after and drawn.picture == tmp_path / "run" / "renders" / "heldout.png"
+    assert drawn.picture.stat().st_size > 0
+
+
+def test_heldout_pictures_name_what_is_missing(tiny_root: Path, tmp_path: Path) -> None:
+    from tasks.errors import DataFormatError
+
+    with pytest.raises(DataFormatError, match=f"{tmp_path / 'recipe.json'}.*not there"):
+        draw_heldout(tmp_path)
+    Pretrainer(micro_recipe("image", "epochs=1", "steps_per_epoch=1"), tiny_root / "scannet", tmp_path / "image",
+               progress=False).run()
+    with pytest.raises(ValueError, match="no held-out view or sweep to render \\(image mode"):
+        draw_heldout(tmp_path / "image")
 
 
 @pytest.mark.slow

@@ -410,14 +410,15 @@ def _lidar_preview(coord: np.ndarray, size: tuple[int, int]) -> Preview:
     return Preview(torch.zeros_like(d), d, size, None, depth)
 
 
-def heldout_samples(source: SceneSource, recipe, voxel_size: float) -> list[PretrainSample]:  # noqa: ANN001
+def heldout_samples(source: SceneSource, recipe, voxel_size: float,  # noqa: ANN001
+                    with_preview: bool = False) -> list[PretrainSample]:
     """Fixed samples of the held-out views/sweeps: no augmentation, no masking (``augment=False``), the same
-    rays every time."""
+    rays every time; ``with_preview``: each with its whole view (or LiDAR panorama) to draw."""
     held = []
     for i, scene in enumerate(source.heldout or []):
         if recipe.mode == "outdoor":
-            held.append(build_sample(scene, recipe, voxel_size, HELDOUT_EPOCH, i,
-                                     augment=False))
+            held.append(build_sample(scene, recipe, voxel_size, HELDOUT_EPOCH, i, augment=False,
+                                     with_preview=with_preview))
             continue
         if recipe.mode == "image":
             continue  # the 2D backbone would need the held-out view itself as input
@@ -425,7 +426,7 @@ def heldout_samples(source: SceneSource, recipe, voxel_size: float) -> list[Pret
             one = replace(scene, views=scene.views.select([v]))
             try:
                 held.append(build_sample(one, recipe, voxel_size, HELDOUT_EPOCH, 1000 * i + v,
-                                         augment=False))
+                                         augment=False, with_preview=with_preview))
             except UnusableScene as exc:
                 log.warning("held-out view skipped: %s", exc)
     return held

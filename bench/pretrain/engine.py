@@ -17,6 +17,7 @@ import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import Dataset
@@ -198,7 +199,9 @@ class Pretrainer:
                 self._picture(sample, step + 1)
         return totals
 
-    def _picture(self, sample: PretrainSample, step: int) -> None:
+    def render_preview(self, sample: PretrainSample) -> tuple[np.ndarray, np.ndarray]:
+        """The sample's preview (a camera view or a LiDAR panorama) rendered whole: colour (h, w, 3) and depth
+        (h, w) along the ray, in the sample's units."""
         preview: Preview = sample.preview
         lo, hi = sample.spec.lo, sample.spec.hi
         origins, directions = preview.origins.to(self.device), preview.directions.to(self.device)
@@ -207,11 +210,14 @@ class Pretrainer:
                                          else 0.01)
         rays = RayBundle(origins, directions, near, torch.maximum(far, near + 1e-3),
                          torch.zeros(len(origins), dtype=torch.long, device=self.device))
-        rgb, depth = self.model.render(sample, rays)
+        rgb, depth = self.model.render(sample_to(sample, self.device), rays)
         h, w = preview.size
-        plot_render(preview.rgb, rgb.reshape(h, w, 3).cpu().numpy(), preview.depth,
-                    depth.reshape(h, w).cpu().numpy(), self.run_dir / "renders" / f"step_{step:06d}.png",
-                    f"{sample.name}, step {step}")
+        return rgb.reshape(h, w, 3).cpu().numpy(), depth.reshape(h, w).cpu().numpy()
+
+    def _picture(self, sample: PretrainSample, step: int) -> None:
+        rgb, depth = self.render_preview(sample)
+        plot_render(sample.preview.rgb, rgb, sample.preview.depth, depth,
+                    self.run_dir / "renders" / f"step_{step:06d}.png", f"{sample.name}, step {step}")
 
     def heldout_depth_error(self, held: list[PretrainSample]) -> float | None:
         """Median |rendered - real| depth (metres) over the held-out rays, or None without held-out data."""

@@ -54,3 +54,22 @@ def plot_render(real_rgb: np.ndarray | None, rendered_rgb: np.ndarray | None, re
             ax.axis("off")
     fig.suptitle(title, fontsize=10)
     save_figure(fig, path)
+
+
+def plot_heldout_depth(rows: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], path: Path, title: str) -> None:
+    """One row per held-out view or sweep: real depth, depth rendered by the initial weights and by the trained
+    ones (metres, one scale per row; unknown real depth blank), each rendering's median |error| in its title."""
+    fig, axes = plt.subplots(len(rows), 3, figsize=(11, 2.6 * len(rows)), squeeze=False, layout="constrained")
+    for ax_row, (name, real, before, after) in zip(axes, rows, strict=True):
+        known = real > 0
+        top = float(np.percentile(real[known], 98)) if known.any() else float(max(before.max(), after.max()) or 1)
+        panels = ((np.where(known, real, np.nan), f"{name}: real depth"),
+                  (before, f"before: median |error| {np.median(np.abs(before - real)[known]):.2f} m"),
+                  (after, f"after: median |error| {np.median(np.abs(after - real)[known]):.2f} m"))
+        for ax, (image, label) in zip(ax_row, panels, strict=True):
+            shown = ax.imshow(image, cmap="turbo", vmin=0.0, vmax=top)
+            ax.set_title(label, fontsize=9)
+            ax.axis("off")
+        fig.colorbar(shown, ax=ax_row, fraction=0.02, label="depth (m)")
+    fig.suptitle(title, fontsize=10)
+    save_figure(fig, path)
