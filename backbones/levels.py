@@ -32,3 +32,23 @@ def all_levels(backbone: nn.Module, batch: PointBatch) -> torch.Tensor:
     """(N, sum(level_channels)) features of every level at each point."""
     levels, point_voxel, clusters = backbone.levels(batch)
     return upcast(levels, clusters)[point_voxel]
+
+
+def level_width(backbone: nn.Module, level: int) -> int:
+    """Channels of ``level`` (0: the finest; negative from the deepest); a level the backbone lacks is named."""
+    count = len(getattr(backbone, "level_channels", ()))
+    if not -count <= level < count:
+        raise ValueError(f"level {level}: {type(backbone).__name__} has levels 0 to {count - 1}" if count else
+                         f"level {level}: {type(backbone).__name__} has no levels()")
+    return backbone.level_channels[level]
+
+
+def one_level(backbone: nn.Module, batch: PointBatch, level: int) -> torch.Tensor:
+    """(N, level_channels[level]) features of one level at each point (0: the finest), each voxel taking its
+    cell's: the probe of one decoder resolution."""
+    level %= len(backbone.level_channels)
+    levels, point_voxel, clusters = backbone.levels(batch)
+    cell = torch.arange(len(levels[0]), device=levels[0].device)
+    for s in range(level):
+        cell = clusters[s][cell]
+    return levels[level][cell][point_voxel]

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from backbones.levels import all_levels
+from backbones.levels import all_levels, level_width, one_level
 from backbones.ptv3 import BiasedSubMConv3d, Level, SerializedAttention, segment_max, serialize
 from backbones.registry import create_backbone, get_backbone_config
 from backbones.serialization import encode, hilbert, z_order
@@ -221,13 +221,37 @@ def test_all_level_features_start_with_the_backbones_own_output(name: str) -> No
     assert model(batch).shape == (900, 5)
 
 
+@pytest.mark.parametrize("name", ["spunet-mini", "ptv3-mini"])
+def test_one_level_is_its_slice_of_every_level(name: str) -> None:
+    torch.manual_seed(0)
+    net = create_backbone(name).eval()
+    batch = _batch(6)
+    with torch.no_grad():
+        every = all_levels(net, batch)
+        start = 0
+        for k, width in enumerate(net.level_channels):
+            torch.testing.assert_close(one_level(net, batch, k), every[:, start:start + width])
+            start += width
+        torch.testing.assert_close(one_level(net, batch, -1), every[:, -net.level_channels[-1]:])
+    model = SegmentationModel(net, level_width(net, 2), 5, freeze_backbone=True, level=2)
+    assert model(batch).shape == (900, 5)
+    count = len(net.level_channels)
+    with pytest.raises(ValueError, match=f"level {count}: .* has levels 0 to {count - 1}"):
+        SegmentationModel(net, 8, 5, level=count)
+
+
 def test_all_level_features_need_a_backbone_with_levels() -> None:
     with pytest.raises(ValueError, match="has no levels"):
         SegmentationModel(create_backbone("spunet-v1m3-mini"), 32, 5, levels=True)
+    with pytest.raises(ValueError, match="has no levels"):
+        SegmentationModel(create_backbone("spunet-v1m3-mini"), 32, 5, level=0)
+    with pytest.raises(ValueError, match="exclude each other"):
+        SegmentationModel(create_backbone("spunet-mini"), 32, 5, levels=True, level=0)
 
 
-def test_a_probe_on_every_level_runs_in_the_engine(tiny_root: Path) -> None:
-    recipe = get_finetune_recipe("tiny", ["epochs=1", "max_points=1500", "semseg.levels=True"])
+@pytest.mark.parametrize("setting", ["semseg.levels=True", "semseg.level=1"])
+def test_a_probe_on_the_levels_runs_in_the_engine(tiny_root: Path, setting: str) -> None:
+    recipe = get_finetune_recipe("tiny", ["epochs=1", "max_points=1500", setting])
     result = finetune(get_task("scannet-semseg"), "ptv3-mini", tiny_root, recipe=recipe, linear_probe=True)
     assert 0.0 <= result.scores["mIoU"] <= 1.0
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from backbones.levels import level_width
 from backbones.structures import PointBatch
 from bench import distributed
 from bench.finetune.engine import FinetuneContext, Pretraining, SceneTaskType, register_task_type
@@ -38,6 +39,7 @@ class SemanticSettings:
     class_embeddings: str | None = None  # PPT's text embeddings: a .json / .npz file per class name, else fixed ones
     datasets: str = ""  # with ppt, other datasets trained on too, with loop ratios: "structured3d:4,scannet:2,s3dis:1"
     levels: bool = False  # the head reads every level of the backbone, upcast and concatenated (Sonata's probe)
+    level: int | None = None  # the head reads this one level only (0: the finest; the probe of each level)
 
 
 @register_task_type("semseg")
@@ -47,9 +49,10 @@ class SemanticSegmentation(SceneTaskType):
     def head(self, backbone: torch.nn.Module, ctx: FinetuneContext) -> torch.nn.Module:
         settings = self.settings(ctx.recipe)
         if not getattr(settings, "ppt", False):
-            levels = getattr(settings, "levels", False)
-            width = sum(getattr(backbone, "level_channels", ())) if levels else backbone.config.out_channels
-            return SegmentationModel(backbone, width, len(ctx.spec.classes), ctx.linear_probe, levels)
+            levels, level = getattr(settings, "levels", False), getattr(settings, "level", None)
+            width = (sum(getattr(backbone, "level_channels", ())) if levels else
+                     level_width(backbone, level) if level is not None else backbone.config.out_channels)
+            return SegmentationModel(backbone, width, len(ctx.spec.classes), ctx.linear_probe, levels, level)
         classes = VALID_CLASSES.get(ctx.spec.condition or "", ())
         if len(classes) != len(ctx.spec.classes):
             raise ValueError(f"semseg.ppt: PPT's class sets are ScanNet's 20, S3DIS's 13 and Structured3D's 25; "

@@ -5,21 +5,27 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from backbones.levels import all_levels, has_levels
+from backbones.levels import all_levels, has_levels, level_width, one_level
 from backbones.structures import PointBatch
 
 
 class OnBackbone(nn.Module):
     """A task's heads on a backbone (``.backbone``). ``freeze_backbone`` gives a linear probe: the backbone is not
     trained, and keeps its BatchNorm statistics (it stays in eval mode). ``levels``: the heads read every level
-    of the backbone, upcast to the points and concatenated (:func:`backbones.levels.all_levels`)."""
+    of the backbone, upcast to the points and concatenated (:func:`backbones.levels.all_levels`); ``level``: that
+    one level only (:func:`backbones.levels.one_level`)."""
 
-    def __init__(self, backbone: nn.Module, freeze_backbone: bool = False, levels: bool = False) -> None:
+    def __init__(self, backbone: nn.Module, freeze_backbone: bool = False, levels: bool = False,
+                 level: int | None = None) -> None:
         super().__init__()
-        if levels and not has_levels(backbone):
-            raise ValueError(f"{type(backbone).__name__} has no levels(): all-level features need a multi-level "
+        if (levels or level is not None) and not has_levels(backbone):
+            raise ValueError(f"{type(backbone).__name__} has no levels(): per-level features need a multi-level "
                              "backbone (spunet-v1m1, ptv3-*, sonata-*)")
-        self.backbone, self.freeze_backbone, self.levels = backbone, freeze_backbone, levels
+        if levels and level is not None:
+            raise ValueError("levels (every level) and level (one of them) exclude each other")
+        if level is not None:
+            level_width(backbone, level)  # a level the backbone lacks is named here, not at the first batch
+        self.backbone, self.freeze_backbone, self.levels, self.level = backbone, freeze_backbone, levels, level
         if freeze_backbone:
             self.backbone.requires_grad_(False)
 
@@ -31,6 +37,8 @@ class OnBackbone(nn.Module):
 
     def features(self, batch: PointBatch) -> torch.Tensor:
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_backbone):
+            if self.level is not None:
+                return one_level(self.backbone, batch, self.level)
             return all_levels(self.backbone, batch) if self.levels else self.backbone(batch)
 
 
@@ -38,8 +46,8 @@ class SegmentationModel(OnBackbone):
     """Backbone features (N, C) -> class logits (N, K). ``freeze_backbone`` gives a linear probe."""
 
     def __init__(self, backbone: nn.Module, feature_channels: int, num_classes: int, freeze_backbone: bool = False,
-                 levels: bool = False) -> None:
-        super().__init__(backbone, freeze_backbone, levels)
+                 levels: bool = False, level: int | None = None) -> None:
+        super().__init__(backbone, freeze_backbone, levels, level)
         self.head = nn.Linear(feature_channels, num_classes)
 
     def forward(self, batch: PointBatch) -> torch.Tensor:
