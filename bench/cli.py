@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -158,7 +157,9 @@ def _cuda() -> bool:
 
 
 def _default_workers() -> int:
-    return 1 if _cuda() else max(1, min(os.cpu_count() or 1, 4))
+    from bench.distributed import usable_cpus
+
+    return 1 if _cuda() else max(1, min(usable_cpus(), 4))
 
 
 def _pretrain(args: argparse.Namespace) -> int:

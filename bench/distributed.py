@@ -28,6 +28,12 @@ class Ranks:
         return self.rank == 0
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity: ``taskset``, a container's or Slurm's cpuset), which
+    ``os.cpu_count()`` over-counts: the local runner's workers and threads are shared out over these."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def launched() -> bool:
     """Whether this process is one of several (torchrun, or a multi-task Slurm job)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1

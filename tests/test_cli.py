@@ -29,6 +29,26 @@ def test_runs_heldout_names_a_folder_that_is_no_run(tmp_path: Path, capsys) -> N
     assert f"ponderbench runs heldout: {tmp_path / 'recipe.json'}" in capsys.readouterr().err
 
 
+def test_workers_and_threads_follow_the_cpus_this_process_may_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``taskset -c 1 ponderbench run`` (or a cpuset) gives one worker on one thread, not ``os.cpu_count()``'s."""
+    import torch
+
+    from bench.cli import _default_workers
+    from bench.matrix.runner import _worker_init
+
+    monkeypatch.setattr("bench.cli._cuda", lambda: False)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {1}, raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 64)
+    monkeypatch.setattr("bench.console.configure", lambda *a, **k: None)  # leave this session's logging alone
+    threads = torch.get_num_threads()
+    try:
+        assert _default_workers() == 1
+        _worker_init(1, False)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_console_script_is_installed() -> None:
     out = subprocess.run([sys.executable, "-m", "bench.cli", "list", "datasets"], capture_output=True, text=True,
                          check=True).stdout

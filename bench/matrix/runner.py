@@ -720,4 +720,4 @@ def _worker_init(workers: int, verbose: bool) -> None:
     from bench.console import configure
 
     configure(verbose, worker=True)  # a spawned process has neither the parent's logging nor its warning filters
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    torch.set_num_threads(max(1, distributed.usable_cpus() // workers))
