@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from tasks.classes import NUSCENES16
@@ -144,3 +145,25 @@ def test_camera_rays_of_the_real_multisensor_sample(shared_data: Path) -> None:
         uv = cam[:, :3] @ sample.intrinsics[v].T
         assert (cam[:, 2] > 0).all() and ((uv[:, :2] / uv[:, 2:]) >= 0).all()
         assert ((uv[:, :2] / uv[:, 2:]) < [1600, 900]).all()
+
+
+@pytest.mark.slow  # fuses the 80 training frames (about 20 s)
+def test_a_7scenes_close_up_too_small_for_the_deepest_level_is_drawn_again(shared_data: Path, caplog) -> None:  # noqa: ANN001
+    """Position 101 of the indoor-mini pre-training on the real 7-Scenes frames (seed 0, epoch 0) crops and masks the
+    input into one 16-voxel cell, on which the backbone's deepest BatchNorm cannot train: the step draws again."""
+    from backbones.registry import get_backbone_config
+    from bench import distributed
+    from bench.pretrain.data import DEEPEST_STRIDE, UnusableScene, build_sample, open_source
+    from bench.pretrain.engine import PretrainBatches
+    from bench.recipes import get_recipe
+    from tasks.contract import voxel_size
+
+    recipe = get_recipe("indoor-mini", ["epochs=1", "steps_per_epoch=300"])
+    source = open_source(shared_data / "7scenes-rgbd", "indoor")
+    voxel = voxel_size("indoor", get_backbone_config(recipe.backbone).voxel_size)
+    with pytest.raises(UnusableScene, match="one cell of the backbones' deepest level"):
+        build_sample(source.scene(0), recipe, voxel, 0, 101)
+    batches = PretrainBatches(source, recipe, voxel, 300, distributed.Ranks(0, 1))
+    sample = batches._sample(0, 101, 0, preview=False)
+    assert len(np.unique(sample.points.grid_coord.numpy() // DEEPEST_STRIDE, axis=0)) >= 2
+    assert "skipped" in caplog.text

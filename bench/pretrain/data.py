@@ -29,6 +29,11 @@ from tasks.transforms import grid_sample_train, normalize_to_unit_cube, parse_tr
 log = logging.getLogger(__name__)
 
 HELDOUT_EPOCH = 2**31 - 1  # the seed key of held-out samples: never a training epoch
+# SpUNet and PTv3 pool four times by 2: a training input inside one 16-voxel cell leaves their deepest level one
+# voxel, on which BatchNorm cannot train (a close-up of real RGB-D frames under the sphere crop and masking)
+DEEPEST_STRIDE = 16
+REDRAWS = 8  # draws of a step's sample before a one-scene source gives up (other scenes are tried first)
+REDRAW_KEY = 1_000_003  # the seed key step between the draws of one position
 HELDOUT_SCENES = 4  # validation scenes (sweeps) whose depth error a dataset root's pre-training reports
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -227,6 +232,9 @@ def _camera_sample(scene: Scene, recipe, voxel_size: float, rng: np.random.Gener
         raise UnusableScene(f"{scene.name}: no point left after masking")
     coord = full.coord[keep]
     sampled = grid_sample_train(coord, voxel_size * norm.scale, rng)
+    if augment and len(np.unique(sampled.grid_coord // DEEPEST_STRIDE, axis=0)) < 2:
+        raise UnusableScene(f"{scene.name}: the input crop fits in one cell of the backbones' deepest level "
+                            f"({DEEPEST_STRIDE} voxels), where BatchNorm cannot train")
     feat = point_features(full.subset(keep[sampled.index]), "indoor")
     sample.points = PointBatch.collate([(coord[sampled.index], sampled.grid_coord, feat)])
     return sample

@@ -30,6 +30,8 @@ from bench.hooks import Checkpoint, LogMetrics
 from bench.matrix.records import git_sha
 from bench.optim import build_schedule, make_optimizer
 from bench.pretrain.data import (
+    REDRAW_KEY,
+    REDRAWS,
     PretrainSample,
     Preview,
     SceneSource,
@@ -110,10 +112,13 @@ class PretrainBatches(Dataset):
         return step, out
 
     def _sample(self, epoch: int, position: int, scene_index: int, preview: bool) -> PretrainSample:
-        for attempt in range(len(self.source)):
+        """The scene's sample at this position; an unusable one is skipped (logged) for the next scene's, and
+        with fewer scenes than ``REDRAWS`` for another draw of the same ones (a one-scene source)."""
+        for attempt in range(max(len(self.source), REDRAWS)):
             index = (scene_index + attempt) % len(self.source)
+            key = position + (attempt // len(self.source)) * REDRAW_KEY
             try:
-                sample = build_sample(self.source.scene(index), self.recipe, self.voxel, epoch, position,
+                sample = build_sample(self.source.scene(index), self.recipe, self.voxel, epoch, key,
                                       with_preview=preview)
             except UnusableScene as exc:
                 log.warning("skipped: %s", exc)
