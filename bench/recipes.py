@@ -403,16 +403,13 @@ def get_recipe(preset: str, overrides: list[str] | None = None) -> PretrainRecip
 def pretrain_recipe_from(values: dict[str, Any]) -> PretrainRecipe:
     """A pre-training recipe from its ``asdict`` form (a run's ``recipe.json`` or checkpoint), every value through
     the overrides' type checks; JSON's lists are read back as the tuples they were."""
-    def literal(value: Any) -> str:
-        return repr(tuple(literal_value(v) for v in value)) if isinstance(value, list | tuple) else repr(value)
-
-    def literal_value(value: Any) -> Any:
-        return tuple(literal_value(v) for v in value) if isinstance(value, list | tuple) else value
+    def tuples(value: Any) -> Any:
+        return tuple(tuples(v) for v in value) if isinstance(value, list | tuple) else value
 
     def flat(tree: dict[str, Any], prefix: str = "") -> list[str]:
         return [item for key, value in tree.items()
                 for item in (flat(value, f"{prefix}{key}.") if isinstance(value, dict)
-                             else [f"{prefix}{key}={literal(value)}"])]
+                             else [f"{prefix}{key}={tuples(value)!r}"])]
 
     return apply_overrides(PretrainRecipe(mode=values["mode"], backbone=values["backbone"]), flat(values))
 

@@ -1,21 +1,17 @@
 """nvs-7scenes / recon-7scenes: mean ± sd over seeds per init, and paired differences against scratch."""
-import json
 import os
 from pathlib import Path
 
 import pandas as pd
 from scipy import stats
 
-root = Path(os.environ.get("R", "/tmp/real-data")) / "lowlevel" / "runs" / "records"
-cols = {"nvs-7scenes@1": ["PSNR", "SSIM", "AbsRel", "delta1"],
-        "recon-7scenes@2": ["fscore", "precision", "recall", "accuracy", "completeness"]}
-rows = []
-for task, keys in cols.items():
-    for f in sorted((root / task / "spunet-mini").glob("*/full/seed*.json")):
-        r = json.loads(f.read_text())
-        if r["status"] == "ok":
-            rows.append({"task": task, "init": r["init"], "seed": r["seed"], **{k: r["metrics"][k] for k in keys}})
-df = pd.DataFrame(rows)
+from bench.matrix.results import load_results
+
+results = Path(os.environ.get("R", "/tmp/real-data")) / "lowlevel"
+cols = {"nvs-7scenes": ["PSNR", "SSIM", "AbsRel", "delta1"],
+        "recon-7scenes": ["fscore", "precision", "recall", "accuracy", "completeness"]}
+runs = load_results(results)
+df = runs[(runs.status == "ok") & runs.task.isin(list(cols))]
 out = []
 for (task, init), g in df.groupby(["task", "init"]):
     g = g.set_index("seed")
@@ -31,4 +27,4 @@ for (task, init), g in df.groupby(["task", "init"]):
 t = pd.DataFrame(out)
 pd.set_option("display.width", 200)
 print(t.round(4).to_string(index=False))
-t.to_csv(root.parents[1] / "table-lowlevel.csv", index=False)
+t.to_csv(results / "table-lowlevel.csv", index=False)

@@ -1,5 +1,4 @@
 """Tables of the #30 measurements from the run records: mean ± sd over seeds, gains paired per seed (t-test)."""
-import json
 import os
 import sys
 from pathlib import Path
@@ -7,19 +6,17 @@ from pathlib import Path
 import pandas as pd
 from scipy import stats
 
+from bench.matrix.results import load_results
+
 Q = Path(os.environ.get("R", "/tmp/real-data"))
 
 
 def records(folder: Path, **extra) -> pd.DataFrame:
-    rows = []
-    for f in sorted((folder / "runs" / "records").glob("*/*/*/*/seed*.json")):
-        r = json.loads(f.read_text())
-        if r["status"] != "ok":
-            continue
-        rows.append({"task": r["task"], "init": r["init"], "protocol": r["protocol"], "seed": r["seed"],
-                     "value": 100 * r["main_value"] if r["main_value"] <= 1.0 else r["main_value"],
-                     "wall_s": r["wall_s"], **extra})
-    return pd.DataFrame(rows)
+    """The folder's ok runs (``load_results``), main score in % (PSNR as it is)."""
+    df = load_results(folder)
+    df = df[df.status == "ok"]
+    value = df.main_value.where(df.main_value > 1.0, 100 * df.main_value)
+    return df[["task", "init", "protocol", "seed", "wall_s"]].assign(value=value, **extra)
 
 
 def summary(df: pd.DataFrame, keys: list[str], base_of) -> pd.DataFrame:
